@@ -1,0 +1,78 @@
+# modeldeploy developer entry points. `make help` lists them.
+SHELL := /usr/bin/env bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+export KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml uv.lock hack/install.sh
+	hack/install.sh sync
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv/ with the operator, the runtime and the dev tools (pinned by uv.lock)
+
+.PHONY: lock
+lock: ## Re-resolve uv.lock after a dependency change
+	hack/install.sh lock
+
+.PHONY: tools
+tools: ## Build (or reuse from the cache) the control plane's binaries
+	hack/build-tools.sh
+
+.PHONY: cluster-up
+cluster-up: tools ## Start the local control plane (idempotent); kubeconfig in .cluster/kubeconfig
+	hack/cluster-up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane and remove its state
+	hack/cluster-down.sh
+
+.PHONY: cluster-status
+cluster-status: ## Say what runs and where the logs are
+	hack/cluster-status.sh
+
+.PHONY: crds
+crds: install ## Regenerate crds/ and manifests/ from the pydantic models
+	$(PY) -m modeldeploy.crdgen --write
+
+.PHONY: test
+test: install tools ## Run every test: unit, then end-to-end on the local control plane
+	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/e2e
+
+.PHONY: test-unit
+test-unit: install ## Run the unit tests only (no cluster)
+	$(PY) -m pytest tests/unit
+
+.PHONY: test-e2e
+test-e2e: install tools ## Run the end-to-end tests on the local control plane
+	$(PY) -m pytest tests/e2e
+
+.PHONY: lint
+lint: install ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: install ## Format and fix what ruff can
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: demo
+demo: install cluster-up ## Control plane + operator + an example rollout
+	hack/demo.sh
+
+.PHONY: bench-cluster
+bench-cluster: install cluster-up ## Baseline: warm cluster-up time and 1,000 bare Deployments until Available
+	$(PY) hack/bench/cluster.py
+
+.PHONY: bench
+bench: install cluster-up ## Operator benchmarks on the local control plane (prints figures and goals)
+	$(PY) hack/bench/operator.py

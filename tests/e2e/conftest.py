@@ -1,0 +1,55 @@
+"""Session fixtures for end-to-end tests on the local control plane (hack/cluster-up.sh).
+
+The control plane is started once per session, or reused when a healthy one is already running. A cluster the
+session started is stopped at the end, unless MODELDEPLOY_KEEP_CLUSTER=1 asks to keep it for the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.cluster import REPO_ROOT, Cluster, start_cluster, stop_cluster, wait_until
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    started = start_cluster()
+    yield started
+    if started.started_here and os.environ.get("MODELDEPLOY_KEEP_CLUSTER") != "1":
+        stop_cluster()
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> None:
+    """The ModelDeployment CRD from crds/, applied and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
+    )
+    # Just after a CRD is created, its storage may still answer 429 "storage is (re)initializing".
+    wait_until(
+        lambda: cluster.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0,
+        timeout=30,
+        what="the ModelDeployment storage to answer",
+    )
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting for it to go)."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
