@@ -124,6 +124,18 @@ start etcd "${ETCD_BIN}/etcd" \
 	--initial-cluster "default=http://127.0.0.1:${ETCD_PEER_PORT}" \
 	--unsafe-no-fsync --quota-backend-bytes 8589934592 --log-level warn
 
+# Every write is recorded (metadata only) so that tests and benchmarks can count what a client wrote.
+cat >"${CLUSTER_DIR}/config/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
+rm -f "${LOGS}/audit.log"
+
 log "starting kube-apiserver ${KUBERNETES_VERSION}"
 start kube-apiserver "${KUBERNETES_BIN}/kube-apiserver" \
 	--etcd-servers "http://127.0.0.1:${ETCD_CLIENT_PORT}" \
@@ -137,6 +149,8 @@ start kube-apiserver "${KUBERNETES_BIN}/kube-apiserver" \
 	--endpoint-reconciler-type none \
 	--allow-privileged=true \
 	--profiling=false \
+	--audit-policy-file "${CLUSTER_DIR}/config/audit-policy.yaml" \
+	--audit-log-path "${LOGS}/audit.log" --audit-log-format json --audit-log-maxsize 500 --audit-log-maxbackup 1 \
 	--max-requests-inflight 1000 --max-mutating-requests-inflight 500
 
 wait_for "kube-apiserver /readyz" 60 apiserver_ready

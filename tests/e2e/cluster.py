@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import kubernetes
 
@@ -18,8 +17,6 @@ HACK = REPO_ROOT / "hack"
 CRASHLOOP_IMAGE = "modeldeploy.test/crashloop:latest"
 READY_IMAGE = "modeldeploy.test/model-server:latest"
 
-T = TypeVar("T")
-
 
 def hack_value(name: str) -> str:
     """A value defined by hack/lib.sh (versions, paths), as the scripts compute it."""
@@ -27,7 +24,7 @@ def hack_value(name: str) -> str:
     return subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True).stdout
 
 
-def wait_until(
+def wait_until[T](
     check: Callable[[], T | None], *, timeout: float, interval: float = 0.1, what: str = "condition"
 ) -> T:
     """Poll `check` until it returns something truthy; fail with `what` when the deadline passes."""
@@ -48,9 +45,7 @@ class Cluster:
     kubectl_path: Path
     started_here: bool
 
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
             input=input,
@@ -77,9 +72,7 @@ class Cluster:
 def start_cluster() -> Cluster:
     cluster_dir = Path(hack_value("CLUSTER_DIR"))
     kubectl_path = Path(hack_value("KUBERNETES_BIN")) / "kubectl"
-    healthy = (
-        subprocess.run(["bash", "-c", f'. "{HACK}/lib.sh"; apiserver_ready'], check=False).returncode == 0
-    )
+    healthy = subprocess.run(["bash", "-c", f'. "{HACK}/lib.sh"; apiserver_ready'], check=False).returncode == 0
     subprocess.run([str(HACK / "build-tools.sh")], check=True)
     subprocess.run([str(HACK / "cluster-up.sh")], check=True)
     return Cluster(kubeconfig=cluster_dir / "kubeconfig", kubectl_path=kubectl_path, started_here=not healthy)

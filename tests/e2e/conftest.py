@@ -10,10 +10,12 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import REPO_ROOT, Cluster, start_cluster, stop_cluster, wait_until
+from tests.e2e.cluster import REPO_ROOT, Cluster, hack_value, start_cluster, stop_cluster, wait_until
+from tests.e2e.operator_process import OperatorProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,9 +36,7 @@ def cluster() -> Iterator[Cluster]:
 def crd(cluster: Cluster) -> None:
     """The ModelDeployment CRD from crds/, applied and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
-    )
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
     # Just after a CRD is created, its storage may still answer 429 "storage is (re)initializing".
     wait_until(
         lambda: cluster.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0,
@@ -53,3 +53,21 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def operator_process(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
+    """One operator for the session, started as `modeldeploy run` against the local control plane."""
+    log_path = Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-e2e.log"
+    process = OperatorProcess(cluster, log_path)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def operator(operator_process: OperatorProcess) -> Iterator[OperatorProcess]:
+    """The session's operator, running at the start of the test (a test that stops it gets it restarted)."""
+    operator_process.start()
+    yield operator_process
+    operator_process.start()

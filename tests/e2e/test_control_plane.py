@@ -76,9 +76,7 @@ def test_crashlooping_image_never_becomes_available(cluster: Cluster, namespace:
         ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
         assert ready["status"] == "False"
     # The Deployment controller has seen the pods (observedGeneration caught up) and counts none available.
-    result = cluster.kubectl(
-        "rollout", "status", "-n", namespace, "deployment/broken", "--timeout=3s", check=False
-    )
+    result = cluster.kubectl("rollout", "status", "-n", namespace, "deployment/broken", "--timeout=3s", check=False)
     assert result.returncode != 0
     status = get_json(cluster, "-n", namespace, "deployment/broken")["status"]
     assert status.get("availableReplicas", 0) == 0
@@ -109,14 +107,10 @@ def test_service_gets_endpoint_slices_of_ready_pods(cluster: Cluster, namespace:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=deployment("api", READY_IMAGE, 3))
     cluster.kubectl("create", "service", "clusterip", "api", "--tcp=80:9000", "-n", namespace)
     cluster.kubectl("rollout", "status", "-n", namespace, "deployment/api", "--timeout=60s")
-    pod_ips = {
-        pod["status"]["podIP"] for pod in get_json(cluster, "-n", namespace, "pods", "-l", "app=api")["items"]
-    }
+    pod_ips = {pod["status"]["podIP"] for pod in get_json(cluster, "-n", namespace, "pods", "-l", "app=api")["items"]}
 
     def ready_endpoint_ips() -> set[str] | None:
-        slices = get_json(
-            cluster, "-n", namespace, "endpointslices", "-l", "kubernetes.io/service-name=api"
-        )["items"]
+        slices = get_json(cluster, "-n", namespace, "endpointslices", "-l", "kubernetes.io/service-name=api")["items"]
         ips = {
             address
             for endpoint_slice in slices
@@ -161,9 +155,7 @@ def widget_crd(cluster: Cluster) -> None:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "properties": {
-                                "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}
-                            },
+                            "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}},
                         }
                     },
                 }
@@ -177,7 +169,12 @@ def widget_crd(cluster: Cluster) -> None:
 @pytest.mark.usefixtures("widget_crd")
 def test_unknown_field_in_custom_resource_is_rejected(cluster: Cluster, namespace: str) -> None:
     def apply(spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        widget = {"apiVersion": "e2e.modeldeploy.test/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec}
+        widget = {
+            "apiVersion": "e2e.modeldeploy.test/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w"},
+            "spec": spec,
+        }
         return cluster.kubectl(
             "apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(widget), check=False
         )
@@ -187,7 +184,12 @@ def test_unknown_field_in_custom_resource_is_rejected(cluster: Cluster, namespac
     server_side = apply({"size": 1, "colour": "red"})
     assert server_side.returncode != 0
     assert ".spec.colour: field not declared in schema" in server_side.stderr
-    widget = {"apiVersion": "e2e.modeldeploy.test/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"colour": 1}}
+    widget = {
+        "apiVersion": "e2e.modeldeploy.test/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w2"},
+        "spec": {"colour": 1},
+    }
     # kubectl create asks for strict field validation by default.
     created = cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(widget), check=False)
     assert created.returncode != 0

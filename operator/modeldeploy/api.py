@@ -1,0 +1,450 @@
+"""The ModelDeployment API (modeldeploy.io/v1alpha1): the single source of truth.
+
+The CRD in crds/ is generated from these models (`make crds`), descriptions and admission rules included, so a
+field is described, defaulted and validated in exactly one place. The operator parses what it reads from the API
+server with the same models.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "modeldeploy.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["mdep"]
+CATEGORIES = ["all", "modeldeploy"]
+
+# Child names are `<name>-<revision>` (a 10-character hash) and `<name>-canary`; both must stay valid DNS labels
+# (63 characters), so the resource name is limited to what leaves room for the longest suffix.
+REVISION_LENGTH = 10
+MAX_NAME_LENGTH = 63 - 1 - REVISION_LENGTH
+
+URI_SCHEMES = ("file", "pvc", "http", "https", "s3", "gs")
+# Label values: at most 63 characters, alphanumerics at both ends, '-', '_' and '.' inside.
+LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+SHA256_PATTERN = r"^([a-f0-9]{64})?$"
+# Variables of the serving-container contract; the operator sets them, so a user's env may not.
+CONTRACT_ENV = ("MODEL_NAME", "MODEL_VERSION", "MODEL_URI", "MODEL_FORMAT", "MODEL_SHA256")
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """JSON-schema extra holding CEL admission rules as (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+class _Model(BaseModel):
+    # Unknown fields are an error, never silently dropped; field names are the API's camelCase ones.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True, validate_default=True)
+
+
+class ModelFormat(StrEnum):
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    ONNX = "onnx"
+    CUSTOM = "custom"
+
+
+class Protocol(StrEnum):
+    SELDON = "seldon"
+    V2 = "v2"
+
+
+class ModelSpec(_Model):
+    """What to serve: one version of one model artifact."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
+                "spec.model.name is immutable: create a new ModelDeployment to serve another model",
+            ),
+        )
+    )
+
+    name: Annotated[
+        str | None,
+        Field(
+            default=None,
+            min_length=1,
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description=(
+                "Name of the model, used in labels, metrics and the runtime's responses. Defaults to "
+                "metadata.name. Immutable: another model is another ModelDeployment."
+            ),
+        ),
+    ]
+    version: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=63,
+            pattern=LABEL_VALUE_PATTERN,
+            description=(
+                "The version to serve, e.g. 1.4.0. Changing it (or anything else that defines the pods) starts "
+                "a new revision. Must be a valid label value: at most 63 characters, letters, digits, '-', '_' "
+                "and '.', starting and ending with a letter or digit."
+            ),
+        ),
+    ]
+    uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description=(
+                "Where the runtime loads the artifact from: file:///path, pvc://CLAIM/path, http(s)://host/path, "
+                "s3://bucket/key or gs://bucket/key."
+            ),
+            json_schema_extra=_rules(
+                (
+                    "self.matches('^(" + "|".join(URI_SCHEMES) + ")://.+')",
+                    "spec.model.uri must start with one of " + ", ".join(s + "://" for s in URI_SCHEMES),
+                ),
+            ),
+        ),
+    ]
+    format: Annotated[
+        ModelFormat,
+        Field(
+            default=ModelFormat.SKLEARN,
+            description="Serialization format of the artifact, which picks the runtime's loader.",
+        ),
+    ]
+    sha256: Annotated[
+        str,
+        Field(
+            default="",
+            pattern=SHA256_PATTERN,
+            description=(
+                "Optional SHA-256 digest (64 lowercase hex characters) of the artifact. When set, the runtime "
+                "refuses an artifact that does not match and the revision never becomes Ready."
+            ),
+        ),
+    ]
+
+
+class EnvVar(_Model):
+    """A Kubernetes EnvVar. Secrets come through valueFrom.secretKeyRef, never as plain values in the spec."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=256,
+            pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+            description="Name of the environment variable.",
+            json_schema_extra=_rules(
+                (
+                    "!(self in " + str(list(CONTRACT_ENV)).replace("'", '"') + ")",
+                    "spec.runtime.env must not set " + ", ".join(CONTRACT_ENV) + ": the operator sets them from "
+                    "spec.model",
+                ),
+            ),
+        ),
+    ]
+    value: Annotated[str | None, Field(default=None, description="A literal value.")]
+    valueFrom: Annotated[
+        dict[str, Any] | None,
+        Field(
+            default=None,
+            description="A source for the value (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef).",
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ]
+
+
+_QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of the serving container (Kubernetes ResourceRequirements)."""
+
+    limits: Annotated[
+        dict[str, int | str] | None,
+        Field(
+            default=None,
+            description="Most of each resource the container may use, e.g. {cpu: '1', memory: 1Gi}.",
+            json_schema_extra={"additionalProperties": _QUANTITY},
+        ),
+    ]
+    requests: Annotated[
+        dict[str, int | str] | None,
+        Field(
+            default=None,
+            description="Resources the scheduler reserves for the container, e.g. {cpu: 100m, memory: 256Mi}.",
+            json_schema_extra={"additionalProperties": _QUANTITY},
+        ),
+    ]
+
+
+class RuntimeSpec(_Model):
+    """How the model is served. Every field has a default from the operator's configuration."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("self.port != self.metricsPort", "spec.runtime.port and spec.runtime.metricsPort must differ"),
+        )
+    )
+
+    image: Annotated[
+        str,
+        Field(
+            default="",
+            max_length=512,
+            description="Container image of the model server. Empty: the operator's runtime image for the format.",
+        ),
+    ]
+    protocol: Annotated[
+        Protocol,
+        Field(
+            default=Protocol.SELDON,
+            description=(
+                "Inference protocol, which sets the health endpoints the probes use: seldon "
+                "(/health/status, /health/ping) or v2, the Open Inference Protocol (/v2/health/ready, /v2/health/live)."
+            ),
+        ),
+    ]
+    # Pods run as non-root without capabilities, so they cannot bind ports below 1024.
+    port: Annotated[
+        int,
+        Field(
+            default=9000,
+            ge=1024,
+            le=65535,
+            description="Container port of the inference API (1024-65535: the server runs without privileges).",
+        ),
+    ]
+    metricsPort: Annotated[
+        int,
+        Field(
+            default=6000,
+            ge=1024,
+            le=65535,
+            description="Container port of the runtime's Prometheus metrics (1024-65535, not equal to port).",
+        ),
+    ]
+    args: Annotated[
+        list[Annotated[str, Field(max_length=4096)]],
+        Field(default_factory=list, max_length=64, description="Extra arguments for the model server."),
+    ]
+    env: Annotated[
+        list[EnvVar],
+        Field(
+            default_factory=list,
+            max_length=128,
+            description=(
+                "Extra environment variables of the model server. Use valueFrom.secretKeyRef for credentials. "
+                "The MODEL_* variables are set by the operator."
+            ),
+        ),
+    ]
+    resources: Annotated[
+        ResourceRequirements,
+        Field(default_factory=ResourceRequirements, description="Compute resources of the model server."),
+    ]
+
+
+class RolloutSpec(_Model):
+    """How a new revision replaces the serving one."""
+
+    progressDeadlineSeconds: Annotated[
+        int,
+        Field(
+            default=600,
+            ge=10,
+            le=86400,
+            description=(
+                "Seconds a new revision has to become Ready. When they run out, the new revision is scaled to "
+                "zero, the serving revision keeps all traffic, and the resource reports Degraded with reason "
+                "ProgressDeadlineExceeded. It is not tried again until the spec changes."
+            ),
+        ),
+    ]
+
+
+class ServiceSpec(_Model):
+    """The Service in front of the model."""
+
+    port: Annotated[
+        int,
+        Field(
+            default=80,
+            ge=1,
+            le=65535,
+            description="Port of the Services <name>, <name>-stable and <name>-canary.",
+        ),
+    ]
+
+
+class ModelDeploymentSpec(_Model):
+    """Desired state of a ModelDeployment. The operator never writes it."""
+
+    model: Annotated[ModelSpec, Field(description="The model version to serve and where its artifact lives.")]
+    runtime: Annotated[
+        RuntimeSpec,
+        Field(default_factory=RuntimeSpec, description="The model server: image, protocol, ports."),
+    ]
+    replicas: Annotated[
+        int,
+        Field(default=1, ge=0, le=1000, description="Number of serving pods of the stable revision (0-1000)."),
+    ]
+    rollout: Annotated[
+        RolloutSpec,
+        Field(default_factory=RolloutSpec, description="How a new revision replaces the serving one."),
+    ]
+    service: Annotated[
+        ServiceSpec, Field(default_factory=ServiceSpec, description="The Service in front of the model.")
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Status: written by the operator only, once per reconcile cycle.
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    AVAILABLE = "Available"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Phase(StrEnum):
+    """The resource's health in Argo CD's words."""
+
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    DEGRADED = "Degraded"
+
+
+class Outcome(StrEnum):
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    SUPERSEDED = "Superseded"
+
+
+class _Status(BaseModel):
+    # Status may carry fields written by a newer operator; keep them rather than fail on them.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, use_enum_values=True)
+
+
+class Condition(_Status):
+    """A Kubernetes-style condition."""
+
+    type: Annotated[str, Field(description="Ready, Available, Progressing or Degraded.")]
+    status: Annotated[str, Field(description="True, False or Unknown.")]
+    reason: Annotated[str, Field(description="Why, in one CamelCase word.")]
+    message: Annotated[str, Field(description="Why, for a person.")] = ""
+    lastTransitionTime: Annotated[str, Field(description="When status last changed (RFC 3339).")]
+    observedGeneration: Annotated[int, Field(description="metadata.generation the condition was computed from.")] = 0
+
+
+class TrackStatus(_Status):
+    """One revision of the model and its pods."""
+
+    version: Annotated[str, Field(description="spec.model.version of the revision.")]
+    revision: Annotated[str, Field(description="Hash of everything that defines the revision's pods.")]
+    replicas: Annotated[int, Field(description="Pods the revision's Deployment asks for.")] = 0
+    readyReplicas: Annotated[int, Field(description="Pods of the revision that are Ready.")] = 0
+    since: Annotated[
+        str | None, Field(description="When the revision started rolling out (RFC 3339, microseconds).")
+    ] = None
+
+
+class HistoryEntry(_Status):
+    """What became of a revision."""
+
+    revision: Annotated[str, Field(description="The revision's hash.")]
+    version: Annotated[str, Field(description="spec.model.version of the revision.")]
+    outcome: Annotated[str, Field(description="Promoted, RolledBack, Aborted or Superseded.")]
+    reason: Annotated[str, Field(description="Why, in one CamelCase word.")] = ""
+    time: Annotated[str, Field(description="When it happened (RFC 3339).")]
+
+
+class AbortedRevision(_Status):
+    """A revision that was rolled back; it is not tried again until the spec asks for another revision."""
+
+    revision: Annotated[str, Field(description="The revision's hash.")]
+    version: Annotated[str, Field(description="spec.model.version of the revision.")]
+    reason: Annotated[str, Field(description="Why it was rolled back, in one CamelCase word.")]
+    message: Annotated[str, Field(description="Why it was rolled back, for a person.")] = ""
+    time: Annotated[str, Field(description="When it was rolled back (RFC 3339).")]
+
+
+class ModelDeploymentStatus(_Status):
+    """Observed state, written by the operator. Argo CD and `kubectl wait` read it."""
+
+    observedGeneration: Annotated[int, Field(description="metadata.generation this status describes.")] = 0
+    phase: Annotated[
+        str | None, Field(description="Health in Argo CD's words: Healthy, Progressing, Paused or Degraded.")
+    ] = None
+    message: Annotated[str, Field(description="One line saying what is happening.")] = ""
+    model: Annotated[str, Field(description="Name of the served model (spec.model.name or metadata.name).")] = ""
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Available, Progressing and Degraded.")
+    stable: Annotated[TrackStatus | None, Field(description="The revision that serves the model.")] = None
+    canary: Annotated[
+        TrackStatus | None, Field(description="The new revision being rolled out, while there is one.")
+    ] = None
+    aborted: Annotated[
+        AbortedRevision | None,
+        Field(description="The revision last rolled back, while the spec still asks for it."),
+    ] = None
+    url: Annotated[str, Field(description="In-cluster address of the model's Service.")] = ""
+    history: list[HistoryEntry] = Field(
+        default_factory=list, description="Recent revisions and what became of them, newest first."
+    )
+
+
+# Rules on the whole object; CEL may read metadata.name there.
+ROOT_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        "message": (
+            f"metadata.name must be at most {MAX_NAME_LENGTH} characters: child objects are named "
+            f"<name>-<{REVISION_LENGTH}-character revision>, which must fit a 63-character DNS label"
+        ),
+    },
+]
+
+
+class ModelDeployment(BaseModel):
+    """A machine-learning model served on Kubernetes, rolled out safely from one version to the next."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    apiVersion: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=lambda: ModelDeploymentStatus())
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".status.model", "description": "Model name"},
+    {
+        "name": "Version",
+        "type": "string",
+        "jsonPath": ".status.stable.version",
+        "description": "Serving version",
+    },
+    {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas", "description": "Requested replicas"},
+    {
+        "name": "Ready",
+        "type": "integer",
+        "jsonPath": ".status.stable.readyReplicas",
+        "description": "Ready replicas of the serving revision",
+    },
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Health"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

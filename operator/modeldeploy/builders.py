@@ -1,0 +1,255 @@
+"""Pure builders: a ModelDeployment's spec -> the manifests of its children. No I/O here.
+
+Every child is named deterministically from the resource's name and a revision: a short hash of everything that
+defines the serving pods, so the same spec always yields the same revision and the same names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from modeldeploy import api
+from modeldeploy.config import OperatorConfig
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_VERSION = "app.kubernetes.io/version"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_REVISION = f"{api.GROUP}/revision"
+ANNOTATION_SPEC_HASH = f"{api.GROUP}/applied-hash"
+
+MANAGED_BY = "modeldeploy"
+COMPONENT = "model-server"
+CONTAINER_NAME = "model-server"
+PVC_MOUNT_ROOT = "/mnt/models"
+
+Manifest = dict[str, Any]
+
+
+def model_name(resource: api.ModelDeployment) -> str:
+    return resource.spec.model.name or str(resource.metadata["name"])
+
+
+def resource_name(resource: api.ModelDeployment) -> str:
+    return str(resource.metadata["name"])
+
+
+def selector_labels(resource: api.ModelDeployment) -> dict[str, str]:
+    """Labels every serving pod of the resource carries, whatever its revision."""
+    return {LABEL_INSTANCE: resource_name(resource), LABEL_COMPONENT: COMPONENT}
+
+
+def common_labels(resource: api.ModelDeployment) -> dict[str, str]:
+    return {
+        LABEL_NAME: model_name(resource),
+        **selector_labels(resource),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: MANAGED_BY,
+    }
+
+
+def owner_reference(resource: api.ModelDeployment) -> dict[str, Any]:
+    # Garbage collection deletes the children with the resource, with no finalizer to block deletion.
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": resource_name(resource),
+        "uid": resource.metadata["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def runtime_image(resource: api.ModelDeployment, config: OperatorConfig) -> str:
+    return resource.spec.runtime.image or config.runtime_images[str(resource.spec.model.format)]
+
+
+def _probe_paths(protocol: str) -> tuple[str, str]:
+    """(readiness path, liveness path) of the protocol's health endpoints."""
+    if protocol == api.Protocol.V2:
+        return "/v2/health/ready", "/v2/health/live"
+    return "/health/status", "/health/ping"
+
+
+def _pvc_claim(uri: str) -> str | None:
+    if not uri.startswith("pvc://"):
+        return None
+    return uri.removeprefix("pvc://").split("/", 1)[0]
+
+
+def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) -> Manifest:
+    """The serving pod, without revision labels (the revision is computed from this)."""
+    spec = resource.spec
+    runtime = spec.runtime
+    readiness_path, liveness_path = _probe_paths(str(runtime.protocol))
+    env: list[dict[str, Any]] = [
+        {"name": "MODEL_NAME", "value": model_name(resource)},
+        {"name": "MODEL_VERSION", "value": spec.model.version},
+        {"name": "MODEL_URI", "value": spec.model.uri},
+        {"name": "MODEL_FORMAT", "value": str(spec.model.format)},
+        {"name": "MODEL_SHA256", "value": spec.model.sha256},
+        {"name": "PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "value": str(runtime.port)},
+        {"name": "PREDICTIVE_UNIT_METRICS_SERVICE_PORT", "value": str(runtime.metricsPort)},
+    ]
+    env.extend(var.model_dump(exclude_none=True) for var in runtime.env)
+    # The API server drops empty values; leaving them out keeps what we build equal to what we read back.
+    for var in env:
+        if var.get("value") == "":
+            del var["value"]
+    resources = runtime.resources.model_dump(exclude_none=True)
+    volume_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    claim = _pvc_claim(spec.model.uri)
+    if claim:
+        volume_mounts.append({"name": "model-store", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+        volumes.append({"name": "model-store", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": runtime_image(resource, config),
+        "args": list(runtime.args),
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": runtime.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": runtime.metricsPort, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": readiness_path, "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        # Loading a large model can take minutes; the server answers liveness while it loads.
+        "livenessProbe": {
+            "httpGet": {"path": liveness_path, "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 6,
+        },
+        "resources": resources,
+        "volumeMounts": volume_mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    if not container["args"]:
+        del container["args"]
+    return {
+        "metadata": {"labels": {**common_labels(resource), LABEL_VERSION: spec.model.version}},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+
+
+def hash_manifest(manifest: Manifest, length: int = api.REVISION_LENGTH) -> str:
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    # Base-16 keeps revisions valid in names and labels; the first character is forced to a letter so that a
+    # revision never parses as a number in YAML.
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return "r" + digest[: length - 1]
+
+
+def revision_of(resource: api.ModelDeployment, config: OperatorConfig) -> str:
+    """Short stable hash of everything that defines the serving pods (not the replica count)."""
+    return hash_manifest(build_pod_template(resource, config))
+
+
+def deployment_name(resource: api.ModelDeployment, revision: str) -> str:
+    return f"{resource_name(resource)}-{revision}"
+
+
+def build_deployment(
+    resource: api.ModelDeployment,
+    revision: str,
+    replicas: int,
+    config: OperatorConfig,
+    version: str | None = None,
+) -> Manifest:
+    """The Deployment of one revision. Its pod template is fixed by the revision; only replicas change."""
+    template = build_pod_template(resource, config)
+    template["metadata"]["labels"][LABEL_REVISION] = revision
+    labels = {
+        **common_labels(resource),
+        LABEL_REVISION: revision,
+        LABEL_VERSION: version or resource.spec.model.version,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(resource, revision),
+            "namespace": resource.metadata["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(resource)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 1,
+            "progressDeadlineSeconds": resource.spec.rollout.progressDeadlineSeconds,
+            "selector": {"matchLabels": {**selector_labels(resource), LABEL_REVISION: revision}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": template,
+        },
+    }
+
+
+def build_service(resource: api.ModelDeployment, suffix: str, revision: str | None) -> Manifest:
+    """Service `<name>` (every serving pod) or `<name>-<suffix>` (the pods of one revision)."""
+    name = resource_name(resource) if not suffix else f"{resource_name(resource)}-{suffix}"
+    selector = selector_labels(resource)
+    if revision is not None:
+        selector = {**selector, LABEL_REVISION: revision}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": resource.metadata["namespace"],
+            "labels": common_labels(resource),
+            "ownerReferences": [owner_reference(resource)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [
+                {"name": "http", "port": resource.spec.service.port, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": resource.spec.runtime.metricsPort,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def build_services(resource: api.ModelDeployment, stable: str, canary: str) -> list[Manifest]:
+    return [
+        build_service(resource, "", None),
+        build_service(resource, "stable", stable),
+        build_service(resource, "canary", canary),
+    ]
+
+
+def service_url(resource: api.ModelDeployment, config: OperatorConfig) -> str:
+    namespace = resource.metadata["namespace"]
+    return f"http://{resource_name(resource)}.{namespace}.svc.{config.cluster_domain}:{resource.spec.service.port}"

@@ -1,0 +1,153 @@
+"""The work queue between watch events and reconcile().
+
+Watch events (of the resources and of their children) only mark a resource as needing a pass; workers run the
+passes, one at a time per resource, in threads because the Kubernetes client is synchronous. Events that arrive
+while a pass runs coalesce into one more pass. Timed re-checks (deadlines) and retries after errors go through the
+same queue, with exponential backoff for errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from kubernetes.client.exceptions import ApiException
+
+from modeldeploy.config import OperatorConfig
+from modeldeploy.kube import Kube
+from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES
+from modeldeploy.reconcile import Key, Manifest, Store, key_of, reconcile
+
+log = logging.getLogger("modeldeploy.controller")
+
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class WorkQueue:
+    """A de-duplicating queue of keys with delayed adds, in the manner of client-go's rate-limited work queue."""
+
+    def __init__(self, handle: Callable[[Key], Awaitable[float | None]], workers: int) -> None:
+        self._handle = handle
+        self._workers = workers
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, key: Key) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+            QUEUE_DEPTH.set(self._queue.qsize())
+
+    def add_after(self, key: Key, delay: float) -> None:
+        """Add `key` after `delay` seconds, unless an earlier re-check is already scheduled."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._failures.pop(key, None)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-worker-{n}") for n in range(self._workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            QUEUE_DEPTH.set(self._queue.qsize())
+            self._queued.discard(key)
+            self._processing.add(key)
+            try:
+                requeue_after = await self._handle(key)
+            except Exception as error:
+                failures = self._failures.get(key, 0)
+                self._failures[key] = failures + 1
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                if isinstance(error, ApiException):
+                    log.warning(
+                        'Reconcile failed namespace="%s" name="%s" status=%s reason="%s" retry_in=%.1fs',
+                        key[0],
+                        key[1],
+                        error.status,
+                        error.reason,
+                        delay,
+                    )
+                else:
+                    log.exception('Reconcile failed namespace="%s" name="%s" retry_in=%.1fs', key[0], key[1], delay)
+                self.add_after(key, delay)
+            else:
+                self._failures.pop(key, None)
+                if requeue_after is not None:
+                    self.add_after(key, requeue_after)
+            finally:
+                self._processing.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.add(key)
+
+
+class Controller:
+    """Feeds the Store from watch events and keeps every known resource reconciled."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+        self.kube = kube
+        self.config = config
+        self.store = Store()
+        self.queue = WorkQueue(self._reconcile, workers=config.workers)
+
+    async def _reconcile(self, key: Key) -> float | None:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await asyncio.to_thread(reconcile, self.kube, self.store, self.config, key, datetime.now(UTC))
+            outcome = "success"
+            return result
+        finally:
+            RECONCILES.labels(outcome=outcome).inc()
+            RECONCILE_DURATION.labels(outcome=outcome).observe(time.perf_counter() - started)
+
+    def observe_resource(self, event_type: str | None, body: Manifest) -> None:
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.store.remove_parent(key)
+            self.queue.forget(key)
+            return
+        self.store.put_parent(body)
+        self.queue.add(key)
+
+    def observe_child(self, event_type: str | None, body: Manifest) -> None:
+        key = self.store.remove_child(body) if event_type == "DELETED" else self.store.put_child(body)
+        if key is not None:
+            self.queue.add(key)

@@ -1,0 +1,63 @@
+"""kopf handlers, and nothing else: settings at start-up, watch events into the controller's queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from modeldeploy import api, builders
+from modeldeploy.config import OperatorConfig
+from modeldeploy.controller import Controller
+from modeldeploy.kube import Kube, load_configuration
+
+CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Only watch-event handlers are registered, so kopf keeps no progress annotations and adds no finalizer;
+    # these names are set anyway so that any later handler stays under our own prefix.
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+    # We record our own Events for transitions; kopf's would be one API write per log line.
+    settings.posting.enabled = False
+    # The CRD is installed with the operator: no cluster-wide discovery (and no RBAC for it) needed.
+    settings.scanning.disabled = True
+    # Re-establish silent or broken watch streams instead of waiting on them forever.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+
+    config = OperatorConfig.from_env()
+    controller = Controller(Kube(load_configuration(), pool_size=config.workers + 2), config)
+    controller.queue.start()
+    memo["controller"] = controller
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.queue.stop()
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def resource_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.observe_resource(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.observe_child(event.get("type"), {"kind": "Deployment", **event["object"]})
+
+
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.observe_child(event.get("type"), {"kind": "Service", **event["object"]})

@@ -1,0 +1,255 @@
+"""reconcile(): spec + status + observed children -> the writes that close the gap, and nothing else.
+
+Level-based: it never asks which event woke it. It reads what the Store holds (fed by watch events and by the
+results of our own writes), lets the pure planner decide, and writes only what differs: a pass with nothing to
+change makes no API call at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from modeldeploy import api, builders, rollout
+from modeldeploy.config import OperatorConfig
+from modeldeploy.kube import Kube
+
+log = logging.getLogger("modeldeploy.reconcile")
+
+Manifest = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+
+
+def key_of(body: Manifest) -> Key:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def owner_key(child: Manifest) -> Key | None:
+    """The ModelDeployment that controls a child, from its controller owner reference."""
+    for reference in child["metadata"].get("ownerReferences") or []:
+        if (
+            reference.get("controller")
+            and reference.get("kind") == api.KIND
+            and reference.get("apiVersion", "").startswith(api.GROUP + "/")
+        ):
+            return child["metadata"]["namespace"], reference["name"]
+    return None
+
+
+def _newer_or_equal(candidate: Manifest, current: Manifest | None) -> bool:
+    """Whether `candidate` is at least as new as `current`, so a late watch event cannot undo a newer write."""
+    if current is None:
+        return True
+    new_version = candidate["metadata"].get("resourceVersion", "")
+    old_version = current["metadata"].get("resourceVersion", "")
+    if new_version.isdigit() and old_version.isdigit():
+        # Opaque by contract, but etcd's are increasing integers; anything else is taken as newer.
+        return int(new_version) >= int(old_version)
+    return True
+
+
+@dataclass
+class Children:
+    deployments: dict[str, Manifest] = field(default_factory=dict)
+    services: dict[str, Manifest] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> dict[str, Manifest]:
+        return self.deployments if kind == "Deployment" else self.services
+
+
+class Store:
+    """What the operator has seen of its resources and their children. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parents: dict[Key, Manifest] = {}
+        self._children: dict[Key, Children] = {}
+
+    def put_parent(self, body: Manifest) -> None:
+        key = key_of(body)
+        with self._lock:
+            if _newer_or_equal(body, self._parents.get(key)):
+                self._parents[key] = body
+
+    def remove_parent(self, key: Key) -> None:
+        with self._lock:
+            self._parents.pop(key, None)
+
+    def put_child(self, body: Manifest) -> Key | None:
+        key = owner_key(body)
+        if key is None:
+            return None
+        name = body["metadata"]["name"]
+        with self._lock:
+            existing = self._children.setdefault(key, Children()).of_kind(body["kind"])
+            if _newer_or_equal(body, existing.get(name)):
+                existing[name] = body
+        return key
+
+    def remove_child(self, body: Manifest) -> Key | None:
+        key = owner_key(body)
+        if key is None:
+            return None
+        with self._lock:
+            children = self._children.get(key)
+            if children is not None:
+                children.of_kind(body["kind"]).pop(body["metadata"]["name"], None)
+        return key
+
+    def snapshot(self, key: Key) -> tuple[Manifest | None, Children]:
+        with self._lock:
+            parent = self._parents.get(key)
+            children = self._children.get(key, Children())
+            return copy.deepcopy(parent), Children(dict(children.deployments), dict(children.services))
+
+    def keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._parents)
+
+
+def contains(actual: Any, desired: Any) -> bool:
+    """Whether every field we set is present in `actual` with our value (the server adds defaults around them)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and contains(actual[key], value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(contains(a, d) for a, d in zip(actual, desired, strict=True))
+        )
+    return bool(actual == desired)
+
+
+def observed_revisions(children: Children) -> dict[str, rollout.ObservedRevision]:
+    observed = {}
+    for deployment in children.deployments.values():
+        labels = deployment["metadata"].get("labels") or {}
+        revision = labels.get(builders.LABEL_REVISION)
+        if not revision:
+            continue
+        status = deployment.get("status") or {}
+        generation = deployment["metadata"].get("generation", 0)
+        observed[revision] = rollout.ObservedRevision(
+            revision=revision,
+            version=labels.get(builders.LABEL_VERSION, ""),
+            replicas=int(deployment["spec"].get("replicas", 0)),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            up_to_date=int(status.get("observedGeneration") or 0) >= int(generation),
+        )
+    return observed
+
+
+def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json")
+
+
+def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> api.ModelDeploymentStatus:
+    previous = api.ModelDeploymentStatus.model_validate(parent.get("status") or {})
+    generation = int(parent["metadata"].get("generation", 0))
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = f"spec.{location}: {first['msg']}"
+    conditions = rollout.set_condition(
+        previous.conditions,
+        api.ConditionType.DEGRADED,
+        True,
+        "InvalidSpec",
+        message,
+        generation=generation,
+        now=now,
+    )
+    conditions = rollout.set_condition(
+        conditions, api.ConditionType.READY, False, "InvalidSpec", message, generation=generation, now=now
+    )
+    return previous.model_copy(
+        update={
+            "observedGeneration": generation,
+            "phase": str(api.Phase.DEGRADED),
+            "message": message,
+            "conditions": conditions,
+        }
+    )
+
+
+def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: datetime | None = None) -> float | None:
+    """One level-based pass over one ModelDeployment. Returns seconds until a timed re-check, if one is due."""
+    now = now or datetime.now(UTC)
+    parent, children = store.snapshot(key)
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return None  # Gone or going: garbage collection removes the children.
+    namespace = key[0]
+    try:
+        resource = api.ModelDeployment.model_validate(parent)
+    except ValidationError as error:
+        # Admission should have refused it; an object stored before a schema change can still be invalid.
+        status = _invalid_status(parent, error, now)
+        _write_status(kube, store, parent, status)
+        return None
+
+    desired_revision = builders.revision_of(resource, config)
+    model = builders.model_name(resource)
+    plan = rollout.plan(
+        resource,
+        desired_revision,
+        observed_revisions(children),
+        now,
+        model=model,
+        url=builders.service_url(resource, config),
+        history_limit=config.history_limit,
+        retained=config.retained_revisions,
+    )
+
+    for revision, replicas in plan.replicas.items():
+        deployment_name = builders.deployment_name(resource, revision)
+        current = children.deployments.get(deployment_name)
+        if revision == plan.apply_revision:
+            manifest = builders.build_deployment(resource, revision, replicas, config)
+            if current is None or not contains(current, manifest):
+                store.put_child(kube.apply(manifest))
+        elif current is not None and current["spec"].get("replicas") != replicas:
+            store.put_child(kube.scale_deployment(namespace, deployment_name, replicas))
+    for deployment_name, deployment in children.deployments.items():
+        labelled = (deployment["metadata"].get("labels") or {}).get(builders.LABEL_REVISION)
+        if labelled not in plan.replicas:
+            kube.delete_deployment(namespace, deployment_name)
+            store.remove_child(deployment)
+
+    stable = plan.status.stable
+    assert stable is not None  # the planner always names a serving revision
+    canary_revision = plan.status.canary.revision if plan.status.canary else stable.revision
+    for service in builders.build_services(resource, stable.revision, canary_revision):
+        current = children.services.get(service["metadata"]["name"])
+        if current is None or not contains(current, service):
+            store.put_child(kube.apply(service))
+
+    if _write_status(kube, store, parent, plan.status):
+        for event in plan.events:
+            kube.post_event(parent, event.type, event.reason, event.message)
+    return plan.requeue_after
+
+
+def _write_status(kube: Kube, store: Store, parent: Manifest, status: api.ModelDeploymentStatus) -> bool:
+    """Write the status when it differs from what is stored. One write per pass at most."""
+    previous = api.ModelDeploymentStatus.model_validate(parent.get("status") or {})
+    if _status_dump(previous) == _status_dump(status):
+        return False
+    namespace, name = key_of(parent)
+    updated = kube.patch_status(namespace, name, _status_dump(status))
+    store.put_parent(updated)
+    if previous.phase != status.phase:
+        log.info(
+            'Status changed namespace="%s" name="%s" phase="%s" message="%s"',
+            namespace,
+            name,
+            status.phase,
+            status.message,
+        )
+    return True

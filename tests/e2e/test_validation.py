@@ -1,0 +1,300 @@
+"""Admission of ModelDeployments by a real API server: the generated CRD's schema, defaults and CEL rules."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modeldeploy import api
+from tests.e2e.cluster import Cluster, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crd")]
+
+FULL = Path(__file__).parent / "testdata" / "full.yaml"
+DELETE = object()  # as a value in `edited`: remove the field
+
+MINIMAL: dict[str, Any] = {
+    "apiVersion": api.API_VERSION,
+    "kind": api.KIND,
+    "metadata": {"name": "minimal"},
+    "spec": {"model": {"version": "1.0.0", "uri": "s3://models/minimal/1.0.0/model.joblib"}},
+}
+
+
+def edited(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of `base` with fields set (or removed with DELETE); keys are dotted paths with '__' for '.'."""
+    manifest = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = manifest
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return manifest
+
+
+def apply(cluster: Cluster, namespace: str, manifest: dict[str, Any] | str) -> Any:
+    text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+    return cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=text, check=False)
+
+
+def read(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    result = cluster.kubectl("get", "modeldeployment", name, "-n", namespace, "-o", "json")
+    obj: dict[str, Any] = json.loads(result.stdout)
+    return obj
+
+
+def assert_refused(result: Any, *expected: str) -> None:
+    assert result.returncode != 0, f"the API server accepted the manifest:\n{result.stdout}"
+    for text in expected:
+        assert text in result.stderr, f"{text!r} is not in the API server's answer:\n{result.stderr}"
+
+
+TOO_LONG_NAME = "m" * (api.MAX_NAME_LENGTH + 1)
+
+INVALID = [
+    pytest.param(
+        edited(MINIMAL, spec__model__version=DELETE),
+        ["spec.model.version", "Required value"],
+        id="missing-version",
+    ),
+    pytest.param(edited(MINIMAL, spec__model__uri=DELETE), ["spec.model.uri", "Required value"], id="missing-uri"),
+    pytest.param(edited(MINIMAL, spec__model=DELETE), ["spec.model", "Required value"], id="missing-model"),
+    pytest.param(
+        edited(MINIMAL, spec__model__uri="ftp://models.example.com/model.joblib"),
+        ["spec.model.uri", "spec.model.uri must start with one of file://"],
+        id="uri-scheme-ftp",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__uri="/models/model.joblib"),
+        ["spec.model.uri", "must start with one of"],
+        id="uri-without-scheme",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__replicas=-1),
+        ["spec.replicas", "greater than or equal to 0"],
+        id="replicas-negative",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__replicas=1001),
+        ["spec.replicas", "less than or equal to 1000"],
+        id="replicas-over-1000",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__port=80),
+        ["spec.runtime.port", "greater than or equal to 1024"],
+        id="port-privileged",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__port=65536),
+        ["spec.runtime.port", "less than or equal to 65535"],
+        id="port-over-65535",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__metricsPort=0),
+        ["spec.runtime.metricsPort", "greater than or equal to 1024"],
+        id="metrics-port-zero",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__service__port=0),
+        ["spec.service.port", "greater than or equal to 1"],
+        id="service-port-zero",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__port=7000, spec__runtime__metricsPort=7000),
+        ["spec.runtime", "spec.runtime.port and spec.runtime.metricsPort must differ"],
+        id="port-equals-metrics-port",
+    ),
+    pytest.param(
+        # metricsPort is not in the manifest: the rule sees its default, 6000.
+        edited(MINIMAL, spec__runtime__port=6000),
+        ["spec.runtime", "spec.runtime.port and spec.runtime.metricsPort must differ"],
+        id="port-equals-default-metrics-port",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__version="1.4.0+build/7"),
+        ["spec.model.version", "should match"],
+        id="version-not-label-safe",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__version="v" * 64),
+        ["spec.model.version", "Too long"],
+        id="version-too-long",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__name="Fraud_Detector"),
+        ["spec.model.name", "should match"],
+        id="model-name-not-dns-label",
+    ),
+    pytest.param(
+        edited(MINIMAL, metadata__name=TOO_LONG_NAME),
+        [f"metadata.name must be at most {api.MAX_NAME_LENGTH} characters"],
+        id="name-too-long-for-children",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__versoin="1.0.1"),
+        # Server-side apply reports unknown fields in its own words (not strict decoding's "unknown field").
+        [".spec.model.versoin: field not declared in schema"],
+        id="unknown-field",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__protocoll="v2"),
+        [".spec.runtime.protocoll: field not declared in schema"],
+        id="unknown-field-in-defaulted-object",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__format="pytorch"),
+        ["spec.model.format", "Unsupported value"],
+        id="format-not-supported",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__protocol="grpc"),
+        ["spec.runtime.protocol", "Unsupported value"],
+        id="protocol-not-supported",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__runtime__env=[{"name": "LOG_LEVEL", "value": "info"}, {"name": "MODEL_URI", "value": "x"}],
+        ),
+        ["spec.runtime.env[1].name", "spec.runtime.env must not set MODEL_NAME"],
+        id="env-sets-model-uri",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__env=[{"value": "x"}]),
+        ["spec.runtime.env[0].name", "Required value"],
+        id="env-without-name",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__sha256="z" * 64),
+        ["spec.model.sha256", "should match"],
+        id="sha256-not-hex",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__sha256="AB" * 32),
+        ["spec.model.sha256", "should match"],
+        id="sha256-uppercase",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__model__sha256="ab" * 31),
+        ["spec.model.sha256", "should match"],
+        id="sha256-too-short",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__args=["--flag"] * 65),
+        ["spec.runtime.args", "must have at most 64 items"],
+        id="too-many-args",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout__progressDeadlineSeconds=5),
+        ["spec.rollout.progressDeadlineSeconds", "greater than or equal to 10"],
+        id="progress-deadline-too-short",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"limits": {"memory": ["1Gi"]}}),
+        ["spec.runtime.resources.limits.memory"],
+        id="resource-quantity-not-int-or-string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("manifest", "expected"), INVALID)
+def test_invalid_manifest_is_refused(
+    cluster: Cluster, namespace: str, manifest: dict[str, Any], expected: list[str]
+) -> None:
+    assert_refused(apply(cluster, namespace, manifest), *expected)
+    listed = cluster.kubectl("get", "modeldeployments", "-n", namespace, "-o", "name")
+    assert listed.stdout.strip() == "", "a refused manifest left an object behind"
+
+
+@pytest.mark.parametrize("verb", ["apply", "create"])
+def test_unknown_field_is_refused_without_server_side_apply(cluster: Cluster, namespace: str, verb: str) -> None:
+    """Client-side apply and create send the object itself; strict field validation refuses the typo."""
+    manifest = yaml.safe_dump(edited(MINIMAL, spec__model__versoin="1.0.1"))
+    result = cluster.kubectl(verb, "-n", namespace, "-f", "-", input=manifest, check=False)
+    assert_refused(result, 'unknown field "spec.model.versoin"')
+
+
+def test_model_name_is_immutable(cluster: Cluster, namespace: str) -> None:
+    named = edited(MINIMAL, spec__model__name="fraud")
+    created = apply(cluster, namespace, named)
+    assert created.returncode == 0, created.stderr
+    # Re-applying the same name, and changing other fields, is fine.
+    unchanged = apply(cluster, namespace, edited(named, spec__model__version="1.0.1"))
+    assert unchanged.returncode == 0, unchanged.stderr
+
+    renamed = apply(cluster, namespace, edited(named, spec__model__name="other"))
+    assert_refused(renamed, "spec.model", "spec.model.name is immutable")
+    dropped = apply(cluster, namespace, edited(named, spec__model__name=DELETE))
+    assert_refused(dropped, "spec.model.name is immutable")
+    assert read(cluster, namespace, "minimal")["spec"]["model"]["name"] == "fraud"
+
+
+def test_model_name_cannot_be_added_later(cluster: Cluster, namespace: str) -> None:
+    created = apply(cluster, namespace, MINIMAL)
+    assert created.returncode == 0, created.stderr
+    assert_refused(apply(cluster, namespace, edited(MINIMAL, spec__model__name="fraud")), "is immutable")
+
+
+def test_full_manifest_is_accepted_unchanged(cluster: Cluster, namespace: str) -> None:
+    text = FULL.read_text()
+    result = apply(cluster, namespace, text)
+    assert result.returncode == 0, result.stderr
+    sent = yaml.safe_load(text)
+    stored = read(cluster, namespace, sent["metadata"]["name"])
+    # Every field is set, so nothing is defaulted and nothing may be pruned.
+    assert stored["spec"] == sent["spec"]
+    assert "status" not in stored
+
+
+def test_minimal_manifest_reads_back_with_defaults(cluster: Cluster, namespace: str) -> None:
+    result = apply(cluster, namespace, MINIMAL)
+    assert result.returncode == 0, result.stderr
+    spec = read(cluster, namespace, "minimal")["spec"]
+    assert spec["runtime"]["port"] == 9000
+    assert spec["runtime"]["metricsPort"] == 6000
+    assert spec["runtime"]["protocol"] == "seldon"
+    assert spec["runtime"]["image"] == ""
+    assert spec["runtime"]["resources"] == {}
+    assert spec["replicas"] == 1
+    assert spec["model"]["format"] == "sklearn"
+    assert spec["model"]["sha256"] == ""
+    assert "name" not in spec["model"]
+    assert spec["rollout"] == {"progressDeadlineSeconds": 600}
+    assert spec["service"] == {"port": 80}
+    # The API server's defaults are the models' defaults.
+    assert api.ModelDeploymentSpec.model_validate(spec) == api.ModelDeploymentSpec.model_validate(MINIMAL["spec"])
+
+
+def test_longest_allowed_name_is_accepted(cluster: Cluster, namespace: str) -> None:
+    manifest = edited(MINIMAL, metadata__name="m" * api.MAX_NAME_LENGTH)
+    result = apply(cluster, namespace, manifest)
+    assert result.returncode == 0, result.stderr
+
+
+def test_example_is_accepted(cluster: Cluster, namespace: str) -> None:
+    example = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "fraud-detector.yaml"
+    result = apply(cluster, namespace, example.read_text())
+    assert result.returncode == 0, result.stderr
+    printed = cluster.kubectl("get", "mdep", "-n", namespace)
+    assert printed.stdout.split()[:6] == ["NAME", "MODEL", "VERSION", "DESIRED", "READY", "PHASE"]
+    assert "fraud-detector" in printed.stdout
+
+
+def test_explain_describes_the_fields(cluster: Cluster) -> None:
+    def explained() -> str | None:
+        result = cluster.kubectl("explain", "mdep.spec.model", check=False)
+        return result.stdout if result.returncode == 0 and "version" in result.stdout else None
+
+    text = wait_until(explained, timeout=30, interval=0.5, what="kubectl explain mdep.spec.model")
+    assert "The model version to serve and where its artifact lives." in text
+    for field in ("name", "version", "uri", "format", "sha256"):
+        assert f"  {field}\t" in text or f"  {field} " in text, text
