@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,14 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 @pytest.fixture(scope="session")
 def operator_process(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
     """One operator for the session, started as `modeldeploy run` against the local control plane."""
-    log_path = Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-e2e.log"
+    cluster_dir = Path(hack_value("CLUSTER_DIR"))
+    demo_pid = cluster_dir / "pids" / "operator-demo.pid"
+    if demo_pid.exists():
+        # Two operators on one cluster would both act on the tests' resources.
+        print(f"stopping the operator that `make demo` left running ({demo_pid})")
+        subprocess.run(["kill", "-TERM", demo_pid.read_text().strip()], check=False)
+        demo_pid.unlink()
+    log_path = cluster_dir / "logs" / "operator-e2e.log"
     process = OperatorProcess(cluster, log_path)
     process.start()
     yield process
