@@ -42,13 +42,13 @@ crds: install ## Regenerate crds/ and manifests/ from the pydantic models
 	$(PY) -m modeldeploy.crdgen --write
 
 .PHONY: test
-test: install tools ## Run every test: unit, then end-to-end on the local control plane
-	$(PY) -m pytest tests/unit
+test: install tools ## Run every test: unit and runtime, then end-to-end on the local control plane
+	$(PY) -m pytest tests/unit tests/runtime
 	$(PY) -m pytest tests/e2e
 
 .PHONY: test-unit
-test-unit: install ## Run the unit tests only (no cluster)
-	$(PY) -m pytest tests/unit
+test-unit: install ## Run the unit and runtime tests only (no cluster)
+	$(PY) -m pytest tests/unit tests/runtime
 
 .PHONY: test-e2e
 test-e2e: install tools ## Run the end-to-end tests on the local control plane

@@ -32,7 +32,15 @@ LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 SHA256_PATTERN = r"^([a-f0-9]{64})?$"
 # Variables of the serving-container contract; the operator sets them, so a user's env may not.
-CONTRACT_ENV = ("MODEL_NAME", "MODEL_VERSION", "MODEL_URI", "MODEL_FORMAT", "MODEL_SHA256")
+CONTRACT_ENV = (
+    "MODEL_NAME",
+    "MODEL_VERSION",
+    "MODEL_URI",
+    "MODEL_FORMAT",
+    "MODEL_SHA256",
+    "PREDICTIVE_UNIT_HTTP_SERVICE_PORT",
+    "PREDICTIVE_UNIT_METRICS_SERVICE_PORT",
+)
 
 
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -254,9 +262,86 @@ class RuntimeSpec(_Model):
     ]
 
 
+class Strategy(StrEnum):
+    CANARY = "Canary"
+    IMMEDIATE = "Immediate"
+
+
+DURATION_PATTERN = r"^[0-9]{1,6}(s|m|h)?$"
+
+
+class Pause(_Model):
+    """Wait: for a duration, or, without one, until the rollout is promoted."""
+
+    duration: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=DURATION_PATTERN,
+            description="How long to wait, e.g. 30s, 5m or 1h (a bare number is seconds). Absent: wait for promote.",
+        ),
+    ]
+
+
+class CanaryStep(_Model):
+    """One step of a canary rollout: exactly one of setWeight or pause."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.setWeight) != has(self.pause)",
+                "each spec.rollout.steps entry must set exactly one of setWeight or pause",
+            ),
+        )
+    )
+
+    setWeight: Annotated[
+        int | None,
+        Field(default=None, ge=0, le=100, description="Percent of the traffic the new revision should take (0-100)."),
+    ]
+    pause: Annotated[Pause | None, Field(default=None, description="Wait before the next step.")]
+
+
+def default_steps() -> list[CanaryStep]:
+    return [
+        CanaryStep.model_validate({"setWeight": 20}),
+        CanaryStep.model_validate({"pause": {"duration": "60s"}}),
+        CanaryStep.model_validate({"setWeight": 50}),
+        CanaryStep.model_validate({"pause": {"duration": "60s"}}),
+    ]
+
+
 class RolloutSpec(_Model):
     """How a new revision replaces the serving one."""
 
+    strategy: Annotated[
+        Strategy,
+        Field(
+            default=Strategy.CANARY,
+            description=(
+                "Canary: the new revision takes traffic step by step (steps). Immediate: it comes up beside the "
+                "serving one and takes over when all its replicas are Ready."
+            ),
+        ),
+    ]
+    steps: Annotated[
+        list[CanaryStep],
+        Field(
+            default_factory=default_steps,
+            max_length=20,
+            description=(
+                "Canary steps, in order (at most 20). After the last one the new revision is promoted. "
+                "Default: setWeight 20, pause 60s, setWeight 50, pause 60s."
+            ),
+        ),
+    ]
+    paused: Annotated[
+        bool,
+        Field(
+            default=False,
+            description="Freeze the rollout where it stands; set back to false to continue from the same step.",
+        ),
+    ]
     progressDeadlineSeconds: Annotated[
         int,
         Field(
@@ -264,9 +349,22 @@ class RolloutSpec(_Model):
             ge=10,
             le=86400,
             description=(
-                "Seconds a new revision has to become Ready. When they run out, the new revision is scaled to "
-                "zero, the serving revision keeps all traffic, and the resource reports Degraded with reason "
-                "ProgressDeadlineExceeded. It is not tried again until the spec changes."
+                "Seconds a new revision has to become Ready at each scale it is asked for. When they run out, it "
+                "is scaled to zero, the serving revision takes all traffic again, and the resource reports "
+                "Degraded with reason ProgressDeadlineExceeded. It is not tried again until the spec changes "
+                "or a retry is requested."
+            ),
+        ),
+    ]
+    rollbackWindow: Annotated[
+        int,
+        Field(
+            default=3,
+            ge=0,
+            le=10,
+            description=(
+                "A spec returning to one of the last N serving revisions is rolled out at once, without steps "
+                "(its Deployment is kept, scaled to zero, for exactly this)."
             ),
         ),
     ]
@@ -360,6 +458,9 @@ class TrackStatus(_Status):
     since: Annotated[
         str | None, Field(description="When the revision started rolling out (RFC 3339, microseconds).")
     ] = None
+    readyAt: Annotated[
+        str | None, Field(description="When all of the revision's replicas were first Ready (RFC 3339).")
+    ] = None
 
 
 class HistoryEntry(_Status):
@@ -382,6 +483,47 @@ class AbortedRevision(_Status):
     time: Annotated[str, Field(description="When it was rolled back (RFC 3339).")]
 
 
+class TrackWeights(_Status):
+    desiredWeight: Annotated[int, Field(description="Percent of traffic the rollout asks for.")] = 0
+    actualWeight: Annotated[int, Field(description="Percent of ready serving pods that run this revision.")] = 0
+
+
+class PauseStatus(_Status):
+    """Why and since when the rollout waits."""
+
+    reason: Annotated[str, Field(description="PauseStep (timed), PromotionRequired (open pause) or SpecPaused.")]
+    startedAt: Annotated[str, Field(description="When the pause began (RFC 3339, microseconds).")]
+    endsAt: Annotated[str | None, Field(description="When a timed pause ends.")] = None
+
+
+class Command(_Status):
+    """A request made with `kubectl mdep promote|abort|retry`. Written by people, never by the operator."""
+
+    id: Annotated[str, Field(description="Unique per request: the operator acts once on each id.")]
+    full: Annotated[bool, Field(description="promote only: skip every remaining step.")] = False
+    requestedAt: Annotated[str, Field(description="When it was requested.")] = ""
+
+
+class Commands(_Status):
+    promote: Annotated[Command | None, Field(description="Finish the current pause (or, full, every step).")] = None
+    abort: Annotated[Command | None, Field(description="Give all traffic back to the serving revision.")] = None
+    retry: Annotated[Command | None, Field(description="Try an aborted revision again.")] = None
+
+
+class Acknowledged(_Status):
+    promote: Annotated[str, Field(description="Id of the last promote request acted on.")] = ""
+    abort: Annotated[str, Field(description="Id of the last abort request acted on.")] = ""
+    retry: Annotated[str, Field(description="Id of the last retry request acted on.")] = ""
+
+
+class CanaryStatus(TrackStatus, TrackWeights):
+    """The revision being rolled out, and the share of traffic it has."""
+
+    fastTrack: Annotated[
+        bool, Field(description="A return to a recent revision, rolled out at once without steps.")
+    ] = False
+
+
 class ModelDeploymentStatus(_Status):
     """Observed state, written by the operator. Argo CD and `kubectl wait` read it."""
 
@@ -394,8 +536,19 @@ class ModelDeploymentStatus(_Status):
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Available, Progressing and Degraded.")
     stable: Annotated[TrackStatus | None, Field(description="The revision that serves the model.")] = None
     canary: Annotated[
-        TrackStatus | None, Field(description="The new revision being rolled out, while there is one.")
+        CanaryStatus | None, Field(description="The new revision being rolled out, while there is one.")
     ] = None
+    currentStepIndex: Annotated[
+        int | None, Field(description="Index in spec.rollout.steps of the step in progress, during a canary.")
+    ] = None
+    stepStartedAt: Annotated[str | None, Field(description="When the current step began (RFC 3339).")] = None
+    pause: Annotated[PauseStatus | None, Field(description="Set while the rollout waits.")] = None
+    commands: Annotated[
+        Commands | None, Field(description="Requests from `kubectl mdep`; the operator only reads them.")
+    ] = None
+    acknowledged: Annotated[Acknowledged, Field(description="The requests the operator has acted on.")] = Field(
+        default_factory=lambda: Acknowledged()
+    )
     aborted: Annotated[
         AbortedRevision | None,
         Field(description="The revision last rolled back, while the spec still asks for it."),
@@ -444,6 +597,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "type": "integer",
         "jsonPath": ".status.stable.readyReplicas",
         "description": "Ready replicas of the serving revision",
+    },
+    {"name": "Canary", "type": "string", "jsonPath": ".status.canary.version", "description": "Version rolling out"},
+    {
+        "name": "Weight",
+        "type": "integer",
+        "jsonPath": ".status.canary.actualWeight",
+        "description": "Percent of ready pods running the canary",
     },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Health"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

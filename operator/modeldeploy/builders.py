@@ -100,7 +100,11 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
     for var in env:
         if var.get("value") == "":
             del var["value"]
-    resources = runtime.resources.model_dump(exclude_none=True)
+    # Quantities as strings, the form the API server returns them in, so that what we read back compares equal.
+    resources = {
+        kind: {name: str(quantity) for name, quantity in amounts.items()}
+        for kind, amounts in runtime.resources.model_dump(exclude_none=True).items()
+    }
     volume_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     claim = _pvc_claim(spec.model.uri)

@@ -9,6 +9,9 @@ import sys
 import kopf
 import prometheus_client
 
+from modeldeploy.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
+from modeldeploy.kube import Kube, current_namespace, load_configuration
+
 
 def _run(args: argparse.Namespace) -> int:
     kopf.configure(
@@ -35,9 +38,62 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kube() -> Kube:
+    return Kube(load_configuration(), pool_size=1)
+
+
+def _request(args: argparse.Namespace) -> int:
+    namespace = args.namespace or current_namespace()
+    kube = _kube()
+    body = kube.get_resource(namespace, args.name)
+    if body is None:
+        print(f"error: modeldeployment {args.name!r} not found in namespace {namespace!r}", file=sys.stderr)
+        return 1
+    kube.request_command(namespace, args.name, args.command, command_body(full=getattr(args, "full", False)))
+    what = "promote --full" if getattr(args, "full", False) else args.command
+    print(f"modeldeployment {namespace}/{args.name}: {what} requested")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    namespace = args.namespace or current_namespace()
+    body = _kube().get_resource(namespace, args.name)
+    if body is None:
+        print(f"error: modeldeployment {args.name!r} not found in namespace {namespace!r}", file=sys.stderr)
+        return 1
+    print(render_status(body))
+    return 0
+
+
+def _add_resource_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, help_text in COMMAND_HELP.items():
+        command = commands.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}. The spec is not touched. Without the plugin: "
+            + PLAIN_KUBECTL.replace("COMMAND", name),
+        )
+        command.add_argument("name", help="the ModelDeployment")
+        command.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+        if name == "promote":
+            command.add_argument("--full", action="store_true", help="skip every remaining step")
+        command.set_defaults(func=_request)
+    status = commands.add_parser("status", help="show a rollout: steps, tracks, weights, what it waits for")
+    status.add_argument("name", help="the ModelDeployment")
+    status.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig's)")
+    status.set_defaults(func=_status)
+
+
+def build_plugin_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl mdep", description="Promote, abort, retry and watch model rollouts.")
+    _add_resource_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modeldeploy", description="Safe rollouts of machine-learning models.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_resource_commands(commands)
     run = commands.add_parser(
         "run",
         help="run the operator against KUBECONFIG (or the in-cluster service account)",
@@ -62,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def kubectl_plugin(argv: list[str] | None = None) -> int:
+    """`kubectl mdep ...`: kubectl runs `kubectl-mdep` from PATH."""
+    args = build_plugin_parser().parse_args(argv)
     result: int = args.func(args)
     return result
 

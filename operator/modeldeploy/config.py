@@ -25,7 +25,8 @@ class OperatorConfig:
     history_limit: int = 10
     """How many revisions status.history keeps."""
     retained_revisions: int = 3
-    """Old revisions whose Deployments are kept (scaled to zero) for a fast return; older ones are deleted."""
+    """Recent revisions, the serving one included, whose Deployments are kept (the old ones scaled to zero) for a
+    fast return; older ones are deleted. Revisions inside spec.rollout.rollbackWindow are kept too."""
     workers: int = 4
     """Reconciles that run at once (each in a thread: the Kubernetes client is synchronous)."""
     cluster_domain: str = "cluster.local"

@@ -124,6 +124,8 @@ class _Generator(GenerateJsonSchema):
             built = factory()  # type: ignore[call-arg]
             if isinstance(built, BaseModel):
                 return _materialized(built)
+            if isinstance(built, list) and built and all(isinstance(item, BaseModel) for item in built):
+                return [_materialized(item) for item in built]
         return default
 
 
@@ -138,7 +140,12 @@ def _materialized(model: BaseModel) -> dict[str, Any]:
         if value is None or (isinstance(value, list | tuple | dict) and not value):
             continue
         key = field.alias or name
-        out[key] = _materialized(value) if isinstance(value, BaseModel) else to_jsonable_python(value)
+        if isinstance(value, BaseModel):
+            out[key] = _materialized(value)
+        elif isinstance(value, list) and all(isinstance(item, BaseModel) for item in value):
+            out[key] = [_materialized(item) for item in value]
+        else:
+            out[key] = to_jsonable_python(value)
     return out
 
 

@@ -38,6 +38,15 @@ def load_configuration() -> kubernetes.client.Configuration:
     return configuration
 
 
+def current_namespace() -> str:
+    """The namespace of the kubeconfig's current context, as kubectl uses it."""
+    try:
+        _, context = kubernetes.config.list_kube_config_contexts()
+    except (kubernetes.config.ConfigException, OSError):
+        return "default"
+    return str((context or {}).get("context", {}).get("namespace") or "default")
+
+
 def _kv(**values: object) -> str:
     return " ".join(f'{key}="{value}"' for key, value in values.items())
 
@@ -135,6 +144,19 @@ class Kube:
             api.PLURAL,
             name,
             {"status": status},
+            _content_type=MERGE_CONTENT_TYPE,
+        )
+
+    def request_command(self, namespace: str, name: str, command: str, body: dict[str, Any]) -> Manifest:
+        """Record a promote/abort/retry request in status.commands, where the operator picks it up."""
+        self._count("patch", "ModelDeployment/status")
+        return self.custom.patch_namespaced_custom_object_status(  # type: ignore[no-any-return]
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            name,
+            {"status": {"commands": {command: body}}},
             _content_type=MERGE_CONTENT_TYPE,
         )
 

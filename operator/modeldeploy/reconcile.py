@@ -148,7 +148,8 @@ def observed_revisions(children: Children) -> dict[str, rollout.ObservedRevision
 
 
 def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
-    return status.model_dump(mode="json")
+    # Requests in status.commands belong to the people who make them; the operator only reads them.
+    return status.model_dump(mode="json", exclude={"commands"})
 
 
 def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> api.ModelDeploymentStatus:

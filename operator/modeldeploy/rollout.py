@@ -1,21 +1,24 @@
 """The rollout state machine and status computation: pure functions of spec, previous status, observed state, time.
 
-`plan()` decides which revision serves, which is rolling out, how many replicas each revision's Deployment gets,
-and what the status says. It does no I/O: the reconciler applies its result, so every transition is unit-tested
-without a cluster, and a restarted operator reaches the same decision from the status it left behind.
+`plan()` decides which revision serves, which is rolling out and at which step, how many replicas each revision's
+Deployment gets, and what the status says. It does no I/O: the reconciler applies its result, so every transition
+is unit-tested without a cluster, and a restarted operator reaches the same decision from the status it left.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from modeldeploy import api
+from modeldeploy.traffic import ReplicaRatioRouter, Split, TrafficRouter, stable_replicas_keeping_capacity
 
 FIRST_REVISION = "FirstRevision"
 
 Condition = api.Condition
 TrackStatus = api.TrackStatus
+CanaryStatus = api.CanaryStatus
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Plan:
     """The revision whose Deployment is (re)built from the current spec; the others are only scaled."""
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
-    """Seconds until the decision may change with no event (a deadline running out)."""
+    """Seconds until the decision may change with no event (a pause or deadline running out)."""
 
 
 def format_time(moment: datetime) -> str:
@@ -56,6 +59,18 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+_DURATION = re.compile(r"^([0-9]+)(s|m|h)?$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '5m', '1h' or a bare number of seconds (the forms admission accepts)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    number, unit = int(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600}[unit])
 
 
 def set_condition(
@@ -88,24 +103,6 @@ def _sorted_conditions(conditions: list[Condition]) -> list[Condition]:
     return sorted(conditions, key=lambda c: order.index(c.type) if c.type in order else len(order))
 
 
-def _record(
-    history: list[api.HistoryEntry],
-    track: TrackStatus,
-    outcome: api.Outcome,
-    reason: str,
-    now: datetime,
-    limit: int,
-) -> list[api.HistoryEntry]:
-    entry = api.HistoryEntry(
-        revision=track.revision,
-        version=track.version,
-        outcome=str(outcome),
-        reason=reason,
-        time=format_time(now),
-    )
-    return [entry, *history][:limit]
-
-
 def retained_revisions(history: list[api.HistoryEntry], keep: int) -> list[str]:
     """The most recent distinct revisions in history, newest first."""
     seen: list[str] = []
@@ -113,6 +110,346 @@ def retained_revisions(history: list[api.HistoryEntry], keep: int) -> list[str]:
         if entry.revision not in seen:
             seen.append(entry.revision)
     return seen[:keep]
+
+
+def recently_served(history: list[api.HistoryEntry], window: int) -> list[str]:
+    """Revisions that served (were promoted) most recently, newest first, at most `window` of them."""
+    served: list[str] = []
+    for entry in history:
+        if entry.outcome == api.Outcome.PROMOTED and entry.revision not in served:
+            served.append(entry.revision)
+    return served[:window]
+
+
+def effective_steps(rollout: api.RolloutSpec) -> list[api.CanaryStep]:
+    return list(rollout.steps) if rollout.strategy == api.Strategy.CANARY else []
+
+
+def pending(commands: api.Commands | None, acknowledged: api.Acknowledged, name: str) -> api.Command | None:
+    """A request made with `kubectl mdep NAME` that the operator has not acted on yet."""
+    command: api.Command | None = getattr(commands, name, None) if commands is not None else None
+    if command is None or not command.id or command.id == getattr(acknowledged, name):
+        return None
+    return command
+
+
+class _Planner:
+    """One planning pass. Holds the evolving state so each rule reads as a sentence."""
+
+    def __init__(
+        self,
+        resource: api.ModelDeployment,
+        desired_revision: str,
+        observed: dict[str, ObservedRevision],
+        now: datetime,
+        model: str,
+        history_limit: int,
+        router: TrafficRouter,
+    ) -> None:
+        self.spec = resource.spec
+        self.previous = resource.status
+        self.generation = int(resource.metadata.get("generation", 0))
+        self.desired = desired_revision
+        self.observed = observed
+        self.now = now
+        self.model = model
+        self.history_limit = history_limit
+        self.router = router
+        self.replicas = self.spec.replicas
+        self.deadline = timedelta(seconds=self.spec.rollout.progressDeadlineSeconds)
+        self.steps = effective_steps(self.spec.rollout)
+
+        self.events: list[Event] = []
+        self.history = list(self.previous.history)
+        self.stable = self.previous.stable
+        self.canary = self.previous.canary
+        self.aborted = self.previous.aborted
+        self.step_index = self.previous.currentStepIndex
+        self.step_started = self.previous.stepStartedAt
+        self.pause: api.PauseStatus | None = self.previous.pause
+        self.acknowledged = self.previous.acknowledged.model_copy()
+        self.requeue_after: float | None = None
+
+    # --- bookkeeping ----------------------------------------------------------------------------------------------
+
+    def event(self, kind: str, reason: str, message: str) -> None:
+        self.events.append(Event(kind, reason, message))
+
+    def record(self, track: TrackStatus, outcome: api.Outcome, reason: str) -> None:
+        entry = api.HistoryEntry(
+            revision=track.revision,
+            version=track.version,
+            outcome=str(outcome),
+            reason=reason,
+            time=format_time(self.now),
+        )
+        self.history = [entry, *self.history][: self.history_limit]
+
+    def wake_in(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def acknowledge(self, name: str, command: api.Command) -> None:
+        setattr(self.acknowledged, name, command.id)
+
+    def ready(self, revision: str) -> int:
+        seen = self.observed.get(revision)
+        return seen.ready_replicas if seen is not None and seen.up_to_date else 0
+
+    def scaled_to(self, revision: str) -> int | None:
+        seen = self.observed.get(revision)
+        return seen.replicas if seen is not None else None
+
+    # --- transitions ----------------------------------------------------------------------------------------------
+
+    def start_canary(self) -> None:
+        assert self.stable is not None
+        if self.canary is not None:
+            self.record(self.canary, api.Outcome.SUPERSEDED, "NewerRevision")
+            self.event(
+                "Normal",
+                "Superseded",
+                f"{self.canary.version} (revision {self.canary.revision}) replaced by a newer spec",
+            )
+        fast = self.desired in recently_served(self.history, self.spec.rollout.rollbackWindow)
+        self.canary = CanaryStatus(
+            version=self.spec.model.version, revision=self.desired, since=format_time(self.now), fastTrack=fast
+        )
+        self.step_index = 0
+        self.step_started = format_time(self.now)
+        self.pause = None
+        how = "at once: it served recently" if fast or not self.steps else f"in {len(self.steps)} steps"
+        self.event(
+            "Normal",
+            "RolloutStarted",
+            f"Rolling out {self.spec.model.version} (revision {self.desired}) {how}, replacing {self.stable.version}",
+        )
+
+    def end_canary(self) -> None:
+        self.canary = None
+        self.step_index = None
+        self.step_started = None
+        self.pause = None
+
+    def abort(self, reason: str, message: str) -> None:
+        assert self.canary is not None
+        self.record(self.canary, api.Outcome.ABORTED if reason == "Aborted" else api.Outcome.ROLLED_BACK, reason)
+        self.aborted = api.AbortedRevision(
+            revision=self.canary.revision,
+            version=self.canary.version,
+            reason=reason,
+            message=message,
+            time=format_time(self.now),
+        )
+        self.event("Warning", reason, message)
+        self.end_canary()
+
+    def promote(self) -> None:
+        assert self.canary is not None
+        assert self.stable is not None
+        self.record(self.canary, api.Outcome.PROMOTED, "RevisionReady")
+        self.event(
+            "Normal",
+            "Promoted",
+            f"{self.canary.version} (revision {self.canary.revision}) is promoted and serves all traffic; "
+            f"{self.stable.version} (revision {self.stable.revision}) scaled to zero",
+        )
+        self.stable = TrackStatus(
+            version=self.canary.version,
+            revision=self.canary.revision,
+            since=format_time(self.now),
+            readyAt=format_time(self.now),
+        )
+        self.end_canary()
+
+    # --- the rules --------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.stable is None:
+            # The first revision serves from the start: there is nothing to protect yet.
+            self.stable = TrackStatus(
+                version=self.spec.model.version, revision=self.desired, since=format_time(self.now)
+            )
+            self.record(self.stable, api.Outcome.PROMOTED, FIRST_REVISION)
+            self.event(
+                "Normal", "RevisionCreated", f"Serving {self.model} {self.spec.model.version} (revision {self.desired})"
+            )
+
+        retry = pending(self.previous.commands, self.acknowledged, "retry")
+        if retry is not None:
+            self.acknowledge("retry", retry)
+            if self.aborted is not None and self.aborted.revision == self.desired:
+                self.event("Normal", "RetryRequested", f"Retrying {self.aborted.version} (revision {self.desired})")
+                self.aborted = None
+
+        if self.stable.revision == self.desired:
+            if self.canary is not None:
+                # The spec went back to what serves: stop at once, no steps.
+                self.record(self.canary, api.Outcome.ROLLED_BACK, "SpecReverted")
+                self.event(
+                    "Normal",
+                    "RolledBack",
+                    f"Spec returned to {self.stable.version} (revision {self.stable.revision}); "
+                    f"{self.canary.version} (revision {self.canary.revision}) scaled to zero",
+                )
+                self.end_canary()
+            self.aborted = None
+        elif self.aborted is not None and self.aborted.revision == self.desired:
+            self.end_canary()  # Not retried until the spec asks for another revision or a retry.
+        else:
+            self.aborted = None
+            if self.canary is None or self.canary.revision != self.desired:
+                self.start_canary()
+            self.advance()
+
+        # Requests that found nothing to act on are still answered once.
+        for name in ("promote", "abort"):
+            command = pending(self.previous.commands, self.acknowledged, name)
+            if command is not None:
+                self.acknowledge(name, command)
+                self.event("Normal", f"{name.capitalize()}Ignored", f"No rollout in progress to {name}")
+
+    def target_weight(self) -> int:
+        """The weight the current step asks for: the last setWeight reached so far, 100 once past every step."""
+        assert self.step_index is not None
+        if self.step_index >= len(self.steps):
+            return 100
+        weight = 0
+        for step in self.steps[: self.step_index + 1]:
+            if step.setWeight is not None:
+                weight = step.setWeight
+        return weight
+
+    def advance(self) -> None:
+        """Walk the canary through its steps as far as the observed state allows, in this one pass."""
+        assert self.canary is not None
+        assert self.step_index is not None
+        abort = pending(self.previous.commands, self.acknowledged, "abort")
+        if abort is not None:
+            self.acknowledge("abort", abort)
+            self.abort(
+                "Aborted",
+                f"Rollout of {self.canary.version} (revision {self.canary.revision}) aborted on request; "
+                f"{self.stable.version if self.stable else ''} takes all traffic",
+            )
+            return
+        if self.canary.fastTrack:
+            self.step_index = len(self.steps)
+        promote = pending(self.previous.commands, self.acknowledged, "promote")
+        if promote is not None:
+            self.acknowledge("promote", promote)
+            if promote.full:
+                self.step_index = len(self.steps)
+                self.pause = None
+                self.event("Normal", "PromotedFully", f"Skipping the remaining steps of {self.canary.version}")
+            elif self.step_index < len(self.steps) and self.steps[self.step_index].pause is not None:
+                self.step_index += 1
+                self.step_started = format_time(self.now)
+                self.pause = None
+                self.event("Normal", "PauseEnded", f"Promoted past the pause of {self.canary.version}")
+
+        if self.spec.rollout.paused:
+            if self.pause is None or self.pause.reason != "SpecPaused":
+                self.pause = api.PauseStatus(reason="SpecPaused", startedAt=format_time(self.now))
+                self.event("Normal", "Paused", f"Rollout of {self.canary.version} paused by spec.rollout.paused")
+            return
+        if self.pause is not None and self.pause.reason == "SpecPaused":
+            # Resumed: the step in progress starts its clock again.
+            self.pause = None
+            self.step_started = format_time(self.now)
+            self.event("Normal", "Resumed", f"Rollout of {self.canary.version} resumed")
+
+        while self.canary is not None and self.step_index is not None:
+            started = parse_time(self.step_started) if self.step_started else self.now
+            if self.step_index >= len(self.steps):
+                self.finish(started)
+                return
+            step = self.steps[self.step_index]
+            if step.pause is not None:
+                if step.pause.duration is None:
+                    if self.pause is None or self.pause.reason != "PromotionRequired":
+                        self.pause = api.PauseStatus(reason="PromotionRequired", startedAt=format_time(started))
+                    return
+                ends = started + parse_duration(step.pause.duration)
+                if self.now < ends:
+                    self.pause = api.PauseStatus(
+                        reason="PauseStep", startedAt=format_time(started), endsAt=format_time(ends)
+                    )
+                    self.wake_in((ends - self.now).total_seconds())
+                    return
+                self.pause = None
+                self.step_index += 1
+                # A pause right after a pause starts when the first was due to end, so pauses never drift; any
+                # other step starts now, so its deadline counts from when its scale is first asked for.
+                next_is_pause = self.step_index < len(self.steps) and self.steps[self.step_index].pause is not None
+                self.step_started = format_time(ends if next_is_pause else self.now)
+                continue
+            # setWeight: done when the canary has its pods ready and the stable has given up its share.
+            split = self.router.split(self.replicas, self.target_weight())
+            stable = self.stable_revision()
+            if (
+                self.ready(self.canary.revision) >= split.canary
+                and self.scaled_to(stable) == split.stable
+                and self.ready(stable) <= split.stable
+            ):
+                self.pause = None
+                self.step_index += 1
+                self.step_started = format_time(self.now)
+                continue
+            self.check_deadline(started)
+            return
+
+    def stable_revision(self) -> str:
+        assert self.stable is not None
+        return self.stable.revision
+
+    def finish(self, started: datetime) -> None:
+        """Past the last step: the canary gets every replica and is promoted once they are all ready."""
+        assert self.canary is not None
+        canary_ready = self.ready(self.canary.revision)
+        if (self.scaled_to(self.canary.revision) or 0) >= self.replicas and canary_ready >= self.replicas:
+            self.promote()
+            return
+        self.check_deadline(started)
+
+    def check_deadline(self, started: datetime) -> None:
+        assert self.canary is not None
+        if self.now >= started + self.deadline:
+            ready = self.ready(self.canary.revision)
+            self.abort(
+                "ProgressDeadlineExceeded",
+                f"{self.canary.version} (revision {self.canary.revision}) did not get Ready within "
+                f"{self.spec.rollout.progressDeadlineSeconds}s ({ready} ready) and was rolled back; "
+                f"{self.stable.version if self.stable else ''} keeps serving",
+            )
+        else:
+            self.wake_in((started + self.deadline - self.now).total_seconds())
+
+    # --- replicas -------------------------------------------------------------------------------------------------
+
+    def desired_replicas(self, retained: int) -> dict[str, int]:
+        assert self.stable is not None
+        replicas = {self.stable.revision: self.replicas}
+        if self.canary is not None:
+            assert self.step_index is not None
+            canary_ready = self.ready(self.canary.revision)
+            if self.step_index >= len(self.steps):
+                # Final stage: the canary comes up in full; the stable gives up a pod for each canary pod ready.
+                replicas[self.canary.revision] = self.replicas
+                replicas[self.stable.revision] = stable_replicas_keeping_capacity(
+                    Split(stable=0, canary=self.replicas), self.replicas, canary_ready
+                )
+            else:
+                split = self.router.split(self.replicas, self.target_weight())
+                replicas[self.canary.revision] = split.canary
+                replicas[self.stable.revision] = stable_replicas_keeping_capacity(split, self.replicas, canary_ready)
+        keep = set(retained_revisions(self.history, retained))
+        keep.update(recently_served(self.history, self.spec.rollout.rollbackWindow))
+        if self.aborted is not None:
+            keep.add(self.aborted.revision)
+        for revision in self.observed:
+            if revision not in replicas and revision in keep:
+                replicas[revision] = 0
+        return replicas
 
 
 def plan(
@@ -125,204 +462,152 @@ def plan(
     url: str,
     history_limit: int = 10,
     retained: int = 3,
+    router: TrafficRouter | None = None,
 ) -> Plan:
     """Decide the next state. Level-based: the same inputs always give the same plan."""
-    spec = resource.spec
-    previous = resource.status
-    generation = int(resource.metadata.get("generation", 0))
-    version = spec.model.version
-    deadline = timedelta(seconds=spec.rollout.progressDeadlineSeconds)
-    events: list[Event] = []
-    history = list(previous.history)
-    stable = previous.stable
-    canary = previous.canary
-    aborted = previous.aborted
-    requeue_after: float | None = None
+    planner = _Planner(resource, desired_revision, observed, now, model, history_limit, router or ReplicaRatioRouter())
+    planner.run()
+    replicas = planner.desired_replicas(retained)
+    status, requeue = _status(planner, url)
+    if requeue is not None:
+        planner.wake_in(requeue)
+    return Plan(
+        status=status,
+        replicas=replicas,
+        apply_revision=desired_revision if desired_revision in replicas else None,
+        events=planner.events,
+        requeue_after=planner.requeue_after,
+    )
 
-    if stable is None:
-        # The first revision serves from the start: there is nothing to protect yet.
-        stable = TrackStatus(version=version, revision=desired_revision, since=format_time(now))
-        history = _record(history, stable, api.Outcome.PROMOTED, FIRST_REVISION, now, history_limit)
-        events.append(Event("Normal", "RevisionCreated", f"Serving {model} {version} (revision {desired_revision})"))
 
-    if stable.revision == desired_revision:
-        if canary is not None:
-            history = _record(history, canary, api.Outcome.ROLLED_BACK, "SpecReverted", now, history_limit)
-            events.append(
-                Event(
-                    "Normal",
-                    "RolledBack",
-                    f"Spec returned to {stable.version} (revision {stable.revision}); "
-                    f"{canary.version} (revision {canary.revision}) scaled to zero",
-                )
-            )
-            canary = None
-        aborted = None
-    elif aborted is not None and aborted.revision == desired_revision:
-        canary = None  # Rolled back already: not retried until the spec asks for another revision.
-    else:
-        aborted = None
-        if canary is None or canary.revision != desired_revision:
-            if canary is not None:
-                history = _record(history, canary, api.Outcome.SUPERSEDED, "NewerRevision", now, history_limit)
-            canary = TrackStatus(version=version, revision=desired_revision, since=format_time(now))
-            events.append(
-                Event(
-                    "Normal",
-                    "RolloutStarted",
-                    f"Rolling out {version} (revision {desired_revision}) to replace {stable.version}",
-                )
-            )
-        seen = observed.get(canary.revision)
-        ready = seen.ready_replicas if seen is not None and seen.up_to_date else 0
-        started = parse_time(canary.since) if canary.since else now
-        if seen is not None and seen.replicas >= spec.replicas and ready >= spec.replicas:
-            history = _record(history, canary, api.Outcome.PROMOTED, "RevisionReady", now, history_limit)
-            events.append(
-                Event(
-                    "Normal",
-                    "Promoted",
-                    f"{canary.version} (revision {canary.revision}) is Ready and serves; "
-                    f"{stable.version} (revision {stable.revision}) scaled to zero",
-                )
-            )
-            stable = TrackStatus(version=canary.version, revision=canary.revision, since=format_time(now))
-            canary = None
-        elif now >= started + deadline:
-            message = (
-                f"{canary.version} (revision {canary.revision}) was not Ready within "
-                f"{spec.rollout.progressDeadlineSeconds}s ({ready}/{spec.replicas} ready) and was rolled back; "
-                f"{stable.version} keeps serving"
-            )
-            history = _record(history, canary, api.Outcome.ROLLED_BACK, "ProgressDeadlineExceeded", now, history_limit)
-            aborted = api.AbortedRevision(
-                revision=canary.revision,
-                version=canary.version,
-                reason="ProgressDeadlineExceeded",
-                message=message,
-                time=format_time(now),
-            )
-            events.append(Event("Warning", "ProgressDeadlineExceeded", message))
-            canary = None
-        else:
-            requeue_after = (started + deadline - now).total_seconds()
-
-    # Replicas per revision: the serving one and the one rolling out get the full count; recent others stay at
-    # zero for a fast return; older ones are deleted.
-    replicas = {stable.revision: spec.replicas}
-    if canary is not None:
-        replicas[canary.revision] = spec.replicas
-    keep = set(retained_revisions(history, retained))
-    if aborted is not None:
-        keep.add(aborted.revision)
-    for revision in observed:
-        if revision not in replicas and revision in keep:
-            replicas[revision] = 0
-
-    stable_seen = observed.get(stable.revision)
+def _status(p: _Planner, url: str) -> tuple[api.ModelDeploymentStatus, float | None]:
+    """Tracks, conditions, phase and message from the planner's decisions and the observed pods."""
+    assert p.stable is not None
+    spec = p.spec
+    requeue: float | None = None
+    stable_seen = p.observed.get(p.stable.revision)
     stable_ready = stable_seen.ready_replicas if stable_seen is not None else 0
-    stable_track = stable.model_copy(
-        update={
-            "replicas": stable_seen.replicas if stable_seen is not None else 0,
-            "readyReplicas": stable_ready,
-        }
+    stable_track = p.stable.model_copy(
+        update={"replicas": stable_seen.replicas if stable_seen is not None else 0, "readyReplicas": stable_ready}
     )
     canary_track = None
-    if canary is not None:
-        canary_seen = observed.get(canary.revision)
-        canary_track = canary.model_copy(
+    if p.canary is not None:
+        canary_seen = p.observed.get(p.canary.revision)
+        canary_ready = canary_seen.ready_replicas if canary_seen is not None else 0
+        desired_weight = p.target_weight()
+        canary_track = p.canary.model_copy(
             update={
                 "replicas": canary_seen.replicas if canary_seen is not None else 0,
-                "readyReplicas": canary_seen.ready_replicas if canary_seen is not None else 0,
+                "readyReplicas": canary_ready,
+                "desiredWeight": desired_weight,
+                "actualWeight": p.router.actual_weight(stable_ready, canary_ready),
             }
         )
 
     # The very first revision has nothing to fall back to: past its deadline it stays, and says it is failing.
-    stable_started = parse_time(stable.since) if stable.since else now
+    stable_started = parse_time(p.stable.since) if p.stable.since else p.now
     stable_settled = (
         stable_seen is not None
         and stable_seen.up_to_date
         and stable_seen.replicas == spec.replicas
         and stable_ready >= spec.replicas
     )
-    first_revision_late = (
-        not stable_settled
-        and canary is None
-        and not any(e.outcome == api.Outcome.PROMOTED and e.reason != FIRST_REVISION for e in history)
-    )
-    if first_revision_late and now < stable_started + deadline:
-        remaining = (stable_started + deadline - now).total_seconds()
-        requeue_after = remaining if requeue_after is None else min(requeue_after, remaining)
+    if stable_settled and stable_track.readyAt is None:
+        stable_track.readyAt = format_time(p.now)
+    # Only a revision that has never been Ready can miss its deadline; one that lost pods later is scaling.
+    first_revision_late = not stable_settled and p.canary is None and stable_track.readyAt is None
+    if first_revision_late and p.now < stable_started + p.deadline:
+        requeue = (stable_started + p.deadline - p.now).total_seconds()
         first_revision_late = False
 
-    conditions = list(previous.conditions)
+    conditions = list(p.previous.conditions)
 
     def setc(kind: api.ConditionType, value: bool, reason: str, message: str) -> None:
         nonlocal conditions
-        conditions = set_condition(conditions, kind, value, reason, message, generation=generation, now=now)
+        conditions = set_condition(conditions, kind, value, reason, message, generation=p.generation, now=p.now)
 
-    serving = f"{model} {stable.version}"
-    available = stable_ready >= 1 or spec.replicas == 0
+    serving = f"{p.model} {p.stable.version}"
+    available = stable_ready >= 1 or spec.replicas == 0 or (canary_track is not None and canary_track.readyReplicas > 0)
     setc(
         api.ConditionType.AVAILABLE,
         available,
         "MinimumReplicasAvailable" if available else "NoReplicasReady",
         f"{stable_ready}/{spec.replicas} replicas of {serving} ready",
     )
-    if aborted is not None:
-        phase, message = api.Phase.DEGRADED, aborted.message
-        setc(api.ConditionType.DEGRADED, True, aborted.reason, aborted.message)
-        setc(api.ConditionType.PROGRESSING, False, aborted.reason, f"Rollout of {aborted.version} stopped")
+    no_problem = ("AsExpected", "No problems found")
+    if p.aborted is not None:
+        phase, message = api.Phase.DEGRADED, p.aborted.message
+        setc(api.ConditionType.DEGRADED, True, p.aborted.reason, p.aborted.message)
+        setc(api.ConditionType.PROGRESSING, False, p.aborted.reason, f"Rollout of {p.aborted.version} stopped")
     elif first_revision_late:
         message = (
-            f"{serving} (revision {stable.revision}) was not Ready within {spec.rollout.progressDeadlineSeconds}s: "
+            f"{serving} (revision {p.stable.revision}) was not Ready within {spec.rollout.progressDeadlineSeconds}s: "
             f"{stable_ready}/{spec.replicas} replicas ready"
         )
         phase = api.Phase.DEGRADED
         setc(api.ConditionType.DEGRADED, True, "ProgressDeadlineExceeded", message)
         setc(api.ConditionType.PROGRESSING, False, "ProgressDeadlineExceeded", message)
     elif canary_track is not None:
-        phase = api.Phase.PROGRESSING
+        assert p.step_index is not None
+        step = f"step {min(p.step_index + 1, len(p.steps))}/{len(p.steps)}" if p.steps else "no steps"
         message = (
-            f"rolling out {canary_track.version} (revision {canary_track.revision}): "
-            f"{canary_track.readyReplicas}/{spec.replicas} ready; {stable.version} serving"
+            f"canary {canary_track.version} at {canary_track.actualWeight}% "
+            f"(desired {canary_track.desiredWeight}%, {step}); {p.stable.version} serving"
         )
-        setc(api.ConditionType.DEGRADED, False, "AsExpected", "No problems found")
-        setc(api.ConditionType.PROGRESSING, True, "RevisionProgressing", message)
+        if p.step_index >= len(p.steps):
+            message = (
+                f"promoting {canary_track.version}: {canary_track.readyReplicas}/{spec.replicas} ready; "
+                f"{p.stable.version} serving"
+            )
+        phase = api.Phase.PROGRESSING
+        if p.pause is not None:
+            phase = api.Phase.PAUSED
+            if p.pause.reason == "PauseStep" and p.pause.endsAt:
+                # The end time, not the time left: a message that changed every pass would be written every pass.
+                message += f"; paused until {p.pause.endsAt[11:19]}Z"
+            elif p.pause.reason == "PromotionRequired":
+                message += "; paused until promoted (kubectl mdep promote)"
+            else:
+                message += "; paused by spec.rollout.paused"
+        setc(api.ConditionType.DEGRADED, False, *no_problem)
+        setc(
+            api.ConditionType.PROGRESSING,
+            True,
+            "RolloutPaused" if phase == api.Phase.PAUSED else "RevisionProgressing",
+            message,
+        )
     elif not stable_settled:
         phase = api.Phase.PROGRESSING
         message = f"{stable_ready}/{spec.replicas} replicas of {serving} ready"
-        setc(api.ConditionType.DEGRADED, False, "AsExpected", "No problems found")
+        setc(api.ConditionType.DEGRADED, False, *no_problem)
         setc(api.ConditionType.PROGRESSING, True, "ScalingReplicas", message)
     else:
         phase = api.Phase.HEALTHY
         message = f"{stable_ready}/{spec.replicas} replicas of {serving} ready"
-        setc(api.ConditionType.DEGRADED, False, "AsExpected", "No problems found")
+        setc(api.ConditionType.DEGRADED, False, *no_problem)
         setc(api.ConditionType.PROGRESSING, False, "RolloutComplete", f"{serving} is rolled out")
     ready = phase == api.Phase.HEALTHY
     setc(api.ConditionType.READY, ready, "AllReplicasReady" if ready else str(phase), message)
 
-    previous_phase = previous.phase
-    if previous_phase != phase and previous_phase is not None:
-        kind = "Warning" if phase == api.Phase.DEGRADED else "Normal"
-        events.append(Event(kind, f"Phase{phase}", message))
+    if p.previous.phase != phase and p.previous.phase is not None:
+        p.event("Warning" if phase == api.Phase.DEGRADED else "Normal", f"Phase{phase}", message)
 
-    status = api.ModelDeploymentStatus(
-        observedGeneration=generation,
-        phase=str(phase),
-        message=message,
-        model=model,
-        conditions=_sorted_conditions(conditions),
-        stable=stable_track,
-        canary=canary_track,
-        aborted=aborted,
-        url=url,
-        history=history,
+    status = p.previous.model_copy(
+        update={
+            "observedGeneration": p.generation,
+            "phase": str(phase),
+            "message": message,
+            "model": p.model,
+            "conditions": _sorted_conditions(conditions),
+            "stable": stable_track,
+            "canary": canary_track,
+            "currentStepIndex": p.step_index,
+            "stepStartedAt": p.step_started,
+            "pause": p.pause,
+            "acknowledged": p.acknowledged,
+            "aborted": p.aborted,
+            "url": url,
+            "history": p.history,
+        }
     )
-    return Plan(
-        status=status,
-        replicas=replicas,
-        apply_revision=desired_revision if desired_revision in replicas else None,
-        events=events,
-        requeue_after=requeue_after,
-    )
+    return status, requeue

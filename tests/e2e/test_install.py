@@ -26,7 +26,8 @@ def installed(cluster: Cluster, crd: None) -> Iterator[None]:
     yield
     for kind in ("clusterrolebinding/modeldeploy", "clusterrole/modeldeploy"):
         cluster.kubectl("delete", kind, "--ignore-not-found", check=False)
-    cluster.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--wait=false", check=False)
+    # Waited for: the next install must not meet a namespace that is still terminating.
+    cluster.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--timeout=60s", check=False)
 
 
 def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
@@ -72,6 +73,7 @@ def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
                 "model": {"version": "1.0.0", "uri": "file:///m"},
                 "replicas": 2,
                 "runtime": {"image": READY_IMAGE},
+                "rollout": {"strategy": "Immediate"},
             },
         }
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))

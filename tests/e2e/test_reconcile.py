@@ -29,6 +29,8 @@ def manifest(name: str, version: str = "1.0.0", replicas: int = 2, **spec: Any) 
             "model": {"version": version, "uri": f"file:///models/{name}/{version}/model.joblib"},
             "replicas": replicas,
             "runtime": {"image": READY_IMAGE},
+            # The zero-downtime switch; canary steps have tests of their own.
+            "rollout": {"strategy": "Immediate"},
             **spec,
         },
     }
@@ -155,7 +157,7 @@ def test_example_becomes_ready_with_its_children(cluster: Cluster, namespace: st
         "Degraded": "False",
     }
     assert status["stable"]["version"] == "1.4.0"
-    assert status["stable"]["readyReplicas"] == 2
+    assert status["stable"]["readyReplicas"] == example["spec"]["replicas"]
     assert status["url"] == f"http://{name}.{namespace}.svc.cluster.local:80"
     assert [entry["outcome"] for entry in status["history"]] == ["Promoted"]
 
@@ -164,7 +166,7 @@ def test_example_becomes_ready_with_its_children(cluster: Cluster, namespace: st
     assert deployment["metadata"]["name"] == f"{name}-{revision}"
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
     pods = get(cluster, "pods", "-n", namespace, "-l", f"{REVISION_LABEL}={revision}")["items"]
-    assert len(pods) == 2
+    assert len(pods) == example["spec"]["replicas"]
     labels = pods[0]["metadata"]["labels"]
     assert labels["app.kubernetes.io/instance"] == name
     assert labels["app.kubernetes.io/version"] == "1.4.0"

@@ -62,6 +62,46 @@ TOO_LONG_NAME = "m" * (api.MAX_NAME_LENGTH + 1)
 
 INVALID = [
     pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"setWeight": 101}]}),
+        ["spec.rollout.steps[0].setWeight", "less than or equal to 100"],
+        id="weight-over-100",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"setWeight": -1}]}),
+        ["spec.rollout.steps[0].setWeight", "greater than or equal to 0"],
+        id="weight-negative",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"setWeight": 20, "pause": {}}]}),
+        ["spec.rollout.steps[0]", "exactly one of setWeight or pause"],
+        id="step-with-two-actions",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{}]}),
+        ["spec.rollout.steps[0]", "exactly one of setWeight or pause"],
+        id="step-with-no-action",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"pause": {"duration": "10x"}}]}),
+        ["spec.rollout.steps[0].pause.duration", "should match"],
+        id="duration-format",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"setWeight": 5}] * 21}),
+        ["spec.rollout.steps", "must have at most 20 items"],
+        id="more-than-20-steps",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"strategy": "BlueGreen"}),
+        ["spec.rollout.strategy", "Unsupported value"],
+        id="unknown-strategy",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"rollbackWindow": 11}),
+        ["spec.rollout.rollbackWindow", "less than or equal to 10"],
+        id="rollback-window-too-large",
+    ),
+    pytest.param(
         edited(MINIMAL, spec__model__version=DELETE),
         ["spec.model.version", "Required value"],
         id="missing-version",
@@ -252,7 +292,6 @@ def test_full_manifest_is_accepted_unchanged(cluster: Cluster, namespace: str) -
     stored = read(cluster, namespace, sent["metadata"]["name"])
     # Every field is set, so nothing is defaulted and nothing may be pruned.
     assert stored["spec"] == sent["spec"]
-    assert "status" not in stored
 
 
 def test_minimal_manifest_reads_back_with_defaults(cluster: Cluster, namespace: str) -> None:
@@ -268,7 +307,9 @@ def test_minimal_manifest_reads_back_with_defaults(cluster: Cluster, namespace: 
     assert spec["model"]["format"] == "sklearn"
     assert spec["model"]["sha256"] == ""
     assert "name" not in spec["model"]
-    assert spec["rollout"] == {"progressDeadlineSeconds": 600}
+    assert spec["rollout"] == api.RolloutSpec().model_dump(mode="json", exclude_none=True) | {
+        "steps": [step.model_dump(mode="json", exclude_none=True) for step in api.default_steps()]
+    }
     assert spec["service"] == {"port": 80}
     # The API server's defaults are the models' defaults.
     assert api.ModelDeploymentSpec.model_validate(spec) == api.ModelDeploymentSpec.model_validate(MINIMAL["spec"])
@@ -285,7 +326,7 @@ def test_example_is_accepted(cluster: Cluster, namespace: str) -> None:
     result = apply(cluster, namespace, example.read_text())
     assert result.returncode == 0, result.stderr
     printed = cluster.kubectl("get", "mdep", "-n", namespace)
-    assert printed.stdout.split()[:6] == ["NAME", "MODEL", "VERSION", "DESIRED", "READY", "PHASE"]
+    assert printed.stdout.split()[:8] == ["NAME", "MODEL", "VERSION", "DESIRED", "READY", "CANARY", "WEIGHT", "PHASE"]
     assert "fraud-detector" in printed.stdout
 
 

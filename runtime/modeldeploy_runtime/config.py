@@ -1,0 +1,140 @@
+"""The runtime's configuration, read once from the environment the operator sets on the pod."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+# The contract with the operator: it sets these on every serving container.
+ENV_MODEL_NAME = "MODEL_NAME"
+ENV_MODEL_VERSION = "MODEL_VERSION"
+ENV_MODEL_URI = "MODEL_URI"
+ENV_MODEL_FORMAT = "MODEL_FORMAT"
+ENV_MODEL_SHA256 = "MODEL_SHA256"
+# Optional knobs a user may set through spec.runtime.env.
+ENV_MODEL_CLASS = "MODEL_CLASS"
+ENV_MODEL_PREDICT_METHOD = "MODEL_PREDICT_METHOD"
+ENV_MODEL_CACHE_DIR = "MODEL_CACHE_DIR"
+ENV_MODEL_PVC_ROOT = "MODEL_PVC_ROOT"
+ENV_MODEL_DOWNLOAD_TIMEOUT = "MODEL_DOWNLOAD_TIMEOUT_SECONDS"
+
+# Under /tmp because the pod's root filesystem is read-only and /tmp is its writable emptyDir.
+DEFAULT_CACHE_DIR = Path("/tmp/modeldeploy-models")
+# Where the operator mounts pvc://CLAIM/path volumes: /mnt/models/CLAIM/path.
+DEFAULT_PVC_ROOT = Path("/mnt/models")
+DEFAULT_MODEL_CLASS = "Model"
+DEFAULT_DOWNLOAD_TIMEOUT_SECONDS = 60.0
+# prometheus_client's own variable: where each process keeps its metric values for the metrics process to
+# merge.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_MULTIPROC_DIR = Path("/tmp/modeldeploy-metrics")
+# Stand-ins so metric labels and log lines stay well-formed even when the operator's variables are missing.
+UNKNOWN = "unknown"
+
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_SKLEARN_METHODS = ("predict", "predict_proba", "decision_function")
+
+
+class ModelFormat(StrEnum):
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    ONNX = "onnx"
+    CUSTOM = "custom"
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a model the runtime can serve."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What labels, tags and logs call the model; known even when the rest of the configuration is broken."""
+
+    name: str
+    version: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ModelIdentity:
+        return cls(
+            name=environ.get(ENV_MODEL_NAME, "").strip() or UNKNOWN,
+            version=environ.get(ENV_MODEL_VERSION, "").strip() or UNKNOWN,
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    identity: ModelIdentity
+    uri: str
+    format: ModelFormat
+    sha256: str | None
+    model_class: str
+    predict_method: str
+    cache_dir: Path
+    pvc_root: Path
+    download_timeout_seconds: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = os.environ if environ is None else environ
+        uri = env.get(ENV_MODEL_URI, "").strip()
+        if not uri:
+            raise ConfigError(f"{ENV_MODEL_URI} is not set")
+        model_format = parse_format(env.get(ENV_MODEL_FORMAT, ""))
+        predict_method = env.get(ENV_MODEL_PREDICT_METHOD, "").strip() or "predict"
+        if model_format is ModelFormat.SKLEARN:
+            if predict_method not in _SKLEARN_METHODS:
+                known = ", ".join(_SKLEARN_METHODS)
+                raise ConfigError(f"{ENV_MODEL_PREDICT_METHOD}={predict_method!r} is not one of {known}")
+        elif predict_method != "predict":
+            raise ConfigError(f"{ENV_MODEL_PREDICT_METHOD} applies to the sklearn format only")
+        return cls(
+            identity=ModelIdentity.from_env(env),
+            uri=uri,
+            format=model_format,
+            sha256=parse_sha256(env.get(ENV_MODEL_SHA256, "")),
+            model_class=env.get(ENV_MODEL_CLASS, "").strip() or DEFAULT_MODEL_CLASS,
+            predict_method=predict_method,
+            cache_dir=Path(env.get(ENV_MODEL_CACHE_DIR, "").strip() or DEFAULT_CACHE_DIR),
+            pvc_root=Path(env.get(ENV_MODEL_PVC_ROOT, "").strip() or DEFAULT_PVC_ROOT),
+            download_timeout_seconds=parse_timeout(env.get(ENV_MODEL_DOWNLOAD_TIMEOUT, "")),
+        )
+
+
+def parse_format(raw: str) -> ModelFormat:
+    value = raw.strip().lower()
+    if not value:
+        raise ConfigError(f"{ENV_MODEL_FORMAT} is not set")
+    try:
+        return ModelFormat(value)
+    except ValueError:
+        known = ", ".join(f.value for f in ModelFormat)
+        raise ConfigError(f"{ENV_MODEL_FORMAT}={raw!r} is not one of {known}") from None
+
+
+def parse_sha256(raw: str) -> str | None:
+    """Empty means 'do not check'; anything else must be a full hex SHA-256 (case is forgiven)."""
+    value = raw.strip().lower()
+    if value.startswith("sha256:"):
+        value = value.removeprefix("sha256:")
+    if not value:
+        return None
+    if not _SHA256_PATTERN.match(value):
+        raise ConfigError(f"{ENV_MODEL_SHA256} must be 64 hex characters, got {raw!r}")
+    return value
+
+
+def parse_timeout(raw: str) -> float:
+    if not raw.strip():
+        return DEFAULT_DOWNLOAD_TIMEOUT_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_MODEL_DOWNLOAD_TIMEOUT}={raw!r} is not a number") from None
+    if seconds <= 0:
+        raise ConfigError(f"{ENV_MODEL_DOWNLOAD_TIMEOUT} must be positive")
+    return seconds
