@@ -27,24 +27,34 @@ echo $! >"${pid_path}"
 say "Applying manifests/examples/${NAME}.yaml in namespace ${NS}"
 kubectl create namespace "${NS}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace "${NS}" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+# Start from scratch, so the demo shows the same story every time it runs.
+kubectl delete -n "${NS}" mdep "${NAME}" --ignore-not-found --wait=true >/dev/null
 kubectl apply -n "${NS}" -f "${REPO_ROOT}/manifests/examples/${NAME}.yaml"
 kubectl wait -n "${NS}" --for=condition=Ready "mdep/${NAME}" --timeout=120s
 kubectl get -n "${NS}" mdep,deployments,services,pods
 
-say "Rolling out version 1.5.0 (a new revision; the old one serves until the new one is Ready)"
+say "Rolling out version 1.5.0 as a canary (steps from the example: 25%, pause 15s, 50%, pause 15s)"
 kubectl patch -n "${NS}" mdep "${NAME}" --type merge \
 	-p '{"spec":{"model":{"version":"1.5.0","uri":"s3://models/fraud-detector/1.5.0/model.joblib"}}}'
+for step in 1 3; do
+	kubectl wait -n "${NS}" --for=jsonpath='{.status.currentStepIndex}'="${step}" "mdep/${NAME}" --timeout=120s >/dev/null
+	echo
+	"${REPO_ROOT}/.venv/bin/kubectl-mdep" status "${NAME}" -n "${NS}"
+	echo
+	kubectl get -n "${NS}" mdep "${NAME}"
+done
 kubectl wait -n "${NS}" --for=jsonpath='{.status.stable.version}'=1.5.0 "mdep/${NAME}" --timeout=120s >/dev/null
 kubectl wait -n "${NS}" --for=condition=Ready "mdep/${NAME}" --timeout=120s
 kubectl get -n "${NS}" mdep,deployments
 echo
-kubectl get -n "${NS}" mdep "${NAME}" -o jsonpath='{range .status.history[*]}{.time}  {.version}  {.outcome}  {.reason}{"\n"}{end}'
+"${REPO_ROOT}/.venv/bin/kubectl-mdep" status "${NAME}" -n "${NS}"
 
 say "Done"
 cat <<MSG
 The control plane and the operator keep running:
-  export KUBECONFIG=${KUBECONFIG}
+  export KUBECONFIG=${KUBECONFIG} PATH=${REPO_ROOT}/.venv/bin:\$PATH
   ${KUBERNETES_BIN}/kubectl get mdep -A
+  kubectl-mdep status ${NAME} -n ${NS}     # or, with kubectl on PATH: kubectl mdep status ...
   tail -f ${CLUSTER_DIR}/logs/operator-demo.log
 Stop everything with: make cluster-down
 MSG
