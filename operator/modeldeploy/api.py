@@ -260,6 +260,30 @@ class RuntimeSpec(_Model):
         ResourceRequirements,
         Field(default_factory=ResourceRequirements, description="Compute resources of the model server."),
     ]
+    nodeSelector: Annotated[
+        dict[str, str] | None,
+        Field(
+            default=None,
+            description="Node labels the serving pods must match (Kubernetes nodeSelector), e.g. a GPU node pool.",
+        ),
+    ]
+    tolerations: Annotated[
+        list[dict[str, Any]] | None,
+        Field(
+            default=None,
+            max_length=32,
+            description="Taints the serving pods tolerate (Kubernetes Toleration list).",
+            json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+        ),
+    ]
+    affinity: Annotated[
+        dict[str, Any] | None,
+        Field(
+            default=None,
+            description="Scheduling constraints of the serving pods (Kubernetes Affinity).",
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ]
 
 
 class Strategy(StrEnum):

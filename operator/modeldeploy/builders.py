@@ -145,7 +145,7 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
     }
     if not container["args"]:
         del container["args"]
-    return {
+    template: Manifest = {
         "metadata": {"labels": {**common_labels(resource), LABEL_VERSION: spec.model.version}},
         "spec": {
             "automountServiceAccountToken": False,
@@ -161,6 +161,14 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
             "volumes": volumes,
         },
     }
+    # Scheduling constraints belong to the pods: a change moves them, so it makes a new revision.
+    scheduling = {
+        "nodeSelector": runtime.nodeSelector,
+        "tolerations": runtime.tolerations,
+        "affinity": runtime.affinity,
+    }
+    template["spec"].update({key: value for key, value in scheduling.items() if value})
+    return template
 
 
 def hash_manifest(manifest: Manifest, length: int = api.REVISION_LENGTH) -> str:

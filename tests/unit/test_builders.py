@@ -398,3 +398,24 @@ def test_service_url(make_resource: ResourceFactory) -> None:
     resource = make_resource({"service": {"port": 8080}})
     config = OperatorConfig(runtime_images=FORMAT_IMAGES, cluster_domain="example.internal")
     assert builders.service_url(resource, config) == f"http://{NAME}.{NAMESPACE}.svc.example.internal:8080"
+
+
+def test_scheduling_constraints_reach_the_pods_and_make_a_new_revision(
+    make_resource: ResourceFactory, config: OperatorConfig
+) -> None:
+    plain = make_resource({})
+    placed = make_resource(
+        {
+            "runtime": {
+                "nodeSelector": {"pool": "gpu"},
+                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {}},
+            }
+        }
+    )
+    spec = builders.build_pod_template(placed, config)["spec"]
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["affinity"] == {"nodeAffinity": {}}
+    assert not {"nodeSelector", "tolerations", "affinity"} & set(builders.build_pod_template(plain, config)["spec"])
+    assert builders.revision_of(placed, config) != builders.revision_of(plain, config)
