@@ -149,16 +149,7 @@ class Kube:
 
     def request_command(self, namespace: str, name: str, command: str, body: dict[str, Any]) -> Manifest:
         """Record a promote/abort/retry request in status.commands, where the operator picks it up."""
-        self._count("patch", "ModelDeployment/status")
-        return self.custom.patch_namespaced_custom_object_status(  # type: ignore[no-any-return]
-            api.GROUP,
-            api.VERSION,
-            namespace,
-            api.PLURAL,
-            name,
-            {"status": {"commands": {command: body}}},
-            _content_type=MERGE_CONTENT_TYPE,
-        )
+        return self.patch_status(namespace, name, {"commands": {command: body}})
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None:
         metadata = resource["metadata"]
