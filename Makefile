@@ -38,8 +38,12 @@ cluster-status: ## Say what runs and where the logs are
 	hack/cluster-status.sh
 
 .PHONY: crds
-crds: install ## Regenerate crds/ and manifests/ from the pydantic models
+crds: install ## Regenerate the CRD (crds/, manifests/crd.yaml, the chart's files/) from the pydantic models
 	$(PY) -m modeldeploy.crdgen --write
+
+.PHONY: manifests
+manifests: tools ## Render manifests/ (all but crd.yaml) from the Helm chart with its default values
+	hack/render-manifests.sh
 
 .PHONY: test
 test: install tools ## Run every test: unit and runtime, then end-to-end on the local control plane

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modeldeploy.config import OperatorConfig
 from modeldeploy.kube import Kube
-from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES
+from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
 from modeldeploy.reconcile import Key, Manifest, Store, key_of, reconcile
 
 log = logging.getLogger("modeldeploy.controller")
@@ -143,8 +143,10 @@ class Controller:
         if event_type == "DELETED":
             self.store.remove_parent(key)
             self.queue.forget(key)
+            RESOURCES.forget(*key)
             return
         self.store.put_parent(body)
+        RESOURCES.observe(*key, body.get("status"))
         self.queue.add(key)
 
     def observe_child(self, event_type: str | None, body: Manifest) -> None:

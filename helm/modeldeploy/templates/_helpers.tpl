@@ -1,0 +1,62 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "modeldeploy.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: the release name alone when it already contains the chart name. */}}
+{{- define "modeldeploy.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "modeldeploy.serviceAccountName" -}}
+{{- default (include "modeldeploy.fullname" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{- define "modeldeploy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modeldeploy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "modeldeploy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "modeldeploy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: modeldeploy
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "modeldeploy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The operator's permissions: exactly the verbs and resources it uses. One list for the ClusterRole and for each
+namespaced Role, so the two modes can never grant different things.
+*/}}
+{{- define "modeldeploy.rules" -}}
+# Its own resources: watched, never written but for status.
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments]
+  verbs: [get, list, watch]
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments/status]
+  verbs: [get, patch]
+# The children: server-side apply creates and updates (create + patch); old revisions are deleted.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
+# Events for every transition.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

@@ -1,0 +1,217 @@
+"""The Helm chart, rendered with `helm template`: least-privilege RBAC in both watch modes, the operator's pod, the
+CRD's keep policy, and values.schema.json refusing wrong values with a message that names them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.helm import CHART, REPO_ROOT, helm
+
+Manifest = dict[str, Any]
+CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+# Exactly what the operator calls, nothing more (see kube.py).
+EXPECTED_RULES = [
+    {"apiGroups": ["modeldeploy.io"], "resources": ["modeldeployments"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["modeldeploy.io"], "resources": ["modeldeployments/status"], "verbs": ["get", "patch"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def template(*sets: str, release: str = "md") -> list[Manifest]:
+    args = ["template", release, str(CHART), "--namespace", "ops"]
+    for value in sets:
+        args += ["--set", value]
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+def only(docs: list[Manifest], kind: str) -> Manifest:
+    [doc] = [doc for doc in docs if doc["kind"] == kind]
+    return doc
+
+
+def container(docs: list[Manifest]) -> Manifest:
+    [operator] = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(operator)
+
+
+def env(docs: list[Manifest]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container(docs)["env"]}
+
+
+def test_chart_metadata_and_lint() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert (chart["apiVersion"], chart["version"], chart["appVersion"]) == ("v2", "0.1.0", "0.1.0")
+    result = helm("lint", str(CHART), "--strict")
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_install_is_cluster_wide_with_exactly_the_operators_rules() -> None:
+    docs = template()
+    assert sorted(doc["kind"] for doc in docs) == sorted(
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+    )
+    role = only(docs, "ClusterRole")
+    assert role["metadata"]["name"] == "md-modeldeploy"
+    assert role["rules"] == EXPECTED_RULES
+    binding = only(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "md-modeldeploy",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "md-modeldeploy", "namespace": "ops"}]
+    assert not any(arg.startswith("--namespace") for arg in container(docs)["args"])
+    assert only(docs, "ServiceAccount")["metadata"] == {
+        "name": "md-modeldeploy",
+        "namespace": "ops",
+        "labels": only(docs, "ServiceAccount")["metadata"]["labels"],
+    }
+
+
+def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped_but_the_crd() -> None:
+    docs = template("watch.namespaces={team-a,team-b}")
+    cluster_scoped = [doc["kind"] for doc in docs if doc["kind"] in CLUSTER_SCOPED]
+    assert cluster_scoped == ["CustomResourceDefinition"]
+    roles = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "Role"}
+    bindings = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for namespace in ("team-a", "team-b"):
+        assert roles[namespace]["rules"] == EXPECTED_RULES
+        assert bindings[namespace]["roleRef"]["kind"] == "Role"
+        assert bindings[namespace]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "md-modeldeploy", "namespace": "ops"}
+        ]
+    args = container(docs)["args"]
+    assert [arg for arg in args if arg.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+    without_crd = template("watch.namespaces={team-a}", "crds.enabled=false")
+    assert [doc["kind"] for doc in without_crd if doc["kind"] in CLUSTER_SCOPED] == []
+
+
+def test_operator_pod_is_one_restricted_replica_with_probes() -> None:
+    docs = template()
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "md-modeldeploy"
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    operator = container(docs)
+    assert operator["image"] == "modeldeploy/operator:0.1.0"
+    assert operator["command"] == ["modeldeploy", "run"]
+    assert operator["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+    assert "--health-endpoint=http://0.0.0.0:8081/healthz" in operator["args"]
+    assert "--metrics-bind-address=:8080" in operator["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {port["name"]: port["containerPort"] for port in operator["ports"]} == {"metrics": 8080, "health": 8081}
+    service = only(docs, "Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_values_reach_the_operator() -> None:
+    docs = template(
+        "image.tag=1.2.3",
+        "logLevel=debug",
+        "logFormat=json",
+        "runtimeImages.default=registry.example/runtime:2",
+        "runtimeImages.onnx=registry.example/onnx:2",
+        "workers=8",
+    )
+    operator = container(docs)
+    assert operator["image"] == "modeldeploy/operator:1.2.3"
+    assert "--verbose" in operator["args"]
+    assert "--log-format=json" in operator["args"]
+    assert env(docs) == {
+        "MODELDEPLOY_RUNTIME_IMAGE": "registry.example/runtime:2",
+        "MODELDEPLOY_RUNTIME_IMAGE_ONNX": "registry.example/onnx:2",
+        "MODELDEPLOY_WORKERS": "8",
+        "MODELDEPLOY_HISTORY_LIMIT": "10",
+        "MODELDEPLOY_RETAINED_REVISIONS": "3",
+    }
+    assert "--verbose" not in container(template())["args"]
+
+
+def test_crd_comes_from_the_generated_file_with_the_keep_policy() -> None:
+    generated = yaml.safe_load((REPO_ROOT / "crds/modeldeployment.yaml").read_text())
+    kept = only(template(), "CustomResourceDefinition")
+    assert kept["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert kept == generated
+    assert only(template("crds.keep=false"), "CustomResourceDefinition") == generated
+    assert not [doc for doc in template("crds.enabled=false") if doc["kind"] == "CustomResourceDefinition"]
+
+
+def test_service_monitor_is_optional() -> None:
+    assert not [doc for doc in template() if doc["kind"] == "ServiceMonitor"]
+    monitor = only(
+        template("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"), "ServiceMonitor"
+    )
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+
+
+def test_namespace_is_not_created_unless_asked() -> None:
+    assert not [doc for doc in template() if doc["kind"] == "Namespace"]
+    namespace = only(template("namespace.create=true"), "Namespace")
+    assert namespace["metadata"]["name"] == "ops"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("logFormat=xml", "logFormat"),
+        ("logLevel=trace", "logLevel"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("watch.namespaces={Not_A_Namespace}", "namespaces"),
+        ("workers=0", "workers"),
+        ("metrics.serviceMonitor.interval=often", "interval"),
+        ("logformat=json", "logformat"),
+        ("health.port=8080", "health.port"),
+    ],
+)
+def test_a_wrong_value_fails_with_a_message_naming_it(value: str, named: str) -> None:
+    result = helm("template", "md", str(CHART), "--set", value, check=False)
+    assert result.returncode != 0, f"--set {value} rendered"
+    assert named in result.stderr, result.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Each value of values.yaml has a row in docs/install.md; maps of Kubernetes fields count as one value."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    opaque = {"resources", "podSecurityContext", "securityContext", "affinity"}
+
+    def leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
+        found = []
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value and path not in opaque:
+                found += leaves(value, f"{path}.")
+            else:
+                found.append(path)
+        return found
+
+    docs = (REPO_ROOT / "docs/install.md").read_text()
+    undocumented = [path for path in leaves(values) if f"`{path}`" not in docs]
+    assert not undocumented, f"values missing from the table in docs/install.md: {undocumented}"
