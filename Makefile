@@ -25,9 +25,21 @@ lock: ## Re-resolve uv.lock after a dependency change
 tools: ## Build (or reuse from the cache) the control plane's binaries
 	hack/build-tools.sh
 
+.PHONY: tools-prometheus
+tools-prometheus: ## Build (or reuse from the cache) Prometheus, for the metrics tests (5-13 minutes cold)
+	hack/build-tools.sh prometheus
+
 .PHONY: cluster-up
 cluster-up: tools ## Start the local control plane (idempotent); kubeconfig in .cluster/kubeconfig
 	hack/cluster-up.sh
+
+.PHONY: cluster-up-agent
+cluster-up-agent: install tools ## The control plane plus the node agent, whose nodes run pods as real processes (root)
+	MODELDEPLOY_NODE_AGENT=1 hack/cluster-up.sh
+
+.PHONY: prometheus-up
+prometheus-up: tools-prometheus cluster-up ## Prometheus on 127.0.0.1:9090 scraping the model servers' pods
+	hack/prometheus-up.sh
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane and remove its state
@@ -46,7 +58,9 @@ manifests: tools ## Render manifests/ (all but crd.yaml) from the Helm chart wit
 	hack/render-manifests.sh
 
 .PHONY: test
-test: install tools ## Run every test: unit and runtime, then end-to-end on the local control plane
+# The end-to-end tests include the node agent's (root) and Prometheus's, so both targets build Prometheus: a cold
+# build adds 5-13 minutes to the 10-20 of the control plane. `-m "not prometheus"` runs without it.
+test: install tools tools-prometheus ## Run every test: unit and runtime, then end-to-end on the local control plane
 	$(PY) -m pytest tests/unit tests/runtime
 	$(PY) -m pytest tests/e2e
 
@@ -55,7 +69,7 @@ test-unit: install ## Run the unit and runtime tests only (no cluster)
 	$(PY) -m pytest tests/unit tests/runtime
 
 .PHONY: test-e2e
-test-e2e: install tools ## Run the end-to-end tests on the local control plane
+test-e2e: install tools tools-prometheus ## Run the end-to-end tests on the local control plane
 	$(PY) -m pytest tests/e2e
 
 .PHONY: lint
@@ -81,3 +95,4 @@ bench-cluster: install cluster-up ## Baseline: warm cluster-up time and 1,000 ba
 bench: install cluster-up ## Operator benchmarks on the local control plane (prints figures and goals)
 	$(PY) hack/bench/operator.py
 	$(PY) hack/bench/canary.py
+	$(PY) hack/bench/gitops.py

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from pinned Go modules and caches them outside the repository.
+# `hack/build-tools.sh prometheus` (or MODELDEPLOY_WITH_PROMETHEUS=1) builds Prometheus as well (5-13 minutes cold).
+# `hack/build-tools.sh argocd` (or MODELDEPLOY_WITH_ARGOCD=1) builds Argo CD as well (6+ minutes).
 # Only missing binaries are built. Each lands under a temporary name first and is moved into place when complete,
 # so an interrupted build never leaves a binary that a later run would trust.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PROMETHEUS_BIN="${BIN_CACHE}/prometheus-${PROMETHEUS_VERSION}"
+with_prometheus="${MODELDEPLOY_WITH_PROMETHEUS:-0}"
+ARGOCD_BIN="${BIN_CACHE}/argocd-${ARGOCD_VERSION}"
+with_argocd="${MODELDEPLOY_WITH_ARGOCD:-0}"
+for extra in "$@"; do
+	case "${extra}" in
+		prometheus) with_prometheus=1 ;;
+		argocd) with_argocd=1 ;;
+		*) die "usage: build-tools.sh [prometheus] [argocd]" ;;
+	esac
+done
 
 command -v go >/dev/null || die "Go is needed to build the control plane (go 1.26 or newer on PATH)"
 
@@ -40,6 +54,12 @@ missing "${KUBERNETES_BIN}" "${KUBE_COMMANDS[@]}" && todo+=("kubernetes ${KUBERN
 missing "${ETCD_BIN}" etcd && todo+=("etcd ${ETCD_VERSION}")
 missing "${KWOK_BIN}" kwok && todo+=("kwok ${KWOK_VERSION}")
 missing "${HELM_BIN}" helm && todo+=("helm ${HELM_VERSION}")
+if [ "${with_prometheus}" = 1 ] && missing "${PROMETHEUS_BIN}" prometheus; then
+	todo+=("prometheus ${PROMETHEUS_VERSION}")
+fi
+if [ "${with_argocd}" = 1 ] && missing "${ARGOCD_BIN}" argocd; then
+	todo+=("argocd ${ARGOCD_VERSION}")
+fi
 if [ ${#todo[@]} -eq 0 ]; then
 	log "control-plane binaries are cached in ${BIN_CACHE}"
 	exit 0
@@ -83,5 +103,18 @@ if missing "${HELM_BIN}" helm; then
 	step "building helm ${HELM_VERSION}"
 	GOBIN="${STAGING}" go install "${FLAGS[@]}" -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 	install_binaries "${HELM_BIN}" helm
+fi
+if [ "${with_prometheus}" = 1 ] && missing "${PROMETHEUS_BIN}" prometheus; then
+	step "building prometheus ${PROMETHEUS_VERSION} (5-7 minutes cold on 2 cores, up to 13 when they are busy)"
+	(cd "${HACK_DIR}/tools/prometheus" && go build "${FLAGS[@]}" -ldflags "-s -w" -o "${STAGING}/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+	install_binaries "${PROMETHEUS_BIN}" prometheus
+fi
+if [ "${with_argocd}" = 1 ] && missing "${ARGOCD_BIN}" argocd; then
+	# One binary; ARGOCD_BINARY_NAME (or the name it is called by) picks the component.
+	step "building argocd ${ARGOCD_VERSION} (6+ minutes, more with cold Go caches)"
+	# Without the stamp it reports version 99.99.99.
+	stamp="-X github.com/argoproj/argo-cd/v2/common.version=${ARGOCD_VERSION#v} -X github.com/argoproj/argo-cd/v2/common.gitTag=${ARGOCD_VERSION}"
+	(cd "${HACK_DIR}/tools/argocd" && go build "${FLAGS[@]}" -ldflags "-s -w ${stamp}" -o "${STAGING}/argocd" github.com/argoproj/argo-cd/v2/cmd)
+	install_binaries "${ARGOCD_BIN}" argocd
 fi
 step "done; binaries in ${BIN_CACHE}"

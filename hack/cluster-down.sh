@@ -4,8 +4,12 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The node agent first, while the API server can still hear about its pods: it stops their processes and removes
+# their network namespaces, veths and routes (and nodeagent-down.sh removes whatever a crashed agent left).
+"${HACK_DIR}/nodeagent-down.sh" || log "the node agent's cleanup failed; continuing"
+
 # Reverse start order: kwok and the controllers first, so nothing writes to an API server that is going away.
-stop_order=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+stop_order=(prometheus kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 for name in "${stop_order[@]}"; do
 	if pid="$(component_pid "${name}")"; then
 		log "stopping ${name} (pid ${pid})"

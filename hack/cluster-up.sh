@@ -11,8 +11,10 @@ elapsed() { echo "$(( ($(date +%s%N) - started) / 1000000 )) ms"; }
 all_running() {
 	for name in "${COMPONENTS[@]}"; do component_pid "${name}" >/dev/null || return 1; done
 }
-if all_running && apiserver_ready && admin_kubectl wait --for=condition=Ready node --all --timeout=2s >/dev/null 2>&1; then
+# Health is judged by kwok's nodes: the node agent's nodes (type=node-agent) are NotReady while it is stopped.
+if all_running && apiserver_ready && admin_kubectl wait --for=condition=Ready node -l type=kwok --timeout=2s >/dev/null 2>&1; then
 	log "cluster already running and healthy (${APISERVER_URL}); kubeconfig: ${CLUSTER_DIR}/kubeconfig"
+	if [ "${MODELDEPLOY_NODE_AGENT:-0}" = 1 ]; then "${HACK_DIR}/nodeagent-up.sh"; fi
 	exit 0
 fi
 if [ -d "${CLUSTER_DIR}/pids" ]; then
@@ -211,7 +213,9 @@ EOF
 done | admin_kubectl apply --server-side -f - >>"${LOGS}/cluster-up.log"
 
 wait_for "the default namespace's ServiceAccount" 60 admin_kubectl get serviceaccount default -n default -o name
-wait_for "${#FAKE_NODES[@]} Ready nodes" 60 admin_kubectl wait --for=condition=Ready node --all --timeout=5s
+wait_for "${#FAKE_NODES[@]} Ready nodes" 60 admin_kubectl wait --for=condition=Ready node -l type=kwok --timeout=5s
+# MODELDEPLOY_NODE_AGENT=1: also the node agent, whose nodes run pods as real processes (hack/nodeagent/README.md).
+if [ "${MODELDEPLOY_NODE_AGENT:-0}" = 1 ]; then "${HACK_DIR}/nodeagent-up.sh"; fi
 log "cluster ready in $(elapsed): ${APISERVER_URL}"
 log "  export KUBECONFIG=${KUBECONFIG_FILE}"
 log "  logs: ${LOGS}/"
