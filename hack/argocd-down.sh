@@ -13,13 +13,13 @@ for name in "${ARGOCD_COMPONENTS[@]}"; do
 		log "stopping ${name} (pid ${pid})"
 		kill -TERM "${pid}" 2>/dev/null || true
 		for _ in $(seq 1 100); do
-			kill -0 "${pid}" 2>/dev/null || break
+			alive "${pid}" || break
 			sleep 0.1
 		done
-		if kill -0 "${pid}" 2>/dev/null; then
+		if alive "${pid}"; then
 			log "${name} did not stop within 10s; killing it"
 			kill -KILL "${pid}" 2>/dev/null || true
-			while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
 		fi
 	fi
 	rm -f "$(pid_file "${name}")"

@@ -15,13 +15,13 @@ for name in "${stop_order[@]}"; do
 		log "stopping ${name} (pid ${pid})"
 		kill -TERM "${pid}" 2>/dev/null || true
 		for _ in $(seq 1 150); do
-			kill -0 "${pid}" 2>/dev/null || break
+			alive "${pid}" || break
 			sleep 0.1
 		done
-		if kill -0 "${pid}" 2>/dev/null; then
+		if alive "${pid}"; then
 			log "${name} did not stop within 15s; killing it"
 			kill -KILL "${pid}" 2>/dev/null || true
-			while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
 		fi
 	fi
 	rm -f "$(pid_file "${name}")"
@@ -32,10 +32,10 @@ if [ -d "${CLUSTER_DIR}/pids" ]; then
 	for file in "${CLUSTER_DIR}"/pids/*.pid; do
 		[ -e "${file}" ] || continue
 		pid="$(cat "${file}")"
-		if [ -n "${pid}" ] && kill -0 "${pid}" 2>/dev/null; then
+		if [ -n "${pid}" ] && alive "${pid}"; then
 			log "stopping $(basename "${file}" .pid) (pid ${pid})"
 			kill -TERM "${pid}" 2>/dev/null || true
-			for _ in $(seq 1 100); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.1; done
+			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
 			kill -KILL "${pid}" 2>/dev/null || true
 		fi
 		rm -f "${file}"

@@ -44,6 +44,9 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 kubectl_bin() { echo "${KUBERNETES_BIN}/kubectl"; }
 admin_kubectl() { "${KUBERNETES_BIN}/kubectl" --kubeconfig "${CLUSTER_DIR}/kubeconfig" "$@"; }
 
+# alive PID: running, and not a zombie (a process whose parent has not reaped it yet has exited all the same).
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 pid_file() { echo "${CLUSTER_DIR}/pids/$1.pid"; }
 # component_pid NAME: the recorded PID when that process is alive and is still the binary we started.
 component_pid() {

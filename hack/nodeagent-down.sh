@@ -14,13 +14,13 @@ if [ -f "${pid_path}" ]; then
 		kill -TERM "${pid}" 2>/dev/null || true
 		# Its pods get up to 10s each (--shutdown-grace), in parallel, then a few API calls.
 		for _ in $(seq 1 450); do
-			kill -0 "${pid}" 2>/dev/null || break
+			alive "${pid}" || break
 			sleep 0.1
 		done
-		if kill -0 "${pid}" 2>/dev/null; then
+		if alive "${pid}"; then
 			log "node-agent did not stop within 45s; killing it"
 			kill -KILL "${pid}" 2>/dev/null || true
-			while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
 		fi
 	fi
 	rm -f "${pid_path}"

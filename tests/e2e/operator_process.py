@@ -122,10 +122,16 @@ def restart_apiserver() -> None:
         # It stops listening at once but can wait a long time for open watches to drain.
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, what="kube-apiserver to be killed")
-    log = (cluster_dir / "logs" / "kube-apiserver.log").open("ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    pid_file.write_text(str(process.pid))
+    # Started through a shell that exits at once, so the API server is not this process's child: stopping it later
+    # (cluster-down) must not leave a zombie waiting for pytest to reap it.
+    launcher = subprocess.run(
+        ["bash", "-c", 'setsid "$@" </dev/null >>"$LOG" 2>&1 & echo $!', "launcher", *[c.decode() for c in command]],
+        env={**os.environ, "LOG": str(cluster_dir / "logs" / "kube-apiserver.log")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid_file.write_text(launcher.stdout.strip())
     ready = f'. "{Path(__file__).resolve().parents[2]}/hack/lib.sh"; apiserver_ready'
     wait_until(
         lambda: subprocess.run(["bash", "-c", ready], check=False).returncode == 0,

@@ -331,8 +331,18 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         scoped = ScopedOperator(cluster, log_path, [watched], extra_env={"KUBECONFIG": str(kubeconfig)})
         scoped.start()
         try:
+            # A resource outside the scope, applied by an administrator: the scoped operator must leave it alone.
+            ignored = {
+                "apiVersion": "modeldeploy.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": "ignored"},
+                "spec": {"model": {"version": "1.0.0", "uri": "file:///m"}, "runtime": {"image": READY_IMAGE}},
+            }
+            cluster.kubectl("apply", "-n", other, "-f", "-", input=json.dumps(ignored))
             core_scenario(cluster, watched, "scoped")
             assert scoped.metric("modeldeploy_reconcile_total", 'outcome="error"') in (0.0, None)
+            assert status_of(cluster, other, "ignored") == {}
+            assert cluster.kubectl("get", "deployments", "-n", other, "-o", "name").stdout.strip() == ""
         finally:
             scoped.stop()
         with log_path.open("rb") as log:

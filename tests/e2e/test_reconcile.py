@@ -117,6 +117,15 @@ class ReadyEndpointsWatch:
                 if self.stopping.is_set():
                     watch.stop()
 
+    def settle(self, expected: int, timeout: float = 30) -> None:
+        """Wait until `expected` endpoints are ready, then count the fewest from there on."""
+        wait_until(
+            lambda: sum(self.ready_by_slice.values()) == expected,
+            timeout=timeout,
+            what=f"{expected} ready endpoints behind the Service",
+        )
+        self.fewest = expected
+
     def _record(self, event_type: str, endpoint_slice: Any) -> None:
         name = endpoint_slice.metadata.name
         if event_type == "DELETED":
@@ -210,7 +219,7 @@ def test_new_version_replaces_old_without_losing_ready_endpoints(cluster: Cluste
     apply(cluster, namespace, manifest("swap", version="1.0.0", replicas=3))
     before = wait_for_status(cluster, namespace, "swap", healthy("1.0.0"))
     with ReadyEndpointsWatch(cluster, namespace, "swap") as watch:
-        wait_until(lambda: watch.fewest == 3, timeout=30, what="3 ready endpoints behind the Service")
+        watch.settle(3)
         patch_spec(cluster, namespace, "swap", {"model": {"version": "1.1.0", "uri": "file:///models/swap/1.1.0"}})
         after = wait_for_status(cluster, namespace, "swap", healthy("1.1.0"))
         # The old pods go only after the new ones are ready; give the endpoint controller time to show it.
@@ -237,7 +246,7 @@ def test_revision_that_never_gets_ready_is_rolled_back(cluster: Cluster, namespa
     apply(cluster, namespace, manifest("guarded", version="1.0.0", replicas=2))
     before = wait_for_status(cluster, namespace, "guarded", healthy("1.0.0"))
     with ReadyEndpointsWatch(cluster, namespace, "guarded") as watch:
-        wait_until(lambda: watch.fewest == 2, timeout=30, what="2 ready endpoints")
+        watch.settle(2)
         patch_spec(
             cluster,
             namespace,
