@@ -29,6 +29,7 @@ class OperatorProcess:
         self.extra_env = extra_env or {}
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0
 
     @property
     def running(self) -> bool:
@@ -38,6 +39,7 @@ class OperatorProcess:
         if self.running:
             return
         modeldeploy = Path(sys.executable).parent / "modeldeploy"
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(modeldeploy), "run", "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}"],
@@ -65,6 +67,20 @@ class OperatorProcess:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def failures(self, namespace: str) -> list[str]:
+        """Log lines of this run about something that failed in `namespace` (refusals included).
+
+        Other namespaces are left out on purpose: a namespace another test is deleting refuses writes (403) while
+        it terminates, which says nothing about the namespace under test.
+        """
+        text = self.log_path.read_bytes()[self.log_offset :].decode(errors="replace")
+        return [
+            line
+            for line in text.splitlines()
+            if f'namespace="{namespace}"' in line
+            and any(word in line.lower() for word in ("failed", "forbidden", "could not"))
+        ]
 
     def metrics_text(self) -> str | None:
         try:
