@@ -93,6 +93,6 @@ bench-cluster: install cluster-up ## Baseline: warm cluster-up time and 1,000 ba
 
 .PHONY: bench
 bench: install cluster-up ## Operator benchmarks on the local control plane (prints figures and goals)
-	$(PY) hack/bench/operator.py
+	$(PY) hack/bench/scale.py
 	$(PY) hack/bench/canary.py
 	$(PY) hack/bench/gitops.py

@@ -9,21 +9,16 @@
    apply (parallel). A watch on the namespace's Deployments records when each one first becomes Available.
 3. Peak resident memory of etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok.
 
-Prints a table and writes .cluster/bench/cluster.json, which hack/bench/operator.py shows beside its own figures.
+Prints a table and writes .cluster/bench/cluster.json, which hack/bench/scale.py shows beside its own figures.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Python puts this directory first on sys.path, where operator.py would shadow the standard library's `operator`.
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
+import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from typing import Any

@@ -1,6 +1,6 @@
 """Operator benchmarks on the local control plane (`make bench`): every figure printed beside its goal.
 
-    .venv/bin/python hack/bench/operator.py [--resources 1000] [--quick]
+    .venv/bin/python hack/bench/scale.py [--resources 1000] [--quick]
 
 With the control plane up (`make cluster-up`), applies the CRD, then:
 
@@ -21,71 +21,56 @@ runs hack/bench/runtime.py when that file exists.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import re
+import subprocess
 import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
-if __name__ == "operator":
-    # This file's name (fixed by `make bench`) shadows the standard library's `operator` module for any script run
-    # from hack/bench/, where Python puts the script's directory first on sys.path. Imported under that name, this
-    # module becomes the standard library's: it runs that module's code and imports nothing of its own.
-    _STDLIB_OPERATOR = os.path.join(os.path.dirname(os.__file__), "operator.py")
-    with open(_STDLIB_OPERATOR, encoding="utf-8") as _source:
-        exec(compile(_source.read(), _STDLIB_OPERATOR, "exec", dont_inherit=True))
-else:
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    if _HERE in sys.path:
-        sys.path.remove(_HERE)
-    sys.path.append(_HERE)
-
-    import argparse
-    import json
-    import re
-    import subprocess
-    import time
-    import uuid
-    from collections import Counter
-    from pathlib import Path
-    from typing import Any
-
-    from common import (
-        REPO_ROOT,
-        Api,
-        ApiError,
-        Audit,
-        BenchOperator,
-        OtherOperatorsMonitor,
-        Report,
-        ScaleRun,
-        Tracker,
-        Writes,
-        apply_parallel,
-        bare_parallel,
-        bench_dir,
-        cleanup_namespace,
-        cluster_dir,
-        count_items,
-        cpu_seconds,
-        create_namespace,
-        delete_namespace,
-        deployment_available,
-        deployments_path,
-        instance_of,
-        kubectl,
-        load_note,
-        log,
-        model_deployment,
-        names,
-        operator_writes,
-        other_operators,
-        percentile,
-        proc_status,
-        progress,
-        resource_ready,
-        resources_path,
-        seconds,
-        timed_ready,
-        write_json,
-    )
+from common import (
+    REPO_ROOT,
+    Api,
+    ApiError,
+    Audit,
+    BenchOperator,
+    OtherOperatorsMonitor,
+    Report,
+    ScaleRun,
+    Tracker,
+    Writes,
+    apply_parallel,
+    bare_parallel,
+    bench_dir,
+    cleanup_namespace,
+    cluster_dir,
+    count_items,
+    cpu_seconds,
+    create_namespace,
+    delete_namespace,
+    deployment_available,
+    deployments_path,
+    instance_of,
+    kubectl,
+    load_note,
+    log,
+    model_deployment,
+    names,
+    operator_writes,
+    other_operators,
+    percentile,
+    proc_status,
+    progress,
+    resource_ready,
+    resources_path,
+    seconds,
+    timed_ready,
+    write_json,
+)
 
 SCALE_RATIO_GOAL = 1.2
 LATENCY_P50_GOAL_MS = 20.0
