@@ -75,8 +75,7 @@ class Capture:
 
 def main() -> int:
     cluster = start_cluster()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
+    cluster.install_crd()
     namespace = f"argocd-health-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
     capture = Capture(cluster, namespace)

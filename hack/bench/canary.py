@@ -200,8 +200,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cluster: Cluster = start_cluster()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
+    cluster.install_crd()
     api = kubernetes.client.CustomObjectsApi(cluster.api_client())
     namespace = f"bench-canary-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)

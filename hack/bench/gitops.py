@@ -149,8 +149,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cluster: Cluster = start_cluster()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
+    cluster.install_crd()
     start_argocd()
     argocd = ArgoCD.from_env(cluster)
     namespace = f"bench-gitops-{uuid.uuid4().hex[:6]}"

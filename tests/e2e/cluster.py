@@ -64,6 +64,17 @@ class Cluster:
         kubernetes.config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
         return kubernetes.client.ApiClient(configuration)
 
+    def install_crd(self) -> None:
+        """The ModelDeployment CRD from crds/, applied, Established, and its storage answering."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
+        # Just after a CRD is created, its storage may still answer 429 "storage is (re)initializing".
+        wait_until(
+            lambda: self.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0,
+            timeout=30,
+            what="the ModelDeployment storage to answer",
+        )
+
     def env(self) -> dict[str, str]:
         """The environment for a process that should talk to this cluster."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

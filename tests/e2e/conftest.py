@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import REPO_ROOT, Cluster, hack_value, start_cluster, stop_cluster, wait_until
+from tests.e2e.cluster import Cluster, hack_value, start_cluster, stop_cluster
 from tests.e2e.operator_process import OperatorProcess
 
 
@@ -36,14 +36,7 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> None:
     """The ModelDeployment CRD from crds/, applied and Established."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
-    # Just after a CRD is created, its storage may still answer 429 "storage is (re)initializing".
-    wait_until(
-        lambda: cluster.kubectl("get", "modeldeployments", "-A", check=False).returncode == 0,
-        timeout=30,
-        what="the ModelDeployment storage to answer",
-    )
+    cluster.install_crd()
 
 
 @pytest.fixture
