@@ -386,11 +386,16 @@ class _Planner:
             # setWeight: done when the canary has its pods ready and the stable has given up its share.
             split = self.router.split(self.replicas, self.target_weight())
             stable = self.stable_revision()
-            if (
-                self.ready(self.canary.revision) >= split.canary
-                and self.scaled_to(stable) == split.stable
-                and self.ready(stable) <= split.stable
-            ):
+            stable_seen = self.observed.get(stable)
+            # The stable's own count, read only once its controller has seen the scale-down: a stale status would
+            # otherwise count as "no pods left" and the step would end while its old pods still take traffic.
+            stable_gave_way = (
+                stable_seen is not None
+                and stable_seen.up_to_date
+                and stable_seen.replicas == split.stable
+                and stable_seen.ready_replicas <= split.stable
+            )
+            if self.ready(self.canary.revision) >= split.canary and stable_gave_way:
                 self.pause = None
                 self.step_index += 1
                 self.step_started = format_time(self.now)

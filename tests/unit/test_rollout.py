@@ -1001,3 +1001,14 @@ def test_a_late_pass_does_not_abort_a_step_that_has_not_started_yet() -> None:
     assert p.status.aborted is None
     assert weights(p.status)[:2] == (1, 50)
     assert p.replicas[V2] == 3
+
+
+def test_a_setweight_step_waits_for_the_stable_controller_to_see_its_scale_down() -> None:
+    p = canary_started()
+    # The canary pod is ready and the stable asked for 4, but its controller has not caught up: still 5 ready.
+    stale = canary_step(seen("1.0", 4, 5, up_to_date=False), seen("2.0", 1, 1), status=p.status, now=at(101))
+    assert stale.status.currentStepIndex == 0
+    # Caught up: the stable gave way, the step is done and the pause begins.
+    done = canary_step(seen("1.0", 4, 4), seen("2.0", 1, 1), status=stale.status, now=at(102))
+    assert done.status.currentStepIndex == 1
+    assert done.status.phase == "Paused"
