@@ -13,6 +13,10 @@ KWOK_BIN="${BIN_CACHE}/kwok-${KWOK_VERSION}"
 HELM_BIN="${BIN_CACHE}/helm-${HELM_VERSION}"
 
 CLUSTER_DIR="${MODELDEPLOY_CLUSTER_DIR:-${REPO_ROOT}/.cluster}"
+# The node agent's pods keep their private files (TMPDIR among them) under a short path, whatever the checkout's
+# depth: Unix sockets made in TMPDIR must fit 108 bytes. Same formula as default_pods_dir() in hack/nodeagent/agent.py.
+AGENT_STATE_DIR="${CLUSTER_DIR}/nodeagent"
+AGENT_PODS_DIR="/tmp/mdpods-$(printf '%s' "$(realpath -m "${AGENT_STATE_DIR}")" | sha256sum | cut -c1-8)"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -41,6 +41,9 @@ for dev in $(ip -o link show 2>/dev/null | grep 'alias modeldeploy-nodeagent:' |
 	ip link delete "${dev}" 2>/dev/null || true
 	left=$((left + 1))
 done
+if [ -d "${AGENT_PODS_DIR}" ]; then
+	rm -rf "${AGENT_PODS_DIR}"
+fi
 if [ "${left}" -gt 0 ]; then
 	log "removed ${left} leftovers of the node agent (shims, pod namespaces, veths)"
 fi

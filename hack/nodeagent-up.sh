@@ -27,7 +27,7 @@ fi
 [ -x "${REPO_ROOT}/.venv/bin/python" ] || die "no .venv/: run 'make install' first"
 apiserver_ready || die "the API server is not ready: run 'make cluster-up' first"
 
-args=()
+args=(--state-dir "${AGENT_STATE_DIR}" --pods-dir "${AGENT_PODS_DIR}")
 for node in ${nodes}; do args+=(--node "${node}"); done
 mkdir -p "${CLUSTER_DIR}/pids" "${CLUSTER_DIR}/logs"
 log "starting the node agent for ${nodes}; log: ${log_path}"

@@ -16,6 +16,7 @@ ip netns list 2>/dev/null | grep -qw "${POD_NETNS}" && fail "network namespace $
 # The node agent's pods: a namespace each, and a supervisor process each.
 for netns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^mdpod-' || true); do fail "network namespace ${netns}"; done
 for pid in $(pgrep -f "hack/nodeagent/" || true); do fail "node agent process ${pid}"; done
+[ ! -e "${AGENT_PODS_DIR}" ] || fail "node agent pod directory ${AGENT_PODS_DIR}"
 ip link show "${POD_VETH_HOST}" >/dev/null 2>&1 && fail "interface ${POD_VETH_HOST}"
 if [ -d "${CLUSTER_DIR}" ]; then
 	leftovers="$(find "${CLUSTER_DIR}" -mindepth 1 -maxdepth 1 ! -name logs -printf '%f ')"

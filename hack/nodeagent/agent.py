@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import logging
@@ -61,6 +62,9 @@ LEASE_RENEW_SECONDS = 10
 STATUS_REPORT_SECONDS = 60
 WATCH_SECONDS = 60
 STATE_VERSION = 1
+# A pod's TMPDIR is <pods dir>/<uid>/tmp: 41 more characters, then a program's own socket path inside it (Python's
+# multiprocessing adds about 33) must fit the 107 usable bytes of sockaddr_un.sun_path.
+MAX_PODS_DIR_LENGTH = 30
 
 
 def _microtime() -> str:
@@ -73,7 +77,12 @@ class Agent:
         self.nodes: list[str] = list(options.node) or ["agent-node-0"]
         self.host_ip: str = options.host_ip
         self.state_dir = Path(options.state_dir)
-        self.pods_dir = self.state_dir / "pods"
+        self.pods_dir = Path(options.pods_dir or default_pods_dir(self.state_dir))
+        if len(str(self.pods_dir)) > MAX_PODS_DIR_LENGTH:
+            raise SystemExit(
+                f"--pods-dir {self.pods_dir} is longer than {MAX_PODS_DIR_LENGTH} characters: a pod's TMPDIR lies "
+                "under it and Unix socket paths there (multiprocessing's, for one) must stay under 108 bytes"
+            )
         self.log_root = Path(options.log_dir)
         self.state_path = self.state_dir / "state.json"
         self.shutdown_grace: float = options.shutdown_grace
@@ -528,6 +537,17 @@ def _shim_prefix(pid: int) -> str | None:
     return None
 
 
+def default_pods_dir(state_dir: Path) -> Path:
+    """A short directory for the pods' private files, one per state directory.
+
+    Not under the state directory: a pod's TMPDIR lives here, and a deep checkout path would push the Unix sockets
+    that programs create in TMPDIR past the kernel's 108-byte limit ("AF_UNIX path too long").
+    hack/lib.sh computes the same path for cleanup.
+    """
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+    return Path("/tmp") / f"mdpods-{digest}"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hack.nodeagent", description=__doc__.split("\n\n")[0])
     cluster_dir = Path(os.environ.get("MODELDEPLOY_CLUSTER_DIR") or REPO_ROOT / ".cluster")
@@ -536,6 +556,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--node", action="append", default=[], help="node name (repeat for several; default agent-node-0)"
     )
     parser.add_argument("--state-dir", default=str(cluster_dir / "nodeagent"))
+    parser.add_argument(
+        "--pods-dir", default="", help="the pods' private directories (default: /tmp/mdpods-<hash of --state-dir>)"
+    )
     parser.add_argument("--log-dir", default=str(cluster_dir / "logs" / "pods"), help="container logs")
     parser.add_argument("--host-ip", default=HOST_GATEWAY, help="the nodes' InternalIP and the pods' hostIP")
     parser.add_argument("--cpu", default="8", help="CPU capacity reported per node")

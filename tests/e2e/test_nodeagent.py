@@ -69,11 +69,13 @@ FEATURES = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.2], [0.1, 0.8]])
 class NodeAgent:
     cluster_dir: Path
 
+    @property
+    def pods_dir(self) -> Path:
+        return Path(hack_value("AGENT_PODS_DIR"))
+
     def container_pid(self, pod: dict[str, Any], container: str = "model-server") -> int:
         """PID of the container's own process, as the agent's shim recorded it."""
-        info = json.loads(
-            (self.cluster_dir / "nodeagent" / "pods" / pod["metadata"]["uid"] / f"{container}.pid").read_text()
-        )
+        info = json.loads((self.pods_dir / pod["metadata"]["uid"] / f"{container}.pid").read_text())
         return int(info["pid"])
 
     def pid(self) -> int:
