@@ -7,10 +7,13 @@ server with the same models.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from modeldeploy.expressions import ExpressionError, compile_condition
 
 GROUP = "modeldeploy.io"
 VERSION = "v1alpha1"
@@ -335,6 +338,250 @@ def default_steps() -> list[CanaryStep]:
     ]
 
 
+class BuiltinMetric(StrEnum):
+    SUCCESS_RATE = "successRate"
+    LATENCY_P99 = "latencyP99"
+    PREDICTION_SHIFT = "predictionShift"
+
+
+class RelativeTo(StrEnum):
+    STABLE = "stable"
+
+
+# Placeholders a custom query may hold, as {{ .canary.version }}; anything else between {{ }} is refused.
+PLACEHOLDER_PATTERN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+QUERY_PLACEHOLDERS = (
+    ".canary.version",
+    ".canary.revision",
+    ".stable.version",
+    ".stable.revision",
+    ".model",
+    ".namespace",
+    ".name",
+    ".window",
+)
+
+
+class AnalysisMetric(_Model):
+    """One metric judged during a canary: a built-in one with bounds, or a PromQL query with conditions."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("has(self.builtin) != has(self.query)", "each analysis metric sets exactly one of builtin or query"),
+            (
+                "!has(self.builtin) || has(self.min) || has(self.max)",
+                "a builtin analysis metric needs min or max (its threshold)",
+            ),
+            (
+                "!has(self.query) || has(self.successCondition) || has(self.failureCondition)",
+                "a query analysis metric needs successCondition or failureCondition",
+            ),
+            (
+                "!has(self.query) || (!has(self.min) && !has(self.max) && !has(self.relativeTo))",
+                "min, max and relativeTo apply to builtin metrics; a query metric uses successCondition and "
+                "failureCondition",
+            ),
+            (
+                "has(self.query) || (!has(self.successCondition) && !has(self.failureCondition))",
+                "successCondition and failureCondition apply to query metrics; a builtin metric uses min and max",
+            ),
+            (
+                "!has(self.relativeTo) || !has(self.builtin) || self.builtin != 'predictionShift'",
+                "predictionShift always compares the canary with the stable revision: relativeTo does not apply",
+            ),
+        )
+    )
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=DNS_LABEL_PATTERN,
+            max_length=63,
+            description="Name of the metric, unique in the list; status and events report measurements by it.",
+        ),
+    ]
+    builtin: Annotated[
+        BuiltinMetric | None,
+        Field(
+            default=None,
+            description=(
+                "successRate: share of the canary's prediction requests that succeeded (0-1). latencyP99: 99th "
+                "percentile of the canary's prediction latency, in seconds. predictionShift: distance between the "
+                "canary's and the stable revision's prediction outputs on live traffic, from 0 (same "
+                "distribution) to 1 (disjoint): the largest gap between the two cumulative distributions over the "
+                "runtime's fixed buckets (Kolmogorov-Smirnov), the largest over the output columns."
+            ),
+        ),
+    ]
+    query: Annotated[
+        str | None,
+        Field(
+            default=None,
+            min_length=1,
+            max_length=4096,
+            description=(
+                "PromQL that returns one number (a scalar, or a vector of one sample). May hold {{ .canary.version "
+                "}}, {{ .canary.revision }}, {{ .stable.version }}, {{ .stable.revision }}, {{ .model }}, "
+                "{{ .namespace }}, {{ .name }} and {{ .window }}."
+            ),
+        ),
+    ]
+    min: Annotated[
+        float | None,
+        Field(default=None, description="builtin only: a value below this fails the measurement."),
+    ]
+    max: Annotated[
+        float | None,
+        Field(default=None, description="builtin only: a value above this fails the measurement."),
+    ]
+    relativeTo: Annotated[
+        RelativeTo | None,
+        Field(
+            default=None,
+            description=(
+                "successRate and latencyP99 only. stable: judge the canary's value minus the stable revision's "
+                "over the same window, so min and max are the margin allowed (e.g. latencyP99 max 0.05: at most "
+                "50 ms slower than stable; successRate min -0.01: at most one point worse)."
+            ),
+        ),
+    ]
+    successCondition: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=256,
+            description=(
+                "query only: an expression of `result`, e.g. `result >= 0.95`. Comparisons, and/or/not (or && "
+                "|| !), + - * /, abs(), numbers. Neither condition met (with both set): Inconclusive."
+            ),
+        ),
+    ]
+    failureCondition: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=256,
+            description="query only: when true, the measurement Failed (it wins over successCondition).",
+        ),
+    ]
+
+    # CEL cannot parse PromQL templates or conditions: these checks run when the operator reads the spec, and a
+    # failure shows as Degraded with reason InvalidSpec naming the field.
+    @field_validator("query")
+    @classmethod
+    def _known_placeholders(cls, query: str | None) -> str | None:
+        for key in PLACEHOLDER_PATTERN.findall(query or ""):
+            if key not in QUERY_PLACEHOLDERS:
+                raise ValueError(f"unknown placeholder {{{{ {key} }}}}; known: {', '.join(QUERY_PLACEHOLDERS)}")
+        return query
+
+    @field_validator("successCondition", "failureCondition")
+    @classmethod
+    def _valid_condition(cls, condition: str | None) -> str | None:
+        if condition is not None:
+            try:
+                compile_condition(condition)
+            except ExpressionError as error:
+                raise ValueError(str(error)) from None
+        return condition
+
+
+class PrometheusSpec(_Model):
+    """Where the analysis queries go."""
+
+    address: Annotated[
+        str,
+        Field(
+            default="",
+            max_length=512,
+            pattern=r"^(https?://[^\s]+)?$",
+            description=(
+                "Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090. Empty: the "
+                "operator's default (MODELDEPLOY_PROMETHEUS_URL, the Helm value analysis.prometheusURL)."
+            ),
+        ),
+    ]
+
+
+class AnalysisSpec(_Model):
+    """Metrics measured while a canary takes traffic; they decide whether it goes on, pauses or is rolled back."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))",
+                "spec.rollout.analysis.metrics names must be unique",
+            ),
+        )
+    )
+
+    interval: Annotated[
+        str,
+        Field(
+            default="30s",
+            pattern=DURATION_PATTERN,
+            description=(
+                "How often each metric is measured while the canary has Ready pods; the first measurement is one "
+                "interval after they start taking traffic (plus initialDelay)."
+            ),
+        ),
+    ]
+    initialDelay: Annotated[
+        str,
+        Field(
+            default="0s",
+            pattern=DURATION_PATTERN,
+            description="Extra wait before the first measurement, e.g. for a model that warms up.",
+        ),
+    ]
+    window: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=DURATION_PATTERN,
+            description=(
+                "Range of the built-in queries (rate over the last window) and {{ .window }}. Default: the "
+                "interval, at least 1m. It must hold two scrapes or more of the model's pods, or there is no data."
+            ),
+        ),
+    ]
+    failureLimit: Annotated[
+        int,
+        Field(
+            default=0,
+            ge=0,
+            le=100,
+            description="Failed measurements (of any one metric) tolerated; one more rolls the canary back.",
+        ),
+    ]
+    inconclusiveLimit: Annotated[
+        int,
+        Field(
+            default=0,
+            ge=0,
+            le=100,
+            description=(
+                "Inconclusive measurements (neither condition met, or no data: no traffic is never a success) "
+                "tolerated; one more pauses the rollout until it is promoted (measuring goes on) or aborted."
+            ),
+        ),
+    ]
+    consecutiveErrorLimit: Annotated[
+        int,
+        Field(
+            default=4,
+            ge=0,
+            le=100,
+            description="Query errors in a row (of any one metric) tolerated; one more rolls the canary back.",
+        ),
+    ]
+    prometheus: Annotated[PrometheusSpec, Field(default_factory=PrometheusSpec, description="Where the queries go.")]
+    metrics: Annotated[
+        list[AnalysisMetric],
+        Field(min_length=1, max_length=10, description="What is measured (1-10 metrics)."),
+    ]
+
+
 class RolloutSpec(_Model):
     """How a new revision replaces the serving one."""
 
@@ -389,6 +636,18 @@ class RolloutSpec(_Model):
             description=(
                 "A spec returning to one of the last N serving revisions is rolled out at once, without steps "
                 "(its Deployment is kept, scaled to zero, for exactly this)."
+            ),
+        ),
+    ]
+    analysis: Annotated[
+        AnalysisSpec | None,
+        Field(
+            default=None,
+            description=(
+                "Judge the canary on live metrics from Prometheus while it takes traffic. A step advances only "
+                "once every metric's latest measurement, taken during that step, is Successful; failures or query "
+                "errors beyond their limits roll the canary back (reason AnalysisFailed); inconclusive ones pause "
+                "it. Promoting past an open pause, or fully, is a person's decision and skips the wait."
             ),
         ),
     ]
@@ -548,6 +807,67 @@ class CanaryStatus(TrackStatus, TrackWeights):
     ] = False
 
 
+class MeasurementPhase(StrEnum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class AnalysisPhase(StrEnum):
+    PENDING = "Pending"
+    """The canary has no Ready pod yet: nothing to measure."""
+    RUNNING = "Running"
+    SUCCESSFUL = "Successful"
+    """The canary was promoted with the analysis passing."""
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class Measurement(_Status):
+    phase: Annotated[
+        str, Field(description="Successful, Failed, Inconclusive (no data or neither condition) or Error.")
+    ]
+    value: Annotated[float | None, Field(description="The measured value; absent without data or on error.")] = None
+    message: Annotated[str, Field(description="What was compared, or the error.")] = ""
+    time: Annotated[str, Field(description="When it was measured (RFC 3339).")]
+
+
+class MetricStatus(_Status):
+    """Counts and the recent measurements of one analysis metric, for the canary being judged."""
+
+    name: Annotated[str, Field(description="The metric's name in spec.rollout.analysis.metrics.")]
+    phase: Annotated[str, Field(description="Phase of the latest measurement.")] = ""
+    successful: Annotated[int, Field(description="Successful measurements.")] = 0
+    failed: Annotated[int, Field(description="Failed measurements.")] = 0
+    inconclusive: Annotated[
+        int, Field(description="Inconclusive measurements since the start or the last promote.")
+    ] = 0
+    errors: Annotated[int, Field(description="Measurements whose query failed.")] = 0
+    consecutiveErrors: Annotated[int, Field(description="Query errors in a row, up to the latest measurement.")] = 0
+    measurements: list[Measurement] = Field(
+        default_factory=list, description="The most recent measurements, newest first (at most 10)."
+    )
+
+
+class AnalysisStatus(_Status):
+    """The judgement of the canary on live metrics, and its evidence."""
+
+    revision: Annotated[str, Field(description="The canary revision being judged.")]
+    version: Annotated[str, Field(description="Its spec.model.version.")] = ""
+    phase: Annotated[str, Field(description="Pending, Running, Successful, Failed, Inconclusive or Error.")] = str(
+        AnalysisPhase.PENDING
+    )
+    message: Annotated[str, Field(description="The latest verdict, for a person.")] = ""
+    startedAt: Annotated[
+        str | None, Field(description="When the canary first had Ready pods, taking traffic (RFC 3339).")
+    ] = None
+    lastMeasuredAt: Annotated[str | None, Field(description="When the metrics were last measured.")] = None
+    nextMeasurementAt: Annotated[str | None, Field(description="When they are measured next.")] = None
+    metrics: list[MetricStatus] = Field(default_factory=list, description="Per metric, in spec order.")
+
+
 class ModelDeploymentStatus(_Status):
     """Observed state, written by the operator. Argo CD and `kubectl wait` read it."""
 
@@ -576,6 +896,10 @@ class ModelDeploymentStatus(_Status):
     aborted: Annotated[
         AbortedRevision | None,
         Field(description="The revision last rolled back, while the spec still asks for it."),
+    ] = None
+    analysis: Annotated[
+        AnalysisStatus | None,
+        Field(description="Metric analysis of the latest canary: its phase, counts and recent measurements."),
     ] = None
     url: Annotated[str, Field(description="In-cluster address of the model's Service.")] = ""
     history: list[HistoryEntry] = Field(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modeldeploy import api
-from modeldeploy.rollout import format_time, parse_time
+from modeldeploy.times import format_time, parse_time
 
 COMMAND_HELP = {
     "promote": "finish the current pause (with --full: skip every remaining step)",

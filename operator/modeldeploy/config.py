@@ -30,6 +30,10 @@ class OperatorConfig:
     workers: int = 4
     """Reconciles that run at once (each in a thread: the Kubernetes client is synchronous)."""
     cluster_domain: str = "cluster.local"
+    prometheus_url: str = ""
+    """Prometheus for canary analysis, when a spec names none."""
+    prometheus_timeout: float = 10.0
+    """Seconds one measurement round of one resource may wait for Prometheus, all its metrics together."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -43,4 +47,6 @@ class OperatorConfig:
             retained_revisions=int(env.get("MODELDEPLOY_RETAINED_REVISIONS", "3")),
             workers=int(env.get("MODELDEPLOY_WORKERS", "4")),
             cluster_domain=env.get("MODELDEPLOY_CLUSTER_DOMAIN", "cluster.local"),
+            prometheus_url=env.get("MODELDEPLOY_PROMETHEUS_URL", ""),
+            prometheus_timeout=float(env.get("MODELDEPLOY_PROMETHEUS_TIMEOUT_SECONDS", "10")),
         )

@@ -16,9 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import api, builders, rollout
+from modeldeploy import analysis, api, builders, rollout
 from modeldeploy.config import OperatorConfig
 from modeldeploy.kube import Kube
+from modeldeploy.prometheus import PrometheusClient
+from modeldeploy.times import format_time
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -197,6 +199,9 @@ def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: d
 
     desired_revision = builders.revision_of(resource, config)
     model = builders.model_name(resource)
+    measurements = None
+    if analysis.measurement_due(resource, desired_revision, now):
+        measurements = measure(resource, model, config, now)
     plan = rollout.plan(
         resource,
         desired_revision,
@@ -206,6 +211,7 @@ def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: d
         url=builders.service_url(resource, config),
         history_limit=config.history_limit,
         retained=config.retained_revisions,
+        measurements=measurements,
     )
 
     for revision, replicas in plan.replicas.items():
@@ -235,6 +241,39 @@ def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: d
         for event in plan.events:
             kube.post_event(parent, event.type, event.reason, event.message)
     return plan.requeue_after
+
+
+def measure(
+    resource: api.ModelDeployment, model: str, config: OperatorConfig, now: datetime
+) -> dict[str, api.Measurement]:
+    """One measurement of every analysis metric of the resource's canary (see analysis.measurement_due)."""
+    spec = resource.spec.rollout.analysis
+    canary, stable = resource.status.canary, resource.status.stable
+    assert spec is not None
+    assert canary is not None
+    assert stable is not None
+    target = analysis.Target(
+        namespace=resource.metadata["namespace"],
+        name=resource.metadata["name"],
+        model=model,
+        canary_version=canary.version,
+        canary_revision=canary.revision,
+        stable_version=stable.version,
+        stable_revision=stable.revision,
+    )
+    client = PrometheusClient(spec.prometheus.address or config.prometheus_url)
+    measurements = analysis.measure_all(spec, target, client, config.prometheus_timeout, format_time(now))
+    for name, measurement in measurements.items():
+        log.info(
+            'Measured namespace="%s" name="%s" metric="%s" phase="%s" value="%s" message="%s"',
+            target.namespace,
+            target.name,
+            name,
+            measurement.phase,
+            measurement.value,
+            measurement.message,
+        )
+    return measurements
 
 
 def _write_status(kube: Kube, store: Store, parent: Manifest, status: api.ModelDeploymentStatus) -> bool:

@@ -7,11 +7,12 @@ is unit-tested without a cluster, and a restarted operator reaches the same deci
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from modeldeploy import api
+from modeldeploy import analysis, api
+from modeldeploy.times import format_time, parse_duration, parse_time
 from modeldeploy.traffic import ReplicaRatioRouter, Split, TrafficRouter, stable_replicas_keeping_capacity
 
 FIRST_REVISION = "FirstRevision"
@@ -50,27 +51,6 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     """Seconds until the decision may change with no event (a pause or deadline running out)."""
-
-
-def format_time(moment: datetime) -> str:
-    # Microseconds: timed decisions (deadlines, pauses) resume exactly after a restart.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-_DURATION = re.compile(r"^([0-9]+)(s|m|h)?$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """'30s', '5m', '1h' or a bare number of seconds (the forms admission accepts)."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r}")
-    number, unit = int(match.group(1)), match.group(2) or "s"
-    return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600}[unit])
 
 
 def set_condition(
@@ -145,6 +125,7 @@ class _Planner:
         model: str,
         history_limit: int,
         router: TrafficRouter,
+        measurements: Mapping[str, api.Measurement],
     ) -> None:
         self.spec = resource.spec
         self.previous = resource.status
@@ -169,6 +150,10 @@ class _Planner:
         self.pause: api.PauseStatus | None = self.previous.pause
         self.acknowledged = self.previous.acknowledged.model_copy()
         self.requeue_after: float | None = None
+        self.analysis = self.previous.analysis
+        self.measurements = measurements
+        self.awaiting: list[str] = []
+        """Metrics the current step waits for (a Successful measurement taken during the step) before it ends."""
 
     # --- bookkeeping ----------------------------------------------------------------------------------------------
 
@@ -246,6 +231,15 @@ class _Planner:
     def promote(self) -> None:
         assert self.canary is not None
         assert self.stable is not None
+        if self.analysis is not None and self.analysis.revision == self.canary.revision:
+            measured = sum(metric.successful for metric in self.analysis.metrics)
+            self.analysis = self.analysis.model_copy(
+                update={
+                    "phase": str(api.AnalysisPhase.SUCCESSFUL),
+                    "message": f"promoted with {measured} Successful measurements",
+                    "nextMeasurementAt": None,
+                }
+            )
         self.record(self.canary, api.Outcome.PROMOTED, "RevisionReady")
         self.event(
             "Normal",
@@ -337,6 +331,12 @@ class _Planner:
         promote = pending(self.previous.commands, self.acknowledged, "promote")
         if promote is not None:
             self.acknowledge("promote", promote)
+            if self.pause is not None and self.pause.reason == analysis.ANALYSIS_PAUSE:
+                self.pause = None
+                self.resume_analysis()
+                if not promote.full:
+                    promote = None
+        if promote is not None:
             if promote.full:
                 self.step_index = len(self.steps)
                 self.pause = None
@@ -346,6 +346,9 @@ class _Planner:
                 self.step_started = format_time(self.now)
                 self.pause = None
                 self.event("Normal", "PauseEnded", f"Promoted past the pause of {self.canary.version}")
+
+        if not self.judge():
+            return
 
         if self.spec.rollout.paused:
             if self.pause is None or self.pause.reason != "SpecPaused":
@@ -377,6 +380,9 @@ class _Planner:
                     self.wake_in((ends - self.now).total_seconds())
                     return
                 self.pause = None
+                self.awaiting = self.awaited(started)
+                if self.awaiting:
+                    return
                 self.step_index += 1
                 # A pause right after a pause starts when the first was due to end, so pauses never drift; any
                 # other step starts now, so its deadline counts from when its scale is first asked for.
@@ -397,11 +403,108 @@ class _Planner:
             )
             if self.ready(self.canary.revision) >= split.canary and stable_gave_way:
                 self.pause = None
+                # Only the analysis holds the step now: its own limits end the wait, not the progress deadline.
+                self.awaiting = self.awaited(started) if split.canary > 0 else []
+                if self.awaiting:
+                    return
                 self.step_index += 1
                 self.step_started = format_time(self.now)
                 continue
             self.check_deadline(started)
             return
+
+    # --- analysis -------------------------------------------------------------------------------------------------
+
+    def judge(self) -> bool:
+        """Start, update and act on the canary's analysis. False when the rollout stops in this pass (rolled back,
+        or paused for a person)."""
+        assert self.canary is not None
+        assert self.stable is not None
+        spec = self.spec.rollout.analysis
+        if spec is None or self.canary.fastTrack:
+            self.analysis = None
+            return True
+        current = self.analysis
+        if current is None or current.revision != self.canary.revision:
+            current = api.AnalysisStatus(
+                revision=self.canary.revision,
+                version=self.canary.version,
+                phase=str(api.AnalysisPhase.PENDING),
+                message="waiting for the canary's first Ready pod",
+                metrics=analysis.record([], spec, {}),
+            )
+        else:
+            current = current.model_copy(deep=True)
+        self.analysis = current
+        if current.startedAt is None:
+            if self.ready(self.canary.revision) == 0:
+                return True
+            first = analysis.first_measurement_at(spec, self.now)
+            current.startedAt = format_time(self.now)
+            current.phase = str(api.AnalysisPhase.RUNNING)
+            current.nextMeasurementAt = format_time(first)
+            current.message = f"first measurement at {format_time(first)[11:19]}Z, then every {spec.interval}"
+        if self.pause is not None and self.pause.reason == analysis.ANALYSIS_PAUSE:
+            return False
+        if current.phase != api.AnalysisPhase.RUNNING:
+            return True
+        if self.measurements:
+            current.metrics = analysis.record(current.metrics, spec, self.measurements)
+            current.lastMeasuredAt = format_time(self.now)
+            current.nextMeasurementAt = format_time(self.now + analysis.interval_of(spec))
+            for name, measurement in self.measurements.items():
+                if measurement.phase == api.MeasurementPhase.FAILED:
+                    self.event("Warning", "AnalysisMeasurementFailed", f"{name}: {measurement.message}")
+                elif measurement.phase == api.MeasurementPhase.ERROR:
+                    self.event("Warning", "AnalysisMeasurementError", f"{name}: {measurement.message}")
+            current.message = "latest: " + ", ".join(f"{metric.name} {metric.phase}" for metric in current.metrics)
+        judged = analysis.verdict(current.metrics, spec)
+        if judged.phase in (api.AnalysisPhase.FAILED, api.AnalysisPhase.ERROR):
+            current.phase = str(judged.phase)
+            current.message = judged.message
+            current.nextMeasurementAt = None
+            self.abort(
+                "AnalysisFailed",
+                f"Analysis of {self.canary.version} (revision {self.canary.revision}) failed: {judged.message}; "
+                f"rolled back, {self.stable.version} takes all traffic",
+            )
+            return False
+        if judged.phase == api.AnalysisPhase.INCONCLUSIVE:
+            current.phase = str(judged.phase)
+            current.message = judged.message
+            current.nextMeasurementAt = None
+            self.pause = api.PauseStatus(reason=analysis.ANALYSIS_PAUSE, startedAt=format_time(self.now))
+            self.event(
+                "Warning",
+                analysis.ANALYSIS_PAUSE,
+                f"Rollout of {self.canary.version} paused: {judged.message}; promote to go on measuring, or abort",
+            )
+            return False
+        if current.nextMeasurementAt is not None:
+            self.wake_in(max((parse_time(current.nextMeasurementAt) - self.now).total_seconds(), 0.0))
+        return True
+
+    def resume_analysis(self) -> None:
+        """After a person promoted past an inconclusive analysis: count inconclusive measurements afresh, go on."""
+        spec = self.spec.rollout.analysis
+        if self.analysis is None or spec is None:
+            return
+        self.analysis = self.analysis.model_copy(
+            update={
+                "phase": str(api.AnalysisPhase.RUNNING),
+                "message": "resumed by promote",
+                "nextMeasurementAt": format_time(self.now + analysis.interval_of(spec)),
+                "metrics": [metric.model_copy(update={"inconclusive": 0}) for metric in self.analysis.metrics],
+            },
+            deep=True,
+        )
+        self.event("Normal", "AnalysisResumed", f"Promoted past the inconclusive analysis of {self.analysis.version}")
+
+    def awaited(self, since: datetime) -> list[str]:
+        """Metrics without a Successful measurement taken since `since`; empty when nothing is analysed."""
+        if self.analysis is None or self.analysis.startedAt is None or self.spec.rollout.analysis is None:
+            return []
+        return analysis.awaited(self.analysis.metrics, since)
 
     def stable_revision(self) -> str:
         assert self.stable is not None
@@ -468,9 +571,20 @@ def plan(
     history_limit: int = 10,
     retained: int = 3,
     router: TrafficRouter | None = None,
+    measurements: Mapping[str, api.Measurement] | None = None,
 ) -> Plan:
-    """Decide the next state. Level-based: the same inputs always give the same plan."""
-    planner = _Planner(resource, desired_revision, observed, now, model, history_limit, router or ReplicaRatioRouter())
+    """Decide the next state. Level-based: the same inputs always give the same plan. `measurements` are the
+    analysis results of this pass, when one was due (see analysis.measurement_due)."""
+    planner = _Planner(
+        resource,
+        desired_revision,
+        observed,
+        now,
+        model,
+        history_limit,
+        router or ReplicaRatioRouter(),
+        measurements or {},
+    )
     planner.run()
     replicas = planner.desired_replicas(retained)
     status, requeue = _status(planner, url)
@@ -565,6 +679,8 @@ def _status(p: _Planner, url: str) -> tuple[api.ModelDeploymentStatus, float | N
                 f"{p.stable.version} serving"
             )
         phase = api.Phase.PROGRESSING
+        if p.awaiting:
+            message += f"; waiting for a Successful measurement of {', '.join(p.awaiting)}"
         if p.pause is not None:
             phase = api.Phase.PAUSED
             if p.pause.reason == "PauseStep" and p.pause.endsAt:
@@ -572,6 +688,9 @@ def _status(p: _Planner, url: str) -> tuple[api.ModelDeploymentStatus, float | N
                 message += f"; paused until {p.pause.endsAt[11:19]}Z"
             elif p.pause.reason == "PromotionRequired":
                 message += "; paused until promoted (kubectl mdep promote)"
+            elif p.pause.reason == analysis.ANALYSIS_PAUSE:
+                detail = p.analysis.message if p.analysis is not None else ""
+                message += f"; paused, analysis inconclusive ({detail}): promote to go on measuring, or abort"
             else:
                 message += "; paused by spec.rollout.paused"
         setc(api.ConditionType.DEGRADED, False, *no_problem)
@@ -611,6 +730,7 @@ def _status(p: _Planner, url: str) -> tuple[api.ModelDeploymentStatus, float | N
             "pause": p.pause,
             "acknowledged": p.acknowledged,
             "aborted": p.aborted,
+            "analysis": p.analysis,
             "url": url,
             "history": p.history,
         }

@@ -41,6 +41,11 @@ def edited(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return manifest
 
 
+def with_metrics(*metrics: dict[str, Any], **analysis: Any) -> dict[str, Any]:
+    """MINIMAL with spec.rollout.analysis holding `metrics` (and other analysis fields)."""
+    return edited(MINIMAL, spec__rollout__analysis={"metrics": list(metrics), **analysis})
+
+
 def apply(cluster: Cluster, namespace: str, manifest: dict[str, Any] | str) -> Any:
     text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
     return cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=text, check=False)
@@ -242,6 +247,68 @@ INVALID = [
         edited(MINIMAL, spec__runtime__resources={"limits": {"memory": ["1Gi"]}}),
         ["spec.runtime.resources.limits.memory"],
         id="resource-quantity-not-int-or-string",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "successRate", "min": 0.9, "query": "up"}),
+        ["spec.rollout.analysis.metrics[0]", "each analysis metric sets exactly one of builtin or query"],
+        id="analysis-builtin-and-query",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "latencyP99"}),
+        ["spec.rollout.analysis.metrics[0]", "a builtin analysis metric needs min or max"],
+        id="analysis-builtin-without-threshold",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "query": "up"}),
+        ["spec.rollout.analysis.metrics[0]", "a query analysis metric needs successCondition or failureCondition"],
+        id="analysis-query-without-condition",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "query": "up", "successCondition": "result > 0", "max": 1}),
+        ["spec.rollout.analysis.metrics[0]", "min, max and relativeTo apply to builtin metrics"],
+        id="analysis-query-with-bounds",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "successRate", "min": 0.9, "successCondition": "result > 0"}),
+        ["spec.rollout.analysis.metrics[0]", "successCondition and failureCondition apply to query metrics"],
+        id="analysis-builtin-with-condition",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "predictionShift", "max": 0.1, "relativeTo": "stable"}),
+        ["spec.rollout.analysis.metrics[0]", "predictionShift always compares the canary with the stable"],
+        id="analysis-prediction-shift-relative",
+    ),
+    pytest.param(
+        with_metrics(
+            {"name": "same", "builtin": "successRate", "min": 0.9}, {"name": "same", "builtin": "latencyP99", "max": 1}
+        ),
+        ["spec.rollout.analysis", "spec.rollout.analysis.metrics names must be unique"],
+        id="analysis-duplicate-names",
+    ),
+    pytest.param(
+        with_metrics(),
+        ["spec.rollout.analysis.metrics", "should have at least 1 items"],
+        id="analysis-no-metrics",
+    ),
+    pytest.param(
+        with_metrics({"name": "Bad_Name", "builtin": "successRate", "min": 0.9}),
+        ["spec.rollout.analysis.metrics[0].name", "should match"],
+        id="analysis-metric-name",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "accuracy", "min": 0.9}),
+        ["spec.rollout.analysis.metrics[0].builtin", "Unsupported value"],
+        id="analysis-unknown-builtin",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "successRate", "min": 0.9}, interval="soon"),
+        ["spec.rollout.analysis.interval", "should match"],
+        id="analysis-interval",
+    ),
+    pytest.param(
+        with_metrics({"name": "m", "builtin": "successRate", "min": 0.9}, prometheus={"address": "prometheus:9090"}),
+        ["spec.rollout.analysis.prometheus.address", "should match"],
+        id="analysis-address-without-scheme",
     ),
 ]
 

@@ -67,6 +67,8 @@ def step(
     steps: list[dict[str, Any]] | None = None,
     paused: bool = False,
     commands: dict[str, Any] | None = None,
+    analysis: dict[str, Any] | None = None,
+    measurements: dict[str, api.Measurement] | None = None,
 ) -> Plan:
     """One reconcile pass: the spec asks for `version`, the cluster shows `observed`, the last status was `status`.
 
@@ -81,6 +83,8 @@ def step(
     }
     if steps is not None:
         rollout_spec["steps"] = steps
+    if analysis is not None:
+        rollout_spec["analysis"] = analysis
     status_body = status.model_dump(mode="json") if status is not None else None
     if commands is not None:
         status_body = {**(status_body or {}), "commands": commands}
@@ -98,6 +102,7 @@ def step(
         url=URL,
         history_limit=history_limit,
         retained=retained,
+        measurements=measurements,
     )
     check_invariants(result, resource)
     return result
