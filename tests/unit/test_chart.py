@@ -136,6 +136,8 @@ def test_values_reach_the_operator() -> None:
         "runtimeImages.default=registry.example/runtime:2",
         "runtimeImages.onnx=registry.example/onnx:2",
         "workers=8",
+        "analysis.prometheusURL=http://prometheus.monitoring:9090",
+        "analysis.timeoutSeconds=5",
     )
     operator = container(docs)
     assert operator["image"] == "modeldeploy/operator:1.2.3"
@@ -147,6 +149,8 @@ def test_values_reach_the_operator() -> None:
         "MODELDEPLOY_WORKERS": "8",
         "MODELDEPLOY_HISTORY_LIMIT": "10",
         "MODELDEPLOY_RETAINED_REVISIONS": "3",
+        "MODELDEPLOY_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
+        "MODELDEPLOY_PROMETHEUS_TIMEOUT_SECONDS": "5",
     }
     assert "--verbose" not in container(template())["args"]
 
