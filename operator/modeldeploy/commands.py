@@ -93,12 +93,28 @@ def render_status(body: dict[str, Any], now: datetime | None = None) -> str:
         ready = f"{canary.readyReplicas}/{canary.replicas}"
         weight = f"{canary.actualWeight}% (desired {canary.desiredWeight}%)"
         lines.append(f"  {'canary':8}{canary.version:12}{canary.revision:13}{ready:9}{weight}")
+    lines.extend(_analysis_lines(status.analysis))
     lines.append(f"Waiting for: {_waiting_for(resource, now)}")
     if status.history:
         lines.append("History:")
         for entry in status.history[:5]:
             lines.append(f"  {entry.time[:19]}Z  {entry.version:12}{entry.outcome:11}{entry.reason}")
     return "\n".join(lines)
+
+
+def _analysis_lines(analysis: api.AnalysisStatus | None) -> list[str]:
+    if analysis is None:
+        return []
+    lines = [f"Analysis:    {analysis.phase} ({analysis.version}){': ' + analysis.message if analysis.message else ''}"]
+    lines.append(f"  {'METRIC':20}{'LATEST':14}{'VALUE':10}{'OK':>4}{'FAIL':>6}{'INC':>5}{'ERR':>5}")
+    for metric in analysis.metrics:
+        latest = metric.measurements[0] if metric.measurements else None
+        value = f"{latest.value:.4g}" if latest is not None and latest.value is not None else "-"
+        lines.append(
+            f"  {metric.name:20}{metric.phase or '-':14}{value:10}{metric.successful:>4}{metric.failed:>6}"
+            f"{metric.inconclusive:>5}{metric.errors:>5}"
+        )
+    return lines
 
 
 def _waiting_for(resource: api.ModelDeployment, now: datetime) -> str:
@@ -112,7 +128,17 @@ def _waiting_for(resource: api.ModelDeployment, now: datetime) -> str:
             return "spec.rollout.paused to be set to false"
         if status.pause.reason == "PromotionRequired":
             return "`promote` (an open pause)"
+        if status.pause.reason == "AnalysisInconclusive":
+            return "`promote` to go on measuring, or `abort` (the analysis was inconclusive)"
         if status.pause.endsAt:
             return f"the pause to end in {_seconds_left(status.pause.endsAt, now)}"
     canary = status.canary
+    analysis = status.analysis
+    if (
+        canary.readyReplicas >= canary.replicas
+        and analysis is not None
+        and analysis.phase == api.AnalysisPhase.RUNNING
+        and analysis.nextMeasurementAt
+    ):
+        return f"Successful measurements of every metric (next in {_seconds_left(analysis.nextMeasurementAt, now)})"
     return f"canary pods to be Ready ({canary.readyReplicas}/{canary.replicas})"

@@ -92,3 +92,52 @@ def test_each_request_has_a_fresh_id() -> None:
 def test_plain_kubectl_one_liner_writes_the_status_subresource() -> None:
     assert "--subresource=status" in PLAIN_KUBECTL
     assert '"commands":{"COMMAND":{"id":' in PLAIN_KUBECTL
+
+
+def test_status_shows_the_analysis_and_what_it_waits_for() -> None:
+    measurement = {"phase": "Successful", "value": 0.9975, "message": "ok", "time": "2026-05-04T11:59:55Z"}
+    text = render_status(
+        resource(
+            {
+                "phase": "Progressing",
+                "stable": {"version": "1.4.0", "revision": "r111", "replicas": 3, "readyReplicas": 3},
+                "canary": {"version": "1.5.0", "revision": "r222", "replicas": 1, "readyReplicas": 1},
+                "currentStepIndex": 0,
+                "analysis": {
+                    "revision": "r222",
+                    "version": "1.5.0",
+                    "phase": "Running",
+                    "message": "latest: success-rate Successful, agreement Inconclusive",
+                    "nextMeasurementAt": "2026-05-04T12:00:05Z",
+                    "metrics": [
+                        {"name": "success-rate", "phase": "Successful", "successful": 2, "measurements": [measurement]},
+                        {"name": "agreement", "phase": "Inconclusive", "inconclusive": 1},
+                    ],
+                },
+            }
+        ),
+        now=NOW,
+    )
+    lines = text.splitlines()
+    assert "Analysis:    Running (1.5.0): latest: success-rate Successful, agreement Inconclusive" in lines
+    assert [line.split() for line in lines if line.startswith("  success-rate") or line.startswith("  agreement")] == [
+        ["success-rate", "Successful", "0.9975", "2", "0", "0", "0"],
+        ["agreement", "Inconclusive", "-", "0", "0", "1", "0"],
+    ]
+    assert "Waiting for: Successful measurements of every metric (next in 5s)" in lines
+
+
+def test_status_of_an_inconclusive_analysis_asks_for_a_decision() -> None:
+    body = resource(
+        {
+            "phase": "Paused",
+            "stable": {"version": "1.4.0", "revision": "r111", "replicas": 3, "readyReplicas": 3},
+            "canary": {"version": "1.5.0", "revision": "r222", "replicas": 1, "readyReplicas": 1},
+            "currentStepIndex": 0,
+            "pause": {"reason": "AnalysisInconclusive", "startedAt": "2026-05-04T11:59:50Z"},
+        }
+    )
+    assert (
+        "Waiting for: `promote` to go on measuring, or `abort` (the analysis was inconclusive)"
+        in render_status(body, now=NOW).splitlines()
+    )
