@@ -22,6 +22,11 @@ API_WRITES = Counter(
     "Writes the operator sent to the API server, by verb and kind.",
     ["verb", "kind"],
 )
+ANALYSIS_MEASUREMENTS = Counter(
+    "modeldeploy_analysis_measurements_total",
+    "Canary analysis measurements taken, by builtin (or query) and phase.",
+    ["metric_kind", "phase"],
+)
 QUEUE_DEPTH = Gauge("modeldeploy_queue_depth", "Resources waiting for a reconcile pass.")
 
 # Per-resource series, labelled by namespace and name. They mirror each ModelDeployment's status as the watch shows

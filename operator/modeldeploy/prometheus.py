@@ -31,7 +31,7 @@ class PrometheusClient:
                 "no Prometheus address: set spec.rollout.analysis.prometheus.address or the operator's "
                 "MODELDEPLOY_PROMETHEUS_URL"
             )
-        body = urllib.parse.urlencode({"query": promql, "timeout": f"{max(timeout, 0.1):.1f}s"}).encode()
+        body = urllib.parse.urlencode({"query": promql, "timeout": f"{max(timeout, 0.1):.3f}"}).encode()
         request = urllib.request.Request(
             f"{self.address}/api/v1/query",
             data=body,
@@ -72,7 +72,7 @@ def parse_result(payload: Any) -> list[Sample]:
     """Samples of an instant query's answer; a scalar is one sample without labels."""
     if not isinstance(payload, dict) or payload.get("status") != "success":
         detail = payload.get("error", "") if isinstance(payload, dict) else ""
-        raise QueryError(f"Prometheus refused the query: {detail or payload!r}")
+        raise QueryError(f"Prometheus refused the query: {detail or repr(payload)}")
     data = payload.get("data") or {}
     kind, result = data.get("resultType"), data.get("result")
     if kind == "scalar" and isinstance(result, list) and len(result) == 2:

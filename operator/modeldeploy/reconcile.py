@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from modeldeploy import analysis, api, builders, rollout
 from modeldeploy.config import OperatorConfig
 from modeldeploy.kube import Kube
+from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.prometheus import PrometheusClient
 from modeldeploy.times import format_time
 
@@ -263,7 +264,9 @@ def measure(
     )
     client = PrometheusClient(spec.prometheus.address or config.prometheus_url)
     measurements = analysis.measure_all(spec, target, client, config.prometheus_timeout, format_time(now))
+    kinds = {metric.name: metric.builtin or "query" for metric in spec.metrics}
     for name, measurement in measurements.items():
+        ANALYSIS_MEASUREMENTS.labels(kinds[name], measurement.phase).inc()
         log.info(
             'Measured namespace="%s" name="%s" metric="%s" phase="%s" value="%s" message="%s"',
             target.namespace,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import analysis, api
+from modeldeploy import analysis, api, prometheus
 from modeldeploy.analysis import QueryError, Sample
 
 NOW = "2025-03-01T12:00:00.000000Z"
@@ -374,3 +374,54 @@ def test_verdict(counts: dict[str, int], limits: dict[str, int], phase: str, mes
     judged = analysis.verdict([status], spec(**limits))
     assert judged.phase == phase
     assert message in judged.message
+
+
+# --- Prometheus answers -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}}, [Sample({}, 3.0)]),
+        (
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": [{"metric": {"a": "b"}, "value": [1, "0.5"]}]},
+            },
+            [Sample({"a": "b"}, 0.5)],
+        ),
+        ({"status": "success", "data": {"resultType": "vector", "result": []}}, []),
+    ],
+    ids=["scalar", "vector", "empty"],
+)
+def test_parse_result(payload: dict[str, Any], expected: list[Sample]) -> None:
+    assert prometheus.parse_result(payload) == expected
+
+
+def test_parse_result_reads_prometheus_special_values() -> None:
+    payload = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, v]} for v in ("NaN", "+Inf", "-Inf")]},
+    }
+    values = [sample.value for sample in prometheus.parse_result(payload)]
+    assert math.isnan(values[0])
+    assert values[1:] == [math.inf, -math.inf]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"status": "error", "error": "parse error"}, "Prometheus refused the query: parse error"),
+        ({"status": "success", "data": {"resultType": "matrix", "result": []}}, "not matrix"),
+        ("not an object", "Prometheus refused the query"),
+    ],
+    ids=["error", "matrix", "garbage"],
+)
+def test_parse_result_refuses(payload: Any, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        prometheus.parse_result(payload)
+
+
+def test_a_missing_address_is_an_error_that_says_how_to_set_one() -> None:
+    with pytest.raises(QueryError, match=r"set spec\.rollout\.analysis\.prometheus\.address"):
+        prometheus.PrometheusClient("").query("up", 1.0)
