@@ -11,6 +11,7 @@ deleted afterwards. tests/unit/test_argocd_health.py runs health.lua against the
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -73,7 +74,15 @@ class Capture:
         print(f"wrote {(TESTDATA / file).relative_to(REPO_ROOT)}")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hack/argocd-testdata.py",
+        description=(
+            "Rewrite the Argo CD health check's testdata from a running operator on the local control plane "
+            f"(started if needed). Files land in {TESTDATA.relative_to(REPO_ROOT)}/."
+        ),
+    )
+    parser.parse_args(argv)
     cluster = start_cluster()
     cluster.install_crd()
     namespace = f"argocd-health-{uuid.uuid4().hex[:6]}"
@@ -124,4 +133,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

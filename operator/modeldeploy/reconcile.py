@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.utils import parse_quantity
 from pydantic import ValidationError
 
 from modeldeploy import analysis, api, builders, rollout
@@ -116,11 +117,27 @@ class Store:
             return list(self._parents)
 
 
-def contains(actual: Any, desired: Any) -> bool:
-    """Whether every field we set is present in `actual` with our value (the server adds defaults around them)."""
+QUANTITY_MAPS = frozenset({"limits", "requests"})
+"""Keys whose values are resource quantities, which the API server stores in canonical form ("1000m" comes back as
+"1"): compared by amount, or every pass would re-apply an unchanged Deployment."""
+
+
+def same_quantity(actual: Any, desired: Any) -> bool:
+    if not isinstance(actual, str | int) or not isinstance(desired, str | int):
+        return False
+    try:
+        return bool(parse_quantity(actual) == parse_quantity(desired))
+    except ValueError:
+        return False
+
+
+def contains(actual: Any, desired: Any, *, quantities: bool = False) -> bool:
+    """Whether every field we set is present in `actual` with our value (the server adds defaults around them).
+    With `quantities`, values are resource quantities and compare by amount."""
     if isinstance(desired, dict):
         return isinstance(actual, dict) and all(
-            key in actual and contains(actual[key], value) for key, value in desired.items()
+            key in actual and contains(actual[key], value, quantities=quantities or key in QUANTITY_MAPS)
+            for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (
@@ -128,6 +145,8 @@ def contains(actual: Any, desired: Any) -> bool:
             and len(actual) == len(desired)
             and all(contains(a, d) for a, d in zip(actual, desired, strict=True))
         )
+    if quantities and actual != desired:
+        return same_quantity(actual, desired)
     return bool(actual == desired)
 
 

@@ -46,6 +46,11 @@ Manifest = dict[str, Any]
         pytest.param(None, None, True, id="none"),
         pytest.param(False, False, True, id="false"),
         pytest.param(None, False, False, id="none-is-not-false"),
+        pytest.param({"limits": {"cpu": "1"}}, {"limits": {"cpu": "1000m"}}, True, id="quantity-canonical-form"),
+        pytest.param({"requests": {"memory": "1Gi"}}, {"requests": {"memory": "1024Mi"}}, True, id="quantity-units"),
+        pytest.param({"limits": {"cpu": "2"}}, {"limits": {"cpu": "1000m"}}, False, id="quantity-differs"),
+        pytest.param({"limits": {"cpu": "1"}}, {"limits": {"cpu": "x"}}, False, id="quantity-unparsable"),
+        pytest.param({"env": {"value": "1"}}, {"env": {"value": "1000m"}}, False, id="not-a-quantity-field"),
     ],
 )
 def test_contains(actual: Any, desired: Any, expected: bool) -> None:
