@@ -215,7 +215,8 @@ def ks_distance(canary: Sequence[tuple[float, float]], stable: Sequence[tuple[fl
         canary_share = min(canary_at.get(bound, canary_share * canary_total) / canary_total, 1.0)
         stable_share = min(stable_at.get(bound, stable_share * stable_total) / stable_total, 1.0)
         gap = max(gap, abs(canary_share - stable_share))
-    return gap
+    # Shares are ratios of floats: identical distributions can differ by an ulp, which would read as a shift.
+    return round(gap, 9)
 
 
 def prediction_shift(canary: Sequence[Sample], stable: Sequence[Sample]) -> tuple[float | None, str]:
