@@ -92,7 +92,8 @@ bench-cluster: install cluster-up ## Baseline: warm cluster-up time and 1,000 ba
 	$(PY) hack/bench/cluster.py
 
 .PHONY: bench
-bench: install cluster-up ## Operator benchmarks on the local control plane (prints figures and goals)
+bench: install cluster-up tools-prometheus ## Operator benchmarks on the local control plane (prints figures and goals)
 	$(PY) hack/bench/scale.py
 	$(PY) hack/bench/canary.py
 	$(PY) hack/bench/gitops.py
+	$(PY) hack/bench/analysis.py

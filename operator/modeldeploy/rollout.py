@@ -385,9 +385,12 @@ class _Planner:
                     return
                 self.step_index += 1
                 # A pause right after a pause starts when the first was due to end, so pauses never drift; any
-                # other step starts now, so its deadline counts from when its scale is first asked for.
+                # other step starts now, so its deadline counts from when its scale is first asked for. Under
+                # analysis every step starts now: the first pause may have been held past its end, and the next
+                # must not count the measurement that released it as one of its own.
                 next_is_pause = self.step_index < len(self.steps) and self.steps[self.step_index].pause is not None
-                self.step_started = format_time(ends if next_is_pause else self.now)
+                analysed = self.analysis is not None and self.analysis.startedAt is not None
+                self.step_started = format_time(ends if next_is_pause and not analysed else self.now)
                 continue
             # setWeight: done when the canary has its pods ready and the stable has given up its share.
             split = self.router.split(self.replicas, self.target_weight())

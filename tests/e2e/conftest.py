@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import Cluster, hack_value, start_cluster, stop_cluster
+
+# Session fixtures of the tests that run model servers as processes, registered here once: imported into each test
+# module instead, a session fixture would be set up once per module.
+from tests.e2e.nodeagent import node_agent, prometheus  # noqa: F401
 from tests.e2e.operator_process import OperatorProcess
 
 

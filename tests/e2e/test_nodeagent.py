@@ -20,14 +20,10 @@ import math
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,129 +32,36 @@ import joblib
 import numpy as np
 import pytest
 import requests
-from hack.nodeagent.kubeapi import KubeAPI
 from hack.nodeagent.network import AGENT_POD_RANGE, CLUSTER_POD_RANGE, check_route
 from sklearn.linear_model import LogisticRegression
 
-from tests.e2e.cluster import HACK, Cluster, hack_value, wait_until
+from tests.e2e.cluster import HACK, Cluster, wait_until
+from tests.e2e.nodeagent import (
+    AGENT_NODE,
+    PLACEMENT,
+    REVISION_LABEL,
+    SCRAPE_INTERVAL_SECONDS,
+    VERSION_LABEL,
+    Artifact,
+    NodeAgent,
+    PodWatch,
+    Prometheus,
+    healthy,
+    is_ready,
+    kube_api,
+    loadgen,
+    model_deployment,
+    pods_of,
+    scratch_namespace,
+)
 from tests.e2e.operator_process import OperatorProcess
 from tests.e2e.test_reconcile import apply, get, patch_spec, wait_for_status
 
 pytestmark = [pytest.mark.nodeagent, pytest.mark.usefixtures("operator")]
 
-RUNTIME_IMAGE = "modeldeploy/runtime:0.1.0"
-AGENT_NODE = "agent-node-0"
-NODE_LABEL = "modeldeploy.io/node-agent"
-PLACEMENT = {
-    "nodeSelector": {NODE_LABEL: "true"},
-    "tolerations": [{"key": NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-}
-REVISION_LABEL = "modeldeploy.io/revision"
-VERSION_LABEL = "app.kubernetes.io/version"
-LOADGEN = HACK / "loadgen.py"
-SCRAPE_INTERVAL_SECONDS = 2.0
 # Two-sided z for the traffic split: a correct spread falls outside with probability ~6e-5.
 SPLIT_Z = 4.0
 FEATURES = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.2], [0.1, 0.8]])
-
-
-# --- fixtures -------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class NodeAgent:
-    cluster_dir: Path
-
-    @property
-    def pods_dir(self) -> Path:
-        return Path(hack_value("AGENT_PODS_DIR"))
-
-    def container_pid(self, pod: dict[str, Any], container: str = "model-server") -> int:
-        """PID of the container's own process, as the agent's shim recorded it."""
-        info = json.loads((self.pods_dir / pod["metadata"]["uid"] / f"{container}.pid").read_text())
-        return int(info["pid"])
-
-    def pid(self) -> int:
-        return int((self.cluster_dir / "pids" / "node-agent.pid").read_text().strip())
-
-    def log_of(self, pod: dict[str, Any], container: str = "model-server") -> str:
-        metadata = pod["metadata"]
-        directory = f"{metadata['namespace']}_{metadata['name']}_{metadata['uid']}"
-        return (self.cluster_dir / "logs" / "pods" / directory / f"{container}.log").read_text(errors="replace")
-
-
-def _agent_running(cluster_dir: Path) -> bool:
-    pid_file = cluster_dir / "pids" / "node-agent.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-        return b"hack.nodeagent" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-
-
-@pytest.fixture(scope="session")
-def node_agent(cluster: Cluster) -> Iterator[NodeAgent]:
-    """The node agent with node agent-node-0 Ready: the running one, or one started for the session."""
-    cluster_dir = Path(hack_value("CLUSTER_DIR"))
-    if os.geteuid() != 0:
-        pytest.fail("the node agent needs root (network namespaces, veth pairs); run these tests as root")
-    started_here = not _agent_running(cluster_dir)
-    result = subprocess.run([str(HACK / "nodeagent-up.sh")], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"the node agent could not start (hack/nodeagent-up.sh):\n{result.stderr}{result.stdout}")
-    yield NodeAgent(cluster_dir)
-    if started_here and os.environ.get("MODELDEPLOY_KEEP_CLUSTER") != "1":
-        subprocess.run([str(HACK / "nodeagent-down.sh")], check=False)
-
-
-# Prometheus is on loopback: never through a proxy from the environment.
-_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@dataclass
-class Prometheus:
-    url: str
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with _LOCAL.open(address, timeout=5) as response:
-            body = json.loads(response.read())
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def targets(self) -> list[dict[str, Any]]:
-        with _LOCAL.open(f"{self.url}/api/v1/targets?state=active", timeout=5) as response:
-            targets: list[dict[str, Any]] = json.loads(response.read())["data"]["activeTargets"]
-        return targets
-
-
-@pytest.fixture(scope="session")
-def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
-    """Prometheus from hack/prometheus-up.sh: the running one, or one started for the session."""
-    binary = Path(hack_value("BIN_CACHE")) / f"prometheus-{hack_value('PROMETHEUS_VERSION')}" / "prometheus"
-    if not binary.exists():
-        pytest.fail(f"Prometheus is not built ({binary} is missing): run `hack/build-tools.sh prometheus` first")
-    cluster_dir = Path(hack_value("CLUSTER_DIR"))
-    pid_file = cluster_dir / "pids" / "prometheus.pid"
-    port = os.environ.get("MODELDEPLOY_PROMETHEUS_PORT", "9090")
-    started_here = not pid_file.exists()
-    result = subprocess.run([str(HACK / "prometheus-up.sh")], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"Prometheus could not start (hack/prometheus-up.sh):\n{result.stderr}{result.stdout}")
-    yield Prometheus(f"http://127.0.0.1:{port}")
-    if started_here and os.environ.get("MODELDEPLOY_KEEP_CLUSTER") != "1" and pid_file.exists():
-        pid = int(pid_file.read_text())
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what="prometheus to stop")
-        pid_file.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class Artifact:
-    uri: str
-    sha256: str
 
 
 @pytest.fixture(scope="module")
@@ -167,123 +70,6 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     path = tmp_path_factory.mktemp("model") / "model.joblib"
     joblib.dump(LogisticRegression().fit(FEATURES, [0, 1, 1, 0]), path)
     return Artifact(path.as_uri(), hashlib.sha256(path.read_bytes()).hexdigest())
-
-
-def model_deployment(
-    name: str, artifact: Artifact, version: str, replicas: int, rollout: dict[str, Any], sha256: str | None = None
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {
-                "version": version,
-                "uri": artifact.uri,
-                "format": "sklearn",
-                "sha256": sha256 or artifact.sha256,
-            },
-            "replicas": replicas,
-            "runtime": {"image": RUNTIME_IMAGE, **PLACEMENT},
-            "rollout": rollout,
-        },
-    }
-
-
-@contextlib.contextmanager
-def scratch_namespace(cluster: Cluster, stem: str) -> Iterator[str]:
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-# --- observing pods -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PodObservation:
-    at: float
-    name: str
-    uid: str
-    ready: bool
-    restarts: int
-    phase: str
-    waiting: str
-    revision: str
-
-
-@dataclass
-class PodWatch:
-    """Every state of the namespace's pods as a watch delivered it, with the local time it arrived."""
-
-    api: KubeAPI
-    namespace: str
-    seen: list[PodObservation] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def __enter__(self) -> PodWatch:
-        listing = self.api.list(f"/api/v1/namespaces/{self.namespace}/pods")
-        for pod in listing["items"]:
-            self._record(pod)
-        version = listing["metadata"]["resourceVersion"]
-        self.thread = threading.Thread(target=self._run, args=(version,), daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-
-    def _run(self, version: str) -> None:
-        while not self.stopping.is_set():
-            with contextlib.suppress(Exception):
-                for event in self.api.watch(
-                    f"/api/v1/namespaces/{self.namespace}/pods", {"resourceVersion": version}, timeout_seconds=5
-                ):
-                    version = event["object"]["metadata"]["resourceVersion"]
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._record(event["object"])
-                    if self.stopping.is_set():
-                        return
-
-    def _record(self, pod: dict[str, Any]) -> None:
-        status = pod.get("status") or {}
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
-        containers = status.get("containerStatuses") or []
-        restarts = sum(c.get("restartCount", 0) for c in containers)
-        waiting = next((c["state"]["waiting"].get("reason", "") for c in containers if "waiting" in c["state"]), "")
-        metadata = pod["metadata"]
-        self.seen.append(
-            PodObservation(
-                time.time(),
-                metadata["name"],
-                metadata["uid"],
-                ready,
-                restarts,
-                status.get("phase", ""),
-                waiting,
-                (metadata.get("labels") or {}).get(REVISION_LABEL, ""),
-            )
-        )
-
-    def of(self, uid: str) -> list[PodObservation]:
-        return [o for o in list(self.seen) if o.uid == uid]
-
-
-def kube_api(cluster: Cluster) -> KubeAPI:
-    return KubeAPI(cluster.kubeconfig, "modeldeploy-e2e/0.1.0")
-
-
-def pods_of(cluster: Cluster, namespace: str, selector: str = "") -> list[dict[str, Any]]:
-    args = ["pods", "-n", namespace] + (["-l", selector] if selector else [])
-    return [p for p in get(cluster, *args)["items"] if not p["metadata"].get("deletionTimestamp")]
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions", []))
 
 
 def klog_time(line: str) -> float:
@@ -303,28 +89,6 @@ def runtime_status(pod: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     session.trust_env = False
     response = session.get(f"http://{ip}:{port}/health/status", timeout=5)
     return response.status_code, response.json()
-
-
-def loadgen(cluster: Cluster, namespace: str, service: str, *args: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, str(LOADGEN), "-n", namespace, service, "--json", *args],
-        env=cluster.env(),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"loadgen failed ({result.returncode}):\n{result.stderr}{result.stdout}"
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
-def healthy(version: str, ready: int) -> Any:
-    return lambda s: (
-        s.get("phase") == "Healthy"
-        and (s.get("stable") or {}).get("version") == version
-        and (s.get("stable") or {}).get("readyReplicas") == ready
-    )
 
 
 # --- one model server: ready after load, restarted after a kill, stopped on deletion -------------------------------

@@ -301,3 +301,44 @@ def test_a_fast_tracked_return_is_not_analysed() -> None:
     assert back.status.canary is not None
     assert back.status.canary.fastTrack
     assert back.status.analysis is None
+
+
+def test_a_pause_after_a_pause_needs_a_measurement_of_its_own() -> None:
+    steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "1s"}}, {"pause": {"duration": "1s"}}]
+    spec = analysis_spec(interval="3s")
+    serving = step("1.0", ObservedRevision(V1, "1.0", 3, 3))
+    asked = step("2.0", *settled(serving), status=serving.status, steps=steps, analysis=spec)
+    plan = step("2.0", *settled(asked), status=asked.status, now=at(1), steps=steps, analysis=spec)
+    plan = step("2.0", *settled(plan), status=plan.status, now=at(1), steps=steps, analysis=spec)
+    plan = step(
+        "2.0",
+        *settled(plan),
+        status=plan.status,
+        now=at(4),
+        steps=steps,
+        analysis=spec,
+        measurements=every("Successful", 4, value=1.0),
+    )
+    assert plan.status.currentStepIndex == 1, "setWeight ended at 4: the first pause starts"
+    # The first pause was due to end at 5; the analysis holds it until the measurement at 7.
+    plan = step(
+        "2.0",
+        *settled(plan),
+        status=plan.status,
+        now=at(7),
+        steps=steps,
+        analysis=spec,
+        measurements=every("Successful", 7, value=1.0),
+    )
+    assert plan.status.currentStepIndex == 2, "one measurement ends one pause, not two"
+    assert plan.status.stepStartedAt == ts(7)
+    plan = step(
+        "2.0",
+        *settled(plan),
+        status=plan.status,
+        now=at(10),
+        steps=steps,
+        analysis=spec,
+        measurements=every("Successful", 10, value=1.0),
+    )
+    assert plan.status.currentStepIndex == 3
