@@ -7,6 +7,7 @@ The real Prometheus answers the same queries in tests/e2e/test_analysis.py.
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -425,3 +426,13 @@ def test_parse_result_refuses(payload: Any, message: str) -> None:
 def test_a_missing_address_is_an_error_that_says_how_to_set_one() -> None:
     with pytest.raises(QueryError, match=r"set spec\.rollout\.analysis\.prometheus\.address"):
         prometheus.PrometheusClient("").query("up", 1.0)
+
+
+def test_a_prometheus_that_never_answers_is_an_error_not_a_hang() -> None:
+    """A loopback socket that accepts connections and never replies: the query gives up at its timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(QueryError, match="did not answer: timed out"):
+            prometheus.PrometheusClient(address).query("up", 0.2)
