@@ -67,8 +67,17 @@ class Children:
         return self.deployments if kind == "Deployment" else self.services
 
 
+def slim(body: Manifest) -> Manifest:
+    """The object without metadata.managedFields, which the operator never reads: on a Deployment they are often
+    larger than everything else, and the Store holds every child of every resource."""
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict) or "managedFields" not in metadata:
+        return body
+    return {**body, "metadata": {key: value for key, value in metadata.items() if key != "managedFields"}}
+
+
 class Store:
-    """What the operator has seen of its resources and their children. Thread-safe."""
+    """What the operator has seen of its resources and their children (less their managedFields). Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -76,6 +85,7 @@ class Store:
         self._children: dict[Key, Children] = {}
 
     def put_parent(self, body: Manifest) -> None:
+        body = slim(body)
         key = key_of(body)
         with self._lock:
             if _newer_or_equal(body, self._parents.get(key)):
@@ -89,6 +99,7 @@ class Store:
         key = owner_key(body)
         if key is None:
             return None
+        body = slim(body)
         name = body["metadata"]["name"]
         with self._lock:
             existing = self._children.setdefault(key, Children()).of_kind(body["kind"])

@@ -382,3 +382,29 @@ def test_store_snapshot_of_an_unknown_key() -> None:
     assert body is None
     assert children.deployments == {}
     assert children.services == {}
+
+
+def test_the_store_keeps_no_managed_fields() -> None:
+    store = Store()
+    fields = [{"manager": "modeldeploy", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+    parent = {"metadata": {"namespace": "ns", "name": "a", "resourceVersion": "5", "managedFields": fields}}
+    store.put_parent(parent)
+    child = {
+        "kind": "Deployment",
+        "metadata": {
+            "namespace": "ns",
+            "name": "a-r1",
+            "resourceVersion": "6",
+            "managedFields": fields,
+            "ownerReferences": [
+                {"controller": True, "kind": "ModelDeployment", "apiVersion": "modeldeploy.io/v1alpha1", "name": "a"}
+            ],
+        },
+        "spec": {"replicas": 1},
+    }
+    assert store.put_child(child) == ("ns", "a")
+    stored_parent, children = store.snapshot(("ns", "a"))
+    assert stored_parent == {"metadata": {"namespace": "ns", "name": "a", "resourceVersion": "5"}}
+    assert "managedFields" not in children.deployments["a-r1"]["metadata"]
+    assert children.deployments["a-r1"]["spec"] == {"replicas": 1}
+    assert parent["metadata"]["managedFields"] == fields, "the caller's object is left as it was"
