@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from modeldeploy.times import parse_time
 from tests.e2e.cluster import Cluster, wait_until
 from tests.e2e.models import (
     ECHO_FIRST_FEATURE,
@@ -200,10 +201,6 @@ def describe(status: dict[str, Any]) -> str:
 
 
 # --- reading what was measured --------------------------------------------------------------------------------------
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def metric_of(status: dict[str, Any], name: str) -> dict[str, Any]:
