@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.kube import Kube
+from modeldeploy.kube import Kube, namespace_terminating
 from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
 from modeldeploy.reconcile import Key, Manifest, Store, key_of, reconcile
 
@@ -92,6 +92,12 @@ class WorkQueue:
             try:
                 requeue_after = await self._handle(key)
             except Exception as error:
+                if isinstance(error, ApiException) and namespace_terminating(error):
+                    # The namespace and the resource are going; its deletion event ends the story, retries would
+                    # only fill the log until then.
+                    log.debug('Namespace terminating namespace="%s" name="%s"', key[0], key[1])
+                    self._failures.pop(key, None)
+                    continue
                 failures = self._failures.get(key, 0)
                 self._failures[key] = failures + 1
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]

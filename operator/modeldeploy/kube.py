@@ -47,6 +47,12 @@ def current_namespace() -> str:
     return str((context or {}).get("context", {}).get("namespace") or "default")
 
 
+def namespace_terminating(error: ApiException) -> bool:
+    """The API server refuses new content in a namespace being deleted; what the operator wrote there goes with it."""
+    body = error.body.decode(errors="replace") if isinstance(error.body, bytes) else str(error.body or "")
+    return error.status == 403 and "because it is being terminated" in body
+
+
 def _kv(**values: object) -> str:
     return " ".join(f'{key}="{value}"' for key, value in values.items())
 
@@ -181,4 +187,5 @@ class Kube:
             self.core.create_namespaced_event(metadata["namespace"], event)
         except ApiException as error:
             # An event is a courtesy; failing to record one must not fail the reconcile.
-            log.warning("Could not record Event %s", _kv(reason=reason, status=error.status))
+            level = logging.DEBUG if namespace_terminating(error) else logging.WARNING
+            log.log(level, "Could not record Event %s", _kv(reason=reason, status=error.status))

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import controller
 from modeldeploy.controller import WorkQueue
@@ -262,6 +263,54 @@ def test_forget_cancels_a_pending_retry() -> None:
             queue.add_after(B, 0.1)
             await recorder.wait_for(B)
             assert recorder.calls[A] == 0
+        finally:
+            await queue.stop()
+
+    run(scenario)
+
+
+def test_a_namespace_being_deleted_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller, "RETRY_DELAYS", (0.01,))
+    terminating = (
+        b'{"kind":"Status","status":"Failure","message":"deployments.apps \\"a\\" is forbidden: unable to create new '
+        b'content in namespace ns because it is being terminated","reason":"Forbidden","code":403}'
+    )
+
+    async def scenario() -> None:
+        async def behaviour(key: Key) -> None:
+            error = ApiException(status=403, reason="Forbidden")
+            error.body = terminating
+            raise error
+
+        recorder = Recorder(behaviour)
+        queue = WorkQueue(recorder, workers=1)
+        queue.start()
+        try:
+            queue.add(A)
+            await recorder.wait_for(A, 1)
+            with pytest.raises(TimeoutError):
+                await recorder.wait_for(A, 2, limit=0.1)
+        finally:
+            await queue.stop()
+
+    run(scenario)
+
+
+def test_other_forbidden_answers_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller, "RETRY_DELAYS", (0.01,))
+
+    async def scenario() -> None:
+        async def behaviour(key: Key) -> None:
+            error = ApiException(status=403, reason="Forbidden")
+            error.body = b'{"message":"deployments.apps is forbidden: User cannot patch resource"}'
+            raise error
+
+        recorder = Recorder(behaviour)
+        queue = WorkQueue(recorder, workers=1)
+        queue.start()
+        try:
+            queue.add(A)
+            await recorder.wait_for(A, 3)
         finally:
             await queue.stop()
 
