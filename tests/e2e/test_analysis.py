@@ -76,6 +76,8 @@ BUILTIN_METRICS: list[dict[str, Any]] = [
 ]
 ALL_METRICS: list[dict[str, Any]] = [
     *BUILTIN_METRICS,
+    # The canary's p99 minus the stable's, both from live traffic in the same window.
+    {"name": "latency-vs-stable", "builtin": "latencyP99", "max": 0.25, "relativeTo": "stable"},
     {"name": "custom", "query": CUSTOM_QUERY, "successCondition": "result > 0"},
 ]
 METRIC_NAMES = [metric["name"] for metric in ALL_METRICS]
@@ -498,6 +500,9 @@ def test_healthy_version_is_promoted_step_by_step_on_successful_measurements(
             assert all(0 < v <= 0.5 for v in values), values
         elif name == "agreement":
             assert all(0 <= v <= 0.2 for v in values), values
+        elif name == "latency-vs-stable":
+            assert all(-0.25 <= v <= 0.25 for v in values), values
+            assert all("minus stable's" in m["message"] for m in seen[name]), seen[name]
         else:
             assert all(v > 0 for v in values), values
 
