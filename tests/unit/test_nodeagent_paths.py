@@ -14,7 +14,9 @@ UID = "f375d4e4-3840-4e45-a3e2-c01e8b5a3e74"
 SOCKET_SUFFIX = "/pymp-abcdefgh/listener-abcdefgh"
 
 
-@pytest.mark.parametrize("state_dir", ["/srv/modeldeploy/.cluster/nodeagent", "/" + "deep/" * 40 + ".cluster/nodeagent"])
+@pytest.mark.parametrize(
+    "state_dir", ["/srv/modeldeploy/.cluster/nodeagent", "/" + "deep/" * 40 + ".cluster/nodeagent"]
+)
 def test_a_pods_socket_fits_sun_path_however_deep_the_checkout(state_dir: str) -> None:
     pods_dir = default_pods_dir(Path(state_dir))
     socket_path = f"{pods_dir}/{UID}/tmp{SOCKET_SUFFIX}"
