@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.utils import parse_quantity
 from pydantic import ValidationError
 
 from modeldeploy import analysis, api, builders, rollout
@@ -22,6 +21,7 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.kube import Kube
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.prometheus import PrometheusClient
+from modeldeploy.quantity import parse_quantity
 from modeldeploy.times import format_time
 
 log = logging.getLogger("modeldeploy.reconcile")
