@@ -6,14 +6,17 @@ import argparse
 import logging
 import sys
 
-import kopf
 import prometheus_client
 
 from modeldeploy.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
-from modeldeploy.kube import Kube, current_namespace, load_configuration
+from modeldeploy.kube import Kube
+from modeldeploy.kubeconfig import current_namespace, load_settings
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here, not above: the kubectl plugin's commands need neither kopf nor its memory.
+    from modeldeploy.kopf_setup import kopf
+
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
@@ -39,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _kube() -> Kube:
-    return Kube(load_configuration(), pool_size=1)
+    return Kube(load_settings(), pool_size=1)
 
 
 def _request(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The work queue between watch events and reconcile().
 
 Watch events (of the resources and of their children) only mark a resource as needing a pass; workers run the
-passes, one at a time per resource, in threads because the Kubernetes client is synchronous. Events that arrive
+passes, one at a time per resource, in threads because kube.py's client is synchronous. Events that arrive
 while a pass runs coalesce into one more pass. Timed re-checks (deadlines) and retries after errors go through the
 same queue, with exponential backoff for errors.
 """
@@ -14,10 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from kubernetes.client.exceptions import ApiException
-
 from modeldeploy.config import OperatorConfig
-from modeldeploy.kube import Kube, namespace_terminating
+from modeldeploy.kube import ApiError, Kube, namespace_terminating
 from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
 from modeldeploy.reconcile import Key, Manifest, Store, key_of, reconcile
 
@@ -92,7 +90,7 @@ class WorkQueue:
             try:
                 requeue_after = await self._handle(key)
             except Exception as error:
-                if isinstance(error, ApiException) and namespace_terminating(error):
+                if isinstance(error, ApiError) and namespace_terminating(error):
                     # The namespace and the resource are going; its deletion event ends the story, retries would
                     # only fill the log until then.
                     log.debug('Namespace terminating namespace="%s" name="%s"', key[0], key[1])
@@ -101,7 +99,7 @@ class WorkQueue:
                 failures = self._failures.get(key, 0)
                 self._failures[key] = failures + 1
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
-                if isinstance(error, ApiException):
+                if isinstance(error, ApiError):
                     log.warning(
                         'Reconcile failed namespace="%s" name="%s" status=%s reason="%s" retry_in=%.1fs',
                         key[0],

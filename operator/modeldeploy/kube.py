@@ -1,72 +1,101 @@
 """The one module that talks to the Kubernetes API server (besides kopf's own watches).
 
-Synchronous on purpose: the official client is synchronous, so callers run it in worker threads, never on the
-event loop. Every write goes through here, which is where they are counted.
+A small client of its own over urllib3 rather than the official `kubernetes` package: the operator makes a handful
+of calls and reads plain dicts, and that package costs ~30 MiB of resident memory on import and more for its models.
+Synchronous, so callers run it in worker threads, never on the event loop. Every write goes through here, which is
+where they are counted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import urllib.parse
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+import urllib3
 
 from modeldeploy import api
 from modeldeploy.config import FIELD_MANAGER
+from modeldeploy.kubeconfig import BearerToken, ConnectionSettings
 from modeldeploy.metrics import API_WRITES
+from modeldeploy.times import format_time
 
 log = logging.getLogger("modeldeploy.kube")
 
 USER_AGENT = "modeldeploy/0.1.0"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
+JSON_CONTENT_TYPE = "application/json"
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 30.0
 
 Manifest = dict[str, Any]
 
+# Where each kind of child lives: the API group's path prefix and the resource's plural.
+CHILD_PATHS = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+}
+RESOURCE_PREFIX = f"/apis/{api.GROUP}/{api.VERSION}"
 
-def load_configuration() -> kubernetes.client.Configuration:
-    """KUBECONFIG (or ~/.kube/config) when present, else the in-cluster service account."""
-    configuration = kubernetes.client.Configuration()
+
+class ApiError(Exception):
+    """The API server answered with an error status. `body` is its answer as text (a Status object, as JSON)."""
+
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        super().__init__(f"({status}) {reason}: {status_message(body)}")
+
+
+def status_message(body: str) -> str:
+    """The `message` of a Status body, or the start of any other body."""
     try:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    return configuration
+        document = json.loads(body)
+    except ValueError:
+        return body[:300]
+    if isinstance(document, dict) and document.get("message"):
+        return str(document["message"])
+    return body[:300]
 
 
-def current_namespace() -> str:
-    """The namespace of the kubeconfig's current context, as kubectl uses it."""
-    try:
-        _, context = kubernetes.config.list_kube_config_contexts()
-    except (kubernetes.config.ConfigException, OSError):
-        return "default"
-    return str((context or {}).get("context", {}).get("namespace") or "default")
-
-
-def namespace_terminating(error: ApiException) -> bool:
+def namespace_terminating(error: ApiError) -> bool:
     """The API server refuses new content in a namespace being deleted; what the operator wrote there goes with it."""
-    body = error.body.decode(errors="replace") if isinstance(error.body, bytes) else str(error.body or "")
-    return error.status == 403 and "because it is being terminated" in body
+    return error.status == 403 and "because it is being terminated" in error.body
 
 
 def _kv(**values: object) -> str:
     return " ".join(f'{key}="{value}"' for key, value in values.items())
 
 
-class Kube:
-    """Typed, counted access to the objects the operator reads and writes."""
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
 
-    def __init__(self, configuration: kubernetes.client.Configuration, pool_size: int = 8) -> None:
-        configuration.connection_pool_maxsize = pool_size
-        self.client = kubernetes.client.ApiClient(configuration)
-        self.client.user_agent = USER_AGENT
-        self.apps = kubernetes.client.AppsV1Api(self.client)
-        self.core = kubernetes.client.CoreV1Api(self.client)
-        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+class Kube:
+    """Typed, counted access to the objects the operator reads and writes. Thread-safe."""
+
+    def __init__(self, settings: ConnectionSettings, pool_size: int = 8) -> None:
+        self.settings = settings
+        self._base = settings.server.rstrip("/")
+        self._token = BearerToken(settings)
+        # One pool, as many connections as threads that call at once. Not retried by urllib3: a write whose answer
+        # was lost may have happened, and the work queue retries the whole pass anyway. urllib3 reads no proxy
+        # settings from the environment, which is what we want: the API server is reached directly.
+        self._pool = urllib3.PoolManager(
+            num_pools=1,
+            maxsize=pool_size,
+            ssl_context=settings.ssl_context(),
+            retries=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
+        )
         self._lock = threading.Lock()
         self.writes: Counter[str] = Counter()
 
@@ -75,82 +104,116 @@ class Kube:
             self.writes[f"{verb} {kind}"] += 1
         API_WRITES.labels(verb=verb, kind=kind).inc()
 
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: object = None,
+        content_type: str = JSON_CONTENT_TYPE,
+    ) -> Manifest:
+        """One call; the decoded JSON answer, or ApiError for a status of 400 or more."""
+        headers = {"Accept": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
+        token = self._token.value()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        payload = None
+        if body is not None:
+            # JSON is YAML too: apply patches are sent as JSON under the apply-patch+yaml content type.
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        url = self._base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        response = self._pool.request(method, url, body=payload, headers=headers)
+        if response.status >= 400:
+            if response.status == HTTPStatus.UNAUTHORIZED:
+                self._token.rejected()
+            reason = response.reason or _phrase(response.status)
+            raise ApiError(response.status, reason, response.data.decode(errors="replace"))
+        if not response.data:
+            return {}
+        answer: Manifest = json.loads(response.data)
+        return answer
+
     # --- children ---------------------------------------------------------------------------------------------
+
+    def _child_path(self, kind: str, namespace: str, name: str | None = None) -> str:
+        prefix, plural = CHILD_PATHS[kind]
+        path = f"{prefix}/namespaces/{_segment(namespace)}/{plural}"
+        return path if name is None else f"{path}/{_segment(name)}"
 
     def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply under our field manager. Forced: the operator owns its children outright."""
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
-        patch = {
-            "Deployment": self.apps.patch_namespaced_deployment,
-            "Service": self.core.patch_namespaced_service,
-        }[kind]
+        path = self._child_path(kind, namespace, name)
         self._count("apply", kind)
-        result = patch(
-            name,
-            namespace,
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY_CONTENT_TYPE,
+        result = self._request(
+            "PATCH",
+            path,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=manifest,
+            content_type=APPLY_CONTENT_TYPE,
         )
         log.info("Applied %s %s", kind, _kv(namespace=namespace, name=name))
-        return self.client.sanitize_for_serialization(result)  # type: ignore[no-any-return]
+        return result
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> Manifest:
         """Change only the replica count, leaving the pod template of an older revision as it was built."""
         self._count("scale", "Deployment")
-        result = self.apps.patch_namespaced_deployment(
-            name,
-            namespace,
-            {"spec": {"replicas": replicas}},
-            field_manager=FIELD_MANAGER,
-            _content_type=MERGE_CONTENT_TYPE,
+        result = self._request(
+            "PATCH",
+            self._child_path("Deployment", namespace, name),
+            query={"fieldManager": FIELD_MANAGER},
+            body={"spec": {"replicas": replicas}},
+            content_type=MERGE_CONTENT_TYPE,
         )
         log.info("Scaled Deployment %s", _kv(namespace=namespace, name=name, replicas=replicas))
-        return self.client.sanitize_for_serialization(result)  # type: ignore[no-any-return]
+        return result
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         self._count("delete", "Deployment")
         try:
-            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
+            self._request(
+                "DELETE",
+                self._child_path("Deployment", namespace, name),
+                query={"propagationPolicy": "Background"},
+            )
+        except ApiError as error:
+            if error.status != HTTPStatus.NOT_FOUND:
                 raise
         log.info("Deleted Deployment %s", _kv(namespace=namespace, name=name))
 
     def list_children(self, namespace: str, instance: str) -> tuple[list[Manifest], list[Manifest]]:
         """Deployments and Services of one resource (by label), for a reconcile that has no cache yet."""
-        selector = f"app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by=modeldeploy"
-        deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector)
-        services = self.core.list_namespaced_service(namespace, label_selector=selector)
-        sanitize = self.client.sanitize_for_serialization
-        return sanitize(deployments.items), sanitize(services.items)
+        selector = {"labelSelector": f"app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by=modeldeploy"}
+        deployments = self._request("GET", self._child_path("Deployment", namespace), query=selector)
+        services = self._request("GET", self._child_path("Service", namespace), query=selector)
+        return list(deployments.get("items") or []), list(services.get("items") or [])
 
     # --- the resource itself ----------------------------------------------------------------------------------
 
+    def _resource_path(self, namespace: str, name: str) -> str:
+        return f"{RESOURCE_PREFIX}/namespaces/{_segment(namespace)}/{api.PLURAL}/{_segment(name)}"
+
     def get_resource(self, namespace: str, name: str) -> Manifest | None:
         try:
-            body = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
-        except ApiException as error:
-            if error.status == 404:
+            return self._request("GET", self._resource_path(namespace, name))
+        except ApiError as error:
+            if error.status == HTTPStatus.NOT_FOUND:
                 return None
             raise
-        return body  # type: ignore[no-any-return]
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest:
         """One merge patch of the status subresource; the spec is never written."""
         self._count("patch", "ModelDeployment/status")
         # Merge patches replace lists whole, and a null removes a field: a track that ended is cleared.
-        return self.custom.patch_namespaced_custom_object_status(  # type: ignore[no-any-return]
-            api.GROUP,
-            api.VERSION,
-            namespace,
-            api.PLURAL,
-            name,
-            {"status": status},
-            _content_type=MERGE_CONTENT_TYPE,
+        return self._request(
+            "PATCH",
+            self._resource_path(namespace, name) + "/status",
+            body={"status": status},
+            content_type=MERGE_CONTENT_TYPE,
         )
 
     def request_command(self, namespace: str, name: str, command: str, body: dict[str, Any]) -> Manifest:
@@ -159,33 +222,42 @@ class Kube:
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None:
         metadata = resource["metadata"]
-        now = datetime.now(UTC)
+        now = format_time(datetime.now(UTC))
         self._count("create", "Event")
-        event = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(
-                generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
-            ),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version=api.API_VERSION,
-                kind=api.KIND,
-                name=metadata["name"],
-                namespace=metadata["namespace"],
-                uid=metadata.get("uid"),
-                resource_version=metadata.get("resourceVersion"),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=event_type,
-            source=kubernetes.client.V1EventSource(component="modeldeploy"),
-            reporting_component="modeldeploy.io/operator",
-            reporting_instance="modeldeploy",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
+        involved_object = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata.get("uid"),
+            "resourceVersion": metadata.get("resourceVersion"),
+        }
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            # Fields the resource does not have are left out rather than sent as null.
+            "involvedObject": {key: value for key, value in involved_object.items() if value is not None},
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": "modeldeploy"},
+            "reportingComponent": "modeldeploy.io/operator",
+            "reportingInstance": "modeldeploy",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            self.core.create_namespaced_event(metadata["namespace"], event)
-        except ApiException as error:
+            self._request("POST", f"/api/v1/namespaces/{_segment(metadata['namespace'])}/events", body=event)
+        except ApiError as error:
             # An event is a courtesy; failing to record one must not fail the reconcile.
             level = logging.DEBUG if namespace_terminating(error) else logging.WARNING
             log.log(level, "Could not record Event %s", _kv(reason=reason, status=error.status))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""

@@ -1,17 +1,24 @@
-"""kopf handlers, and nothing else: settings at start-up, watch events into the controller's queue."""
+"""kopf handlers, and nothing else: login and settings at start-up, watch events into the controller's queue."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import kopf
-
 from modeldeploy import api, builders
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller import Controller
-from modeldeploy.kube import Kube, load_configuration
+from modeldeploy.kopf_setup import connection_info, kopf
+from modeldeploy.kube import Kube
+from modeldeploy.kubeconfig import load_settings
 
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    # The same settings as kube.py's client, and the only login kopf has (see kopf_setup). kopf calls it again
+    # after a 401, so a rotated token file or an expired plugin token is read again.
+    return connection_info(load_settings())
 
 
 @kopf.on.startup()
@@ -33,7 +40,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.connect_timeout = 10
 
     config = OperatorConfig.from_env()
-    controller = Controller(Kube(load_configuration(), pool_size=config.workers + 2), config)
+    controller = Controller(Kube(load_settings(), pool_size=config.workers + 2), config)
     controller.queue.start()
     memo["controller"] = controller
 

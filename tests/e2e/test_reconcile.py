@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
 import yaml
 
-from tests.e2e.cluster import CRASHLOOP_IMAGE, READY_IMAGE, REPO_ROOT, Cluster, wait_until
-from tests.e2e.operator_process import AuditLog, OperatorProcess, restart_apiserver
+from tests.e2e.cluster import CRASHLOOP_IMAGE, READY_IMAGE, REPO_ROOT, Cluster, hack_value, wait_until
+from tests.e2e.operator_process import AuditLog, OperatorProcess, free_port, restart_apiserver
 
 EXAMPLE = REPO_ROOT / "manifests" / "examples" / "fraud-detector.yaml"
 REVISION_LABEL = "modeldeploy.io/revision"
@@ -434,3 +438,36 @@ def test_survives_operator_sigkill_and_apiserver_restart(
         cluster, namespace, "sturdy", lambda s: healthy("1.0.0")(s) and s["stable"]["readyReplicas"] == 3
     )
     assert recovered.get("aborted") is None
+
+
+def test_the_running_operator_never_imports_the_kubernetes_package(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """kube.py talks to the API server and main.py logs kopf in without the client package (~30 MiB of memory less):
+    after kopf's login and watches, a reconcile's writes and Events and a clean stop, it is still not imported."""
+    operator.stop()  # only the operator under test acts on the namespace
+    modules = tmp_path / "modules.json"
+    clients = ("kubernetes", "kubernetes_asyncio", "pykube")
+    code = (
+        "import atexit, json, pathlib, sys\n"
+        f"clients = {clients!r}\n"
+        f"output = pathlib.Path({str(modules)!r})\n"
+        "atexit.register(lambda: output.write_text(json.dumps(sorted(\n"
+        "    name for name in sys.modules if name.split('.')[0] in clients))))\n"
+        "from modeldeploy.cli import main\n"
+        f"sys.exit(main(['run', '-n', {namespace!r}, '--metrics-bind-address', '127.0.0.1:{free_port()}']))\n"
+    )
+    log_path = Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-imports-e2e.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], env=cluster.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        apply(cluster, namespace, manifest("lean"))
+        wait_for_status(cluster, namespace, "lean", healthy("1.0.0"))
+        events = get(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=lean")["items"]
+        assert any(event["reason"] == "PhaseHealthy" for event in events)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert json.loads(modules.read_text()) == []

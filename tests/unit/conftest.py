@@ -11,6 +11,8 @@ import pytest
 from modeldeploy import api
 from modeldeploy.config import OperatorConfig
 
+from .tls import Pki, make_pki
+
 NAME = "fraud-detector"
 NAMESPACE = "models"
 UID = "6f1c2b9e-0d7a-4c1e-9a57-3f2d8e4b1a90"
@@ -67,3 +69,9 @@ def make_resource() -> ResourceFactory:
 @pytest.fixture
 def config() -> OperatorConfig:
     return OperatorConfig(runtime_images=FORMAT_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made once per session."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

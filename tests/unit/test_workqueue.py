@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import controller
 from modeldeploy.controller import WorkQueue
+from modeldeploy.kube import ApiError
 from modeldeploy.reconcile import Key
 
 A: Key = ("ns", "a")
@@ -272,15 +272,13 @@ def test_forget_cancels_a_pending_retry() -> None:
 def test_a_namespace_being_deleted_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller, "RETRY_DELAYS", (0.01,))
     terminating = (
-        b'{"kind":"Status","status":"Failure","message":"deployments.apps \\"a\\" is forbidden: unable to create new '
-        b'content in namespace ns because it is being terminated","reason":"Forbidden","code":403}'
+        '{"kind":"Status","status":"Failure","message":"deployments.apps \\"a\\" is forbidden: unable to create new '
+        'content in namespace ns because it is being terminated","reason":"Forbidden","code":403}'
     )
 
     async def scenario() -> None:
         async def behaviour(key: Key) -> None:
-            error = ApiException(status=403, reason="Forbidden")
-            error.body = terminating
-            raise error
+            raise ApiError(403, "Forbidden", terminating)
 
         recorder = Recorder(behaviour)
         queue = WorkQueue(recorder, workers=1)
@@ -301,9 +299,7 @@ def test_other_forbidden_answers_are_retried(monkeypatch: pytest.MonkeyPatch) ->
 
     async def scenario() -> None:
         async def behaviour(key: Key) -> None:
-            error = ApiException(status=403, reason="Forbidden")
-            error.body = b'{"message":"deployments.apps is forbidden: User cannot patch resource"}'
-            raise error
+            raise ApiError(403, "Forbidden", '{"message":"deployments.apps is forbidden: User cannot patch resource"}')
 
         recorder = Recorder(behaviour)
         queue = WorkQueue(recorder, workers=1)

@@ -1,0 +1,79 @@
+"""kopf as the operator uses it: imported without the Kubernetes client libraries, logging in from our settings.
+
+kopf looks for the client libraries (`kubernetes`, `kubernetes_asyncio`, `pykube`) twice: when it is imported (to
+recognise their model objects, which the operator never hands to it) and when its default registry is created (to
+log in through them). Either look imports `kubernetes`, ~30 MiB of resident memory the operator does not need: it
+talks to the API server through kube.py, and kopf logs in through the handler in main.py. So kopf is imported here,
+and given a plain registry without those fallback logins, while the libraries cannot be imported; afterwards they
+import normally again (kubeconfig.settings_from_plugin needs `kubernetes` for exec and auth-provider users).
+
+Import kopf from here (`from modeldeploy.kopf_setup import kopf`), never directly, in the operator's modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+
+from modeldeploy.kubeconfig import BearerToken, ConnectionSettings
+
+CLIENT_LIBRARIES = ("kubernetes", "kubernetes_asyncio", "pykube")
+
+__all__ = ["connection_info", "kopf"]
+
+
+class _ClientLibrariesRefused(importlib.abc.MetaPathFinder):
+    """A finder in front of all others that answers the client libraries' names as "not installed"."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.split(".", 1)[0] in CLIENT_LIBRARIES:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden from kopf)", name=fullname)
+        return None
+
+
+@contextlib.contextmanager
+def _client_libraries_hidden() -> Iterator[None]:
+    # A library imported before (by tests, say) stays in sys.modules and is seen anyway; nothing to gain then.
+    finder = _ClientLibrariesRefused()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+with _client_libraries_hidden():
+    import kopf
+
+    # kopf's own default registry would probe for the libraries again when first used; a plain one does not, and
+    # has no fallback logins at all: main.py's login handler is the only way in.
+    kopf.set_default_registry(kopf.OperatorRegistry())
+
+
+def connection_info(settings: ConnectionSettings) -> kopf.ConnectionInfo:
+    """The same server and credentials as kube.py's, for kopf's watches. A token file is read now; kopf calls its
+    login handler again when the server answers 401, which reads it again."""
+    return kopf.ConnectionInfo(
+        server=settings.server,
+        ca_path=settings.ca_file,
+        ca_data=_base64(settings.ca_data),
+        insecure=settings.insecure,
+        token=BearerToken(settings).value(),
+        certificate_path=settings.client_cert_file,
+        certificate_data=_base64(settings.client_cert_data),
+        private_key_path=settings.client_key_file,
+        private_key_data=_base64(settings.client_key_data),
+        default_namespace=settings.namespace,
+    )
+
+
+def _base64(pem: str | None) -> str | None:
+    # kopf takes PEM text only when it starts with "-----BEGIN "; base64 of the text is taken whatever it holds.
+    return None if pem is None else base64.b64encode(pem.encode()).decode()

@@ -1,0 +1,352 @@
+"""kube.py's client against a fake API server: what it sends, how it takes answers and errors, TLS and tokens."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+
+from modeldeploy.kube import USER_AGENT, ApiError, Kube, namespace_terminating
+from modeldeploy.kubeconfig import ConnectionSettings
+
+from .tls import FakeApiServer, Pki, Recorded, Reply, server_tls
+
+TOKEN = "s3cr3t-token"
+TERMINATING = (
+    '{"kind":"Status","apiVersion":"v1","status":"Failure","message":"events \\"x.1\\" is forbidden: unable to create '
+    'new content in namespace ns because it is being terminated","reason":"Forbidden","code":403}'
+)
+
+
+def status_body(code: int, message: str, reason: str = "") -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+@pytest.fixture
+def server() -> Iterator[FakeApiServer]:
+    fake = FakeApiServer().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def kube(server: FakeApiServer) -> Kube:
+    return Kube(ConnectionSettings(server=server.url, token=TOKEN), pool_size=2)
+
+
+def deployment(name: str = "web-r1") -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"replicas": 2},
+    }
+
+
+def test_apply_is_a_forced_server_side_apply_under_our_field_manager(
+    kube: Kube, server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.reply = lambda request: (200, {**request.json(), "status": {"replicas": 2}})
+    caplog.set_level(logging.INFO, logger="modeldeploy.kube")
+    result = kube.apply(deployment())
+    [request] = server.requests
+    assert request.method == "PATCH"
+    assert request.path == "/apis/apps/v1/namespaces/ns/deployments/web-r1"
+    assert request.query == {"fieldManager": "modeldeploy", "force": "true"}
+    assert request.headers["content-type"] == "application/apply-patch+yaml"
+    assert request.headers["user-agent"] == USER_AGENT == "modeldeploy/0.1.0"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["accept"] == "application/json"
+    assert request.json() == deployment()
+    assert result == {**deployment(), "status": {"replicas": 2}}
+    assert kube.writes == {"apply Deployment": 1}
+    assert caplog.messages == ['Applied Deployment namespace="ns" name="web-r1"']
+
+
+def test_apply_of_a_service(kube: Kube, server: FakeApiServer) -> None:
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"}}
+    kube.apply(service)
+    assert server.requests[0].path == "/api/v1/namespaces/ns/services/web"
+    assert kube.writes == {"apply Service": 1}
+
+
+def test_scale_is_a_merge_patch_of_the_replicas(
+    kube: Kube, server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modeldeploy.kube")
+    kube.scale_deployment("ns", "web-r1", 0)
+    [request] = server.requests
+    assert (request.method, request.path) == ("PATCH", "/apis/apps/v1/namespaces/ns/deployments/web-r1")
+    assert request.query == {"fieldManager": "modeldeploy"}
+    assert request.headers["content-type"] == "application/merge-patch+json"
+    assert request.json() == {"spec": {"replicas": 0}}
+    assert kube.writes == {"scale Deployment": 1}
+    assert caplog.messages == ['Scaled Deployment namespace="ns" name="web-r1" replicas="0"']
+
+
+def test_delete_propagates_in_the_background_and_a_missing_deployment_is_deleted_already(
+    kube: Kube, server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modeldeploy.kube")
+    server.reply = lambda request: (404, status_body(404, 'deployments.apps "web-r1" not found', "NotFound"))
+    kube.delete_deployment("ns", "web-r1")
+    [request] = server.requests
+    assert (request.method, request.path) == ("DELETE", "/apis/apps/v1/namespaces/ns/deployments/web-r1")
+    assert request.query == {"propagationPolicy": "Background"}
+    assert kube.writes == {"delete Deployment": 1}
+    assert caplog.messages == ['Deleted Deployment namespace="ns" name="web-r1"']
+
+
+def test_delete_raises_other_errors(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (500, status_body(500, "etcdserver: request timed out"))
+    with pytest.raises(ApiError) as raised:
+        kube.delete_deployment("ns", "web-r1")
+    assert raised.value.status == 500
+
+
+def test_list_children_by_label(kube: Kube, server: FakeApiServer) -> None:
+    def reply(request: Recorded) -> Reply:
+        kind = "Deployment" if "deployments" in request.path else "Service"
+        return 200, {"kind": f"{kind}List", "items": [{"metadata": {"name": f"a-{kind}"}}]}
+
+    server.reply = reply
+    deployments, services = kube.list_children("ns", "web")
+    assert deployments == [{"metadata": {"name": "a-Deployment"}}]
+    assert services == [{"metadata": {"name": "a-Service"}}]
+    selector = "app.kubernetes.io/instance=web,app.kubernetes.io/managed-by=modeldeploy"
+    assert [(r.method, r.path, r.query) for r in server.requests] == [
+        ("GET", "/apis/apps/v1/namespaces/ns/deployments", {"labelSelector": selector}),
+        ("GET", "/api/v1/namespaces/ns/services", {"labelSelector": selector}),
+    ]
+    assert kube.writes == {}
+
+
+def test_get_resource_and_a_missing_one(kube: Kube, server: FakeApiServer) -> None:
+    body = {"kind": "ModelDeployment", "metadata": {"name": "web"}}
+    server.reply = lambda request: (200, body) if request.path.endswith("/web") else (404, status_body(404, "gone"))
+    assert kube.get_resource("ns", "web") == body
+    assert kube.get_resource("ns", "other") is None
+    assert server.requests[0].path == "/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments/web"
+
+
+def test_get_resource_raises_other_errors(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (403, status_body(403, "modeldeployments is forbidden: no", "Forbidden"))
+    with pytest.raises(ApiError) as raised:
+        kube.get_resource("ns", "web")
+    assert (raised.value.status, raised.value.reason) == (403, "Forbidden")
+    assert "modeldeployments is forbidden: no" in str(raised.value)
+
+
+def test_patch_status_is_a_merge_patch_of_the_status_subresource(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (200, {"kind": "ModelDeployment", **request.json()})
+    result = kube.patch_status("ns", "web", {"phase": "Healthy", "canary": None})
+    [request] = server.requests
+    assert (request.method, request.path) == (
+        "PATCH",
+        "/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments/web/status",
+    )
+    assert request.headers["content-type"] == "application/merge-patch+json"
+    assert request.json() == {"status": {"phase": "Healthy", "canary": None}}
+    assert "fieldManager" not in request.query
+    assert result == {"kind": "ModelDeployment", "status": {"phase": "Healthy", "canary": None}}
+    assert kube.writes == {"patch ModelDeployment/status": 1}
+
+
+def test_request_command_writes_status_commands(kube: Kube, server: FakeApiServer) -> None:
+    kube.request_command("ns", "web", "promote", {"id": "1", "full": True})
+    assert server.requests[0].json() == {"status": {"commands": {"promote": {"id": "1", "full": True}}}}
+
+
+def test_post_event(kube: Kube, server: FakeApiServer) -> None:
+    resource = {"metadata": {"name": "web", "namespace": "ns", "uid": "u-1", "resourceVersion": "42"}}
+    kube.post_event(resource, "Warning", "AnalysisFailed", "x" * 2000)
+    [request] = server.requests
+    assert (request.method, request.path) == ("POST", "/api/v1/namespaces/ns/events")
+    assert request.headers["content-type"] == "application/json"
+    event = request.json()
+    assert event["firstTimestamp"] == event["lastTimestamp"]
+    assert event["firstTimestamp"].endswith("Z")
+    del event["firstTimestamp"], event["lastTimestamp"]
+    assert event == {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": "web.", "namespace": "ns"},
+        "involvedObject": {
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "name": "web",
+            "namespace": "ns",
+            "uid": "u-1",
+            "resourceVersion": "42",
+        },
+        "reason": "AnalysisFailed",
+        "message": "x" * 1024,
+        "type": "Warning",
+        "source": {"component": "modeldeploy"},
+        "reportingComponent": "modeldeploy.io/operator",
+        "reportingInstance": "modeldeploy",
+        "count": 1,
+    }
+    assert kube.writes == {"create Event": 1}
+
+
+def test_an_event_of_a_resource_without_uid_leaves_the_field_out(kube: Kube, server: FakeApiServer) -> None:
+    kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Created", "m")
+    assert "uid" not in server.requests[0].json()["involvedObject"]
+
+
+def test_an_event_that_cannot_be_recorded_is_logged_not_raised(
+    kube: Kube, server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.reply = lambda request: (403, status_body(403, "events is forbidden", "Forbidden"))
+    caplog.set_level(logging.DEBUG, logger="modeldeploy.kube")
+    kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Created", "m")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, 'Could not record Event reason="Created" status="403"')
+    ]
+
+
+def test_an_event_in_a_terminating_namespace_is_only_a_debug_line(
+    kube: Kube, server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.reply = lambda request: (403, TERMINATING)
+    caplog.set_level(logging.DEBUG, logger="modeldeploy.kube")
+    kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Created", "m")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+
+
+def test_api_error_carries_status_reason_and_body(kube: Kube, server: FakeApiServer) -> None:
+    conflict = status_body(409, 'Apply failed with 1 conflict: conflict with "kubectl"', "Conflict")
+    server.reply = lambda request: (409, conflict)
+    with pytest.raises(ApiError) as raised:
+        kube.apply(deployment())
+    error = raised.value
+    assert (error.status, error.reason) == (409, "Conflict")
+    assert '"reason": "Conflict"' in error.body
+    assert str(error) == '(409) Conflict: Apply failed with 1 conflict: conflict with "kubectl"'
+    assert not namespace_terminating(error)
+    assert kube.writes == {"apply Deployment": 1}  # counted when sent, answered or not
+
+
+def test_namespace_terminating() -> None:
+    assert namespace_terminating(ApiError(403, "Forbidden", TERMINATING))
+    assert not namespace_terminating(ApiError(403, "Forbidden", '{"message":"deployments.apps is forbidden"}'))
+    assert not namespace_terminating(ApiError(409, "Conflict", TERMINATING))
+
+
+def test_an_error_body_that_is_not_json_is_kept_as_text() -> None:
+    error = ApiError(502, "Bad Gateway", "<html>upstream</html>")
+    assert str(error) == "(502) Bad Gateway: <html>upstream</html>"
+
+
+def test_writes_are_not_retried(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (503, status_body(503, "unavailable"))
+    with pytest.raises(ApiError):
+        kube.scale_deployment("ns", "web-r1", 1)
+    assert len(server.requests) == 1
+
+
+def test_proxy_settings_in_the_environment_are_ignored(server: FakeApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing answers there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    kube = Kube(ConnectionSettings(server=server.url), pool_size=1)
+    assert kube.get_resource("ns", "web") is not None
+
+
+def test_no_token_no_authorization_header(server: FakeApiServer) -> None:
+    Kube(ConnectionSettings(server=server.url), pool_size=1).get_resource("ns", "web")
+    assert "authorization" not in server.requests[0].headers
+
+
+def test_a_token_file_is_read_again_after_a_401(server: FakeApiServer, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("old\n")
+    server.reply = lambda request: (
+        (200, {"kind": "ModelDeployment"})
+        if request.headers.get("authorization") == "Bearer new"
+        else (401, status_body(401, "Unauthorized", "Unauthorized"))
+    )
+    kube = Kube(ConnectionSettings(server=server.url, token_file=str(token_file)), pool_size=1)
+    with pytest.raises(ApiError) as raised:
+        kube.get_resource("ns", "web")
+    assert raised.value.status == 401
+    token_file.write_text("new\n")  # rotated, as kubelet does in place
+    assert kube.get_resource("ns", "web") == {"kind": "ModelDeployment"}
+    assert [r.headers["authorization"] for r in server.requests] == ["Bearer old", "Bearer new"]
+
+
+def test_a_server_path_prefix_is_kept(server: FakeApiServer) -> None:
+    kube = Kube(ConnectionSettings(server=server.url + "/k8s/clusters/c-1/"), pool_size=1)
+    kube.get_resource("ns", "web")
+    assert (
+        server.requests[0].path == "/k8s/clusters/c-1/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments/web"
+    )
+
+
+# --- TLS ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(pki: Pki) -> Iterator[FakeApiServer]:
+    fake = FakeApiServer(tls=server_tls(pki)).start()
+    yield fake
+    fake.stop()
+
+
+def _subject(request: Recorded) -> str:
+    assert request.client_certificate is not None
+    return str(dict(item[0] for item in request.client_certificate["subject"])["commonName"])
+
+
+def test_tls_with_files(tls_server: FakeApiServer, pki: Pki) -> None:
+    settings = ConnectionSettings(
+        server=tls_server.url,
+        ca_file=str(pki.ca_cert),
+        client_cert_file=str(pki.client_cert),
+        client_key_file=str(pki.client_key),
+    )
+    assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
+    assert _subject(tls_server.requests[0]) == "tester"
+
+
+def test_tls_with_data(tls_server: FakeApiServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    settings = ConnectionSettings(
+        server=tls_server.url,
+        ca_data=pki.ca_cert.read_text(),
+        client_cert_data=pki.client_cert.read_text(),
+        client_key_data=pki.client_key.read_text(),
+    )
+    assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
+    assert _subject(tls_server.requests[0]) == "tester"
+    assert list(tmp_path.iterdir()) == []  # the key written for ssl to load is gone again
+
+
+def test_a_server_signed_by_another_ca_is_refused(tls_server: FakeApiServer, pki: Pki) -> None:
+    settings = ConnectionSettings(server=tls_server.url, ca_file=str(pki.stranger_ca_cert))
+    with pytest.raises(urllib3.exceptions.SSLError):
+        Kube(settings, pool_size=1).get_resource("ns", "web")
+    assert tls_server.requests == []
+
+
+def test_insecure_skips_verification(pki: Pki) -> None:
+    fake = FakeApiServer(tls=server_tls(pki, require_client_certificate=False)).start()
+    try:
+        settings = ConnectionSettings(server=fake.url, ca_file=str(pki.stranger_ca_cert), insecure=True)
+        with pytest.warns(urllib3.exceptions.InsecureRequestWarning):
+            assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
+    finally:
+        fake.stop()
