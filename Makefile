@@ -51,7 +51,7 @@ cluster-status: ## Say what runs and where the logs are
 
 .PHONY: crds
 crds: install ## Regenerate the CRD (crds/, manifests/crd.yaml, the chart's files/) from the pydantic models
-	$(PY) -m modeldeploy.crdgen --write
+	$(PY) -m modeldeploy.api.crdgen --write
 
 .PHONY: manifests
 manifests: tools ## Render manifests/ (all but crd.yaml) from the Helm chart with its default values

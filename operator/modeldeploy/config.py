@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modeldeploy.api import ModelFormat
+from modeldeploy.api.models import ModelFormat
 
 FIELD_MANAGER = "modeldeploy"
 DEFAULT_RUNTIME_IMAGE = "modeldeploy/runtime:0.1.0"

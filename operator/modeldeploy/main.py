@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeldeploy import api, builders
+from modeldeploy.api import models as api
+from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
-from modeldeploy.controller import Controller
-from modeldeploy.kopf_setup import connection_info, kopf
-from modeldeploy.kube import Kube
-from modeldeploy.kubeconfig import load_settings
+from modeldeploy.controller.queue import Controller
+from modeldeploy.kube.client import Kube
+from modeldeploy.kube.config import load_settings
+from modeldeploy.kube.kopf_login import connection_info, kopf
 
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from modeldeploy.api import Phase
+from modeldeploy.api.models import Phase
 
 RECONCILES = Counter("modeldeploy_reconcile_total", "Reconcile passes, by outcome (success or error).", ["outcome"])
 RECONCILE_DURATION = Histogram(

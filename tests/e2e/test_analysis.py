@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy.times import parse_time
+from modeldeploy.api.times import parse_time
 from tests.e2e.cluster import Cluster, wait_until
 from tests.e2e.models import (
     ECHO_FIRST_FEATURE,

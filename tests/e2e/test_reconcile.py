@@ -454,7 +454,7 @@ def test_the_running_operator_never_imports_the_kubernetes_package(
         f"output = pathlib.Path({str(modules)!r})\n"
         "atexit.register(lambda: output.write_text(json.dumps(sorted(\n"
         "    name for name in sys.modules if name.split('.')[0] in clients))))\n"
-        "from modeldeploy.cli import main\n"
+        "from modeldeploy.cli.main import main\n"
         f"sys.exit(main(['run', '-n', {namespace!r}, '--metrics-bind-address', '127.0.0.1:{free_port()}']))\n"
     )
     log_path = Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-imports-e2e.log"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy import api
+from modeldeploy.api import models as api
 from tests.e2e.cluster import Cluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crd")]

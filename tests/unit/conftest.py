@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import api
+from modeldeploy.api import models as api
 from modeldeploy.config import OperatorConfig
 
 from .tls import Pki, make_pki

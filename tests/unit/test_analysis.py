@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import analysis, api, prometheus
-from modeldeploy.analysis import QueryError, Sample
+from modeldeploy.analysis import measure as analysis
+from modeldeploy.analysis import prometheus
+from modeldeploy.analysis.measure import QueryError, Sample
+from modeldeploy.api import models as api
 
 NOW = "2025-03-01T12:00:00.000000Z"
 TARGET = analysis.Target(

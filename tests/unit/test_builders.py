@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import api, builders
+from modeldeploy.api import models as api
+from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
 
 from .conftest import FORMAT_IMAGES, NAME, NAMESPACE, UID, ResourceFactory

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from modeldeploy.commands import PLAIN_KUBECTL, command_body, render_status
+from modeldeploy.cli.commands import PLAIN_KUBECTL, command_body, render_status
 
 NOW = datetime(2026, 5, 4, 12, 0, 0, tzinfo=UTC)
 

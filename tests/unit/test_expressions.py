@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from modeldeploy import expressions
-from modeldeploy.expressions import Condition, ExpressionError, compile_condition
+from modeldeploy.api import expressions
+from modeldeploy.api.expressions import Condition, ExpressionError, compile_condition
 
 NAN = math.nan
 INF = math.inf

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import urllib3
 
-from modeldeploy.kube import USER_AGENT, ApiError, Kube, namespace_terminating
-from modeldeploy.kubeconfig import ConnectionSettings
+from modeldeploy.kube.client import USER_AGENT, ApiError, Kube, namespace_terminating
+from modeldeploy.kube.config import ConnectionSettings
 
 from .tls import FakeApiServer, Pki, Recorded, Reply, server_tls
 

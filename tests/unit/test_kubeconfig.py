@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy import kubeconfig
-from modeldeploy.kubeconfig import (
+from modeldeploy.kube import config as kubeconfig
+from modeldeploy.kube.config import (
     BearerToken,
     ConnectionSettings,
     KubeconfigError,
@@ -369,7 +369,7 @@ def test_a_static_token_stays(tmp_path: Path) -> None:
 
 
 def test_kopf_gets_the_same_connection(tmp_path: Path, pki: Pki) -> None:
-    from modeldeploy.kopf_setup import connection_info
+    from modeldeploy.kube.kopf_login import connection_info
 
     (tmp_path / "token").write_text("tok\n")
     settings = ConnectionSettings(
@@ -405,9 +405,10 @@ def test_the_operator_imports_no_kubernetes_client(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", user={"token": "t"})
     code = (
         "import json, sys\n"
-        "import modeldeploy.main, modeldeploy.controller, modeldeploy.reconcile, modeldeploy.kube, modeldeploy.cli\n"
-        "from modeldeploy.kube import Kube\n"
-        "from modeldeploy.kubeconfig import load_settings\n"
+        "import modeldeploy.main, modeldeploy.controller.queue, modeldeploy.controller.reconcile\n"
+        "import modeldeploy.kube.client, modeldeploy.cli.main\n"
+        "from modeldeploy.kube.client import Kube\n"
+        "from modeldeploy.kube.config import load_settings\n"
         "modeldeploy.main.login()\n"
         "Kube(load_settings(), pool_size=1)\n"
         "clients = ('kubernetes', 'kubernetes_asyncio', 'pykube')\n"

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.controller import Controller
+from modeldeploy.controller.queue import Controller
 from modeldeploy.metrics import PHASES, ResourceMetrics
 
 NS, NAME = "models", "fraud-detector"

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from modeldeploy.quantity import parse_quantity
+from modeldeploy.api.quantity import parse_quantity
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import builders, rollout
+from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
-from modeldeploy.reconcile import Children, Store, contains, observed_revisions, owner_key
+from modeldeploy.controller.reconcile import contains, observed_revisions
+from modeldeploy.controller.store import Children, Store, owner_key
+from modeldeploy.rollout import plan as rollout
 
 from .conftest import NAME, NAMESPACE, ResourceFactory
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import api, rollout
-from modeldeploy.rollout import ObservedRevision, Plan
+from modeldeploy.api import models as api
+from modeldeploy.rollout import plan as rollout
+from modeldeploy.rollout.plan import ObservedRevision, Plan
 
 from .conftest import build_resource
 

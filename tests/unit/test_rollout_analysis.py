@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeldeploy import analysis, api
-from modeldeploy.rollout import ObservedRevision, Plan
+from modeldeploy.analysis import measure as analysis
+from modeldeploy.api import models as api
+from modeldeploy.rollout.plan import ObservedRevision, Plan
 
 from .conftest import build_resource
 from .test_rollout import REV, V1, V2, at, cond, step, ts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modeldeploy.traffic import ReplicaRatioRouter, Split, canary_replicas_for, stable_replicas_keeping_capacity
+from modeldeploy.traffic.routers import ReplicaRatioRouter, Split, canary_replicas_for, stable_replicas_keeping_capacity
 
 router = ReplicaRatioRouter()
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from modeldeploy import controller
-from modeldeploy.controller import WorkQueue
-from modeldeploy.kube import ApiError
-from modeldeploy.reconcile import Key
+from modeldeploy.controller import queue as controller
+from modeldeploy.controller.queue import WorkQueue
+from modeldeploy.controller.store import Key
+from modeldeploy.kube.client import ApiError
 
 A: Key = ("ns", "a")
 B: Key = ("ns", "b")

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from modeldeploy import api
+from modeldeploy.api import models as api
 from modeldeploy.config import OperatorConfig
 
 LABEL_NAME = "app.kubernetes.io/name"

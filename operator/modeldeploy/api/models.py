@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from modeldeploy.expressions import ExpressionError, compile_condition
+from modeldeploy.api.expressions import ExpressionError, compile_condition
 
 GROUP = "modeldeploy.io"
 VERSION = "v1alpha1"

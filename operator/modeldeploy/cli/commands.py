@@ -11,8 +11,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from modeldeploy import api
-from modeldeploy.times import format_time, parse_time
+from modeldeploy.api import models as api
+from modeldeploy.api.times import format_time, parse_time
 
 COMMAND_HELP = {
     "promote": "finish the current pause (with --full: skip every remaining step)",

@@ -7,7 +7,7 @@ talks to the API server through kube.py, and kopf logs in through the handler in
 and given a plain registry without those fallback logins, while the libraries cannot be imported; afterwards they
 import normally again (kubeconfig.settings_from_plugin needs `kubernetes` for exec and auth-provider users).
 
-Import kopf from here (`from modeldeploy.kopf_setup import kopf`), never directly, in the operator's modules.
+Import kopf from here (`from modeldeploy.kube.kopf_login import kopf`), never directly, in the operator's modules.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from modeldeploy.kubeconfig import BearerToken, ConnectionSettings
+from modeldeploy.kube.config import BearerToken, ConnectionSettings
 
 CLIENT_LIBRARIES = ("kubernetes", "kubernetes_asyncio", "pykube")
 

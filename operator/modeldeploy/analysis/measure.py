@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from modeldeploy import api
-from modeldeploy.expressions import ExpressionError, compile_condition
-from modeldeploy.times import parse_duration, parse_time
+from modeldeploy.api import models as api
+from modeldeploy.api.expressions import ExpressionError, compile_condition
+from modeldeploy.api.times import parse_duration, parse_time
 
 MAX_MEASUREMENTS = 10
 """Measurements kept per metric in status, newest first."""

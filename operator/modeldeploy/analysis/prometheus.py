@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from modeldeploy.analysis import QueryError, Sample
+from modeldeploy.analysis.measure import QueryError, Sample
 
 USER_AGENT = "modeldeploy/0.1.0"
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024

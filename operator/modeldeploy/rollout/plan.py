@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from modeldeploy import analysis, api
-from modeldeploy.times import format_time, parse_duration, parse_time
-from modeldeploy.traffic import ReplicaRatioRouter, Split, TrafficRouter, stable_replicas_keeping_capacity
+from modeldeploy.analysis import measure as analysis
+from modeldeploy.api import models as api
+from modeldeploy.api.times import format_time, parse_duration, parse_time
+from modeldeploy.traffic.routers import ReplicaRatioRouter, Split, TrafficRouter, stable_replicas_keeping_capacity
 
 FIRST_REVISION = "FirstRevision"
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import urllib3
 
-from modeldeploy import api
+from modeldeploy.api import models as api
+from modeldeploy.api.times import format_time
 from modeldeploy.config import FIELD_MANAGER
-from modeldeploy.kubeconfig import BearerToken, ConnectionSettings
+from modeldeploy.kube.config import BearerToken, ConnectionSettings
 from modeldeploy.metrics import API_WRITES
-from modeldeploy.times import format_time
 
 log = logging.getLogger("modeldeploy.kube")
 

@@ -8,14 +8,14 @@ import sys
 
 import prometheus_client
 
-from modeldeploy.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
-from modeldeploy.kube import Kube
-from modeldeploy.kubeconfig import current_namespace, load_settings
+from modeldeploy.cli.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
+from modeldeploy.kube.client import Kube
+from modeldeploy.kube.config import current_namespace, load_settings
 
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here, not above: the kubectl plugin's commands need neither kopf nor its memory.
-    from modeldeploy.kopf_setup import kopf
+    from modeldeploy.kube.kopf_login import kopf
 
     kopf.configure(
         verbose=args.verbose,

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.kube import ApiError, Kube, namespace_terminating
+from modeldeploy.controller.reconcile import reconcile
+from modeldeploy.controller.store import Key, Manifest, Store, key_of
+from modeldeploy.kube.client import ApiError, Kube, namespace_terminating
 from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
-from modeldeploy.reconcile import Key, Manifest, Store, key_of, reconcile
 
 log = logging.getLogger("modeldeploy.controller")
 
