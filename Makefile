@@ -73,10 +73,11 @@ test-e2e: install tools tools-prometheus ## Run the end-to-end tests on the loca
 	$(PY) -m pytest tests/e2e
 
 .PHONY: lint
-lint: install ## ruff and mypy (strict)
+lint: install ## ruff, mypy (strict) and the import contracts between layers (pyproject.toml, [tool.importlinter])
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: fmt
 fmt: install ## Format and fix what ruff can
