@@ -8,8 +8,9 @@ change makes no API call at all.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -21,11 +22,29 @@ from modeldeploy.api.times import format_time
 from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
-from modeldeploy.kube.client import Kube
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
 
 log = logging.getLogger("modeldeploy.reconcile")
+
+
+class ClusterWriter(Protocol):
+    """The writes a pass may make: what modeldeploy.kube.client.Kube offers, and an in-memory fake in the unit tests.
+    Every method returns the object as the API server answered it, so the Store holds our own writes at once."""
+
+    def apply(self, manifest: Manifest) -> Manifest: ...
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> Manifest: ...
+
+    def delete_deployment(self, namespace: str, name: str) -> None: ...
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest: ...
+
+    def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None: ...
+
+
+QuerierFactory = Callable[[str], analysis.Querier]
+"""A metrics querier for a Prometheus address: PrometheusClient in the operator, a fake in the unit tests."""
 
 QUANTITY_MAPS = frozenset({"limits", "requests"})
 """Keys whose values are resource quantities, which the API server stores in canonical form ("1000m" comes back as
@@ -112,8 +131,18 @@ def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> 
     )
 
 
-def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: datetime | None = None) -> float | None:
-    """One level-based pass over one ModelDeployment. Returns seconds until a timed re-check, if one is due."""
+def reconcile(
+    kube: ClusterWriter,
+    store: Store,
+    config: OperatorConfig,
+    key: Key,
+    now: datetime | None = None,
+    queriers: QuerierFactory = PrometheusClient,
+) -> float | None:
+    """One level-based pass over one ModelDeployment. Returns seconds until a timed re-check, if one is due.
+
+    Everything it depends on comes in: what was observed (the Store), the writer, the clock and the metrics querier,
+    so the whole pass runs in unit tests against in-memory fakes."""
     now = now or datetime.now(UTC)
     parent, children = store.snapshot(key)
     if parent is None or parent["metadata"].get("deletionTimestamp"):
@@ -131,7 +160,7 @@ def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: d
     model = builders.model_name(resource)
     measurements = None
     if analysis.measurement_due(resource, desired_revision, now):
-        measurements = measure(resource, model, config, now)
+        measurements = measure(resource, model, config, now, queriers)
     plan = rollout.plan(
         resource,
         desired_revision,
@@ -174,7 +203,11 @@ def reconcile(kube: Kube, store: Store, config: OperatorConfig, key: Key, now: d
 
 
 def measure(
-    resource: api.ModelDeployment, model: str, config: OperatorConfig, now: datetime
+    resource: api.ModelDeployment,
+    model: str,
+    config: OperatorConfig,
+    now: datetime,
+    queriers: QuerierFactory = PrometheusClient,
 ) -> dict[str, api.Measurement]:
     """One measurement of every analysis metric of the resource's canary (see analysis.measurement_due)."""
     spec = resource.spec.rollout.analysis
@@ -191,7 +224,7 @@ def measure(
         stable_version=stable.version,
         stable_revision=stable.revision,
     )
-    client = PrometheusClient(spec.prometheus.address or config.prometheus_url)
+    client = queriers(spec.prometheus.address or config.prometheus_url)
     measurements = analysis.measure_all(spec, target, client, config.prometheus_timeout, format_time(now))
     kinds = {metric.name: metric.builtin or "query" for metric in spec.metrics}
     for name, measurement in measurements.items():
@@ -208,7 +241,7 @@ def measure(
     return measurements
 
 
-def _write_status(kube: Kube, store: Store, parent: Manifest, status: api.ModelDeploymentStatus) -> bool:
+def _write_status(kube: ClusterWriter, store: Store, parent: Manifest, status: api.ModelDeploymentStatus) -> bool:
     """Write the status when it differs from what is stored. One write per pass at most."""
     previous = api.ModelDeploymentStatus.model_validate(parent.get("status") or {})
     if _status_dump(previous) == _status_dump(status):
