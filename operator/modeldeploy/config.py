@@ -28,7 +28,7 @@ class OperatorConfig:
     """Recent revisions, the serving one included, whose Deployments are kept (the old ones scaled to zero) for a
     fast return; older ones are deleted. Revisions inside spec.rollout.rollbackWindow are kept too."""
     workers: int = 4
-    """Reconciles that run at once (each in a thread: kube.py's client is synchronous)."""
+    """Reconciles that run at once (each in a thread: the API client in kube/client.py is synchronous)."""
     cluster_domain: str = "cluster.local"
     prometheus_url: str = ""
     """Prometheus for canary analysis, when a spec names none."""

@@ -17,7 +17,7 @@ CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
-    # The same settings as kube.py's client, and the only login kopf has (see kopf_setup). kopf calls it again
+    # The same settings as the API client's, and the only login kopf has (see kube/kopf_login.py). kopf calls it again
     # after a 401, so a rotated token file or an expired plugin token is read again.
     return connection_info(load_settings())
 

@@ -1,9 +1,9 @@
 """The work queue between watch events and reconcile().
 
 Watch events (of the resources and of their children) only mark a resource as needing a pass; workers run the
-passes, one at a time per resource, in threads because kube.py's client is synchronous. Events that arrive
-while a pass runs coalesce into one more pass. Timed re-checks (deadlines) and retries after errors go through the
-same queue, with exponential backoff for errors.
+passes, one at a time per resource, in threads because the API client (kube/client.py) is synchronous. Events
+that arrive while a pass runs coalesce into one more pass. Timed re-checks (deadlines) and retries after errors go
+through the same queue, with exponential backoff for errors.
 """
 
 from __future__ import annotations
