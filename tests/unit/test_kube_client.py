@@ -1,7 +1,9 @@
-"""kube.py's client against a fake API server: what it sends, how it takes answers and errors, TLS and tokens."""
+"""kube/client.py against a fake API server: what it sends, how it takes answers and errors, TLS, server names,
+proxies and tokens."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import urllib3
 from modeldeploy.kube.client import USER_AGENT, ApiError, Kube, namespace_terminating
 from modeldeploy.kube.config import ConnectionSettings
 
-from .tls import FakeApiServer, Pki, Recorded, Reply, server_tls
+from .tls import SERVER_NAME, ConnectProxy, FakeApiServer, Pki, Recorded, server_tls
 
 TOKEN = "s3cr3t-token"
 TERMINATING = (
@@ -113,23 +115,6 @@ def test_delete_raises_other_errors(kube: Kube, server: FakeApiServer) -> None:
     with pytest.raises(ApiError) as raised:
         kube.delete_deployment("ns", "web-r1")
     assert raised.value.status == 500
-
-
-def test_list_children_by_label(kube: Kube, server: FakeApiServer) -> None:
-    def reply(request: Recorded) -> Reply:
-        kind = "Deployment" if "deployments" in request.path else "Service"
-        return 200, {"kind": f"{kind}List", "items": [{"metadata": {"name": f"a-{kind}"}}]}
-
-    server.reply = reply
-    deployments, services = kube.list_children("ns", "web")
-    assert deployments == [{"metadata": {"name": "a-Deployment"}}]
-    assert services == [{"metadata": {"name": "a-Service"}}]
-    selector = "app.kubernetes.io/instance=web,app.kubernetes.io/managed-by=modeldeploy"
-    assert [(r.method, r.path, r.query) for r in server.requests] == [
-        ("GET", "/apis/apps/v1/namespaces/ns/deployments", {"labelSelector": selector}),
-        ("GET", "/api/v1/namespaces/ns/services", {"labelSelector": selector}),
-    ]
-    assert kube.writes == {}
 
 
 def test_get_resource_and_a_missing_one(kube: Kube, server: FakeApiServer) -> None:
@@ -350,3 +335,102 @@ def test_insecure_skips_verification(pki: Pki) -> None:
             assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
     finally:
         fake.stop()
+
+
+# --- tls-server-name ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def named_server(pki: Pki) -> Iterator[FakeApiServer]:
+    """A server whose certificate names only SERVER_NAME, reached by IP (its url is https://127.0.0.1:port)."""
+    fake = FakeApiServer(tls=server_tls(pki, require_client_certificate=False, named=True)).start()
+    yield fake
+    fake.stop()
+
+
+def test_tls_server_name_is_the_name_checked_when_connecting_by_ip(named_server: FakeApiServer, pki: Pki) -> None:
+    settings = ConnectionSettings(server=named_server.url, ca_file=str(pki.ca_cert), tls_server_name=SERVER_NAME)
+    assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
+    assert len(named_server.requests) == 1
+
+
+def test_without_tls_server_name_the_ip_does_not_match_the_certificate(named_server: FakeApiServer, pki: Pki) -> None:
+    settings = ConnectionSettings(server=named_server.url, ca_file=str(pki.ca_cert))
+    with pytest.raises(urllib3.exceptions.SSLError, match="IP address mismatch"):
+        Kube(settings, pool_size=1).get_resource("ns", "web")
+    wrong = ConnectionSettings(server=named_server.url, ca_file=str(pki.ca_cert), tls_server_name="other.test")
+    with pytest.raises(urllib3.exceptions.SSLError, match="Hostname mismatch"):
+        Kube(wrong, pool_size=1).get_resource("ns", "web")
+    assert named_server.requests == []
+
+
+# --- proxy-url ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[ConnectProxy]:
+    tunnel = ConnectProxy().start()
+    yield tunnel
+    tunnel.stop()
+
+
+def test_an_http_proxy_tunnels_to_the_server(tls_server: FakeApiServer, proxy: ConnectProxy, pki: Pki) -> None:
+    settings = ConnectionSettings(
+        server=tls_server.url,
+        ca_file=str(pki.ca_cert),
+        client_cert_file=str(pki.client_cert),
+        client_key_file=str(pki.client_key),
+        token=TOKEN,
+        proxy_url=proxy.url,
+    )
+    kube = Kube(settings, pool_size=1)
+    for _ in range(3):
+        assert kube.get_resource("ns", "web") is not None
+    # One tunnel, kept open and reused; TLS and the client certificate go end to end through it.
+    assert proxy.tunnels == [(tls_server.url.removeprefix("https://"), None)]
+    assert len(tls_server.requests) == 3
+    assert _subject(tls_server.requests[0]) == "tester"
+    assert tls_server.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_the_proxy_url_credentials_go_to_the_proxy_only(
+    tls_server: FakeApiServer, proxy: ConnectProxy, pki: Pki
+) -> None:
+    url = proxy.url.replace("http://", "http://me:p%40ss@")
+    settings = ConnectionSettings(
+        server=tls_server.url,
+        ca_file=str(pki.ca_cert),
+        client_cert_file=str(pki.client_cert),
+        client_key_file=str(pki.client_key),
+        proxy_url=url,
+    )
+    Kube(settings, pool_size=1).get_resource("ns", "web")
+    [(_, authorization)] = proxy.tunnels
+    assert authorization == "Basic " + base64.b64encode(b"me:p@ss").decode()
+    assert "proxy-authorization" not in tls_server.requests[0].headers
+
+
+def test_an_https_proxy_is_checked_against_the_cluster_ca(tls_server: FakeApiServer, pki: Pki) -> None:
+    tunnel = ConnectProxy(tls=server_tls(pki, require_client_certificate=False)).start()
+    try:
+        settings = ConnectionSettings(
+            server=tls_server.url,
+            ca_file=str(pki.ca_cert),
+            client_cert_file=str(pki.client_cert),
+            client_key_file=str(pki.client_key),
+            proxy_url=tunnel.url,
+        )
+        assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
+        assert len(tunnel.tunnels) == 1
+        assert _subject(tls_server.requests[0]) == "tester"
+    finally:
+        tunnel.stop()
+
+
+def test_a_proxy_and_tls_server_name_together(named_server: FakeApiServer, proxy: ConnectProxy, pki: Pki) -> None:
+    settings = ConnectionSettings(
+        server=named_server.url, ca_file=str(pki.ca_cert), tls_server_name=SERVER_NAME, proxy_url=proxy.url
+    )
+    assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
+    # The tunnel goes to the server's address; only TLS inside it uses the name.
+    assert proxy.tunnels == [(named_server.url.removeprefix("https://"), None)]

@@ -1,9 +1,11 @@
-"""The connection settings: kubeconfig files (paths, data, tokens, plugins), the in-cluster account, kopf's login."""
+"""The connection settings: kubeconfig files (paths, data, tokens, merged lists, server name, proxy), the in-cluster
+account, kopf's login. Exec plugins have their own tests (test_exec_plugin.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -13,13 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.kube import config as kubeconfig
 from modeldeploy.kube.config import (
-    BearerToken,
     ConnectionSettings,
+    Credentials,
     KubeconfigError,
     current_namespace,
-    kubeconfig_path,
+    kubeconfig_paths,
     load_settings,
     settings_from_kubeconfig,
 )
@@ -144,7 +145,7 @@ def test_token_file(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", user={"tokenFile": str(tmp_path / "token")})
     settings = settings_from_kubeconfig(path)
     assert settings.token_file == str(tmp_path / "token")
-    assert BearerToken(settings).value() == "from-file"
+    assert Credentials(settings).token() == "from-file"
 
 
 def test_a_token_file_wins_over_a_token(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_a_token_file_wins_over_a_token(tmp_path: Path) -> None:
     settings = settings_from_kubeconfig(
         write_kubeconfig(tmp_path / "config", user={"token": "inline", "tokenFile": "token"})
     )
-    assert BearerToken(settings).value() == "from-file"
+    assert Credentials(settings).token() == "from-file"
 
 
 def test_a_context_without_a_user_is_anonymous(tmp_path: Path) -> None:
@@ -200,14 +201,18 @@ def test_not_yaml_is_an_error(tmp_path: Path) -> None:
 # --- which kubeconfig, or the in-cluster account ----------------------------------------------------------------------
 
 
-def test_kubeconfig_path_takes_the_first_file_of_the_list(tmp_path: Path) -> None:
-    env = {"KUBECONFIG": f"::{tmp_path / 'a'}:{tmp_path / 'b'}", "HOME": str(tmp_path)}
-    assert kubeconfig_path(env) == tmp_path / "a"
+def test_kubeconfig_paths_are_the_list_without_empty_entries(tmp_path: Path) -> None:
+    env = {"KUBECONFIG": f"::{tmp_path / 'a'}::{tmp_path / 'b'}:", "HOME": str(tmp_path)}
+    assert kubeconfig_paths(env) == [tmp_path / "a", tmp_path / "b"]
 
 
-def test_kubeconfig_path_defaults_to_the_home_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", [None, "", "::"])
+def test_kubeconfig_paths_default_to_the_home_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str | None
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert kubeconfig_path({}) == tmp_path / ".kube" / "config"
+    env = {} if value is None else {"KUBECONFIG": value}
+    assert kubeconfig_paths(env) == [tmp_path / ".kube" / "config"]
 
 
 def service_account(directory: Path, namespace: str | None = "operators") -> Path:
@@ -233,7 +238,7 @@ def test_in_cluster_without_a_kubeconfig(tmp_path: Path) -> None:
         token_file=str(accounts / "token"),
         namespace="operators",
     )
-    assert BearerToken(settings).value() == "sa-token"
+    assert Credentials(settings).token() == "sa-token"
     assert current_namespace(env, service_account_dir=accounts) == "operators"
 
 
@@ -274,62 +279,145 @@ def test_current_namespace(tmp_path: Path) -> None:
     assert current_namespace({"KUBECONFIG": str(tmp_path / "absent")}) == "default"
 
 
-# --- credential plugins -----------------------------------------------------------------------------------------------
+# --- a KUBECONFIG list, merged as kubectl merges it -------------------------------------------------------------------
 
 
-def exec_plugin(directory: Path) -> dict[str, Any]:
-    """An exec plugin that answers "token-1", then "token-2"... (one more each time it runs)."""
-    script = directory / "plugin.py"
-    script.write_text(
-        "import json, pathlib\n"
-        f"counter = pathlib.Path({str(directory / 'runs')!r})\n"
-        "runs = int(counter.read_text()) + 1 if counter.exists() else 1\n"
-        "counter.write_text(str(runs))\n"
-        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1', 'kind': 'ExecCredential',\n"
-        "                  'status': {'token': f'token-{runs}'}}))\n"
+def write_yaml(path: Path, document: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def listed(*paths: Path) -> dict[str, str]:
+    return {"KUBECONFIG": os.pathsep.join(str(path) for path in paths)}
+
+
+def test_the_first_file_that_defines_a_name_wins(tmp_path: Path) -> None:
+    first = write_yaml(
+        tmp_path / "first",
+        {
+            "clusters": [{"name": "c", "cluster": {"server": "https://first:6443"}}],
+            "contexts": [{"name": "work", "context": {"cluster": "c", "user": "u", "namespace": "from-first"}}],
+        },
     )
-    return {
-        "exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1",
-            "command": sys.executable,
-            "args": [str(script)],
-            "interactiveMode": "Never",
-        }
-    }
-
-
-def test_an_exec_user_falls_back_to_the_kubernetes_package(tmp_path: Path, pki: Pki) -> None:
-    path = write_kubeconfig(
-        tmp_path / "config",
-        cluster={"server": SERVER, "certificate-authority": str(pki.ca_cert)},
-        user=exec_plugin(tmp_path),
-        namespace="team-c",
+    second = write_yaml(
+        tmp_path / "second",
+        {
+            "clusters": [{"name": "c", "cluster": {"server": "https://second:6443"}}],
+            "users": [{"name": "u", "user": {"token": "from-second"}}],
+            "contexts": [{"name": "work", "context": {"cluster": "c", "user": "u", "namespace": "from-second"}}],
+            "current-context": "work",
+        },
     )
-    settings = settings_from_kubeconfig(path)
-    assert settings.server == SERVER
-    assert settings.token == "token-1"
-    assert settings.ca_file == str(pki.ca_cert)
-    assert (settings.namespace, settings.plugin_kubeconfig) == ("team-c", str(path))
-    assert current_namespace({"KUBECONFIG": str(path)}) == "team-c"
-    assert (tmp_path / "runs").read_text() == "1"  # current_namespace() did not run the plugin
-
-    token = BearerToken(settings)
-    assert token.value() == "token-1"
-    token.rejected()  # a 401: the plugin's token expired
-    assert token.value() == "token-2"
+    settings = load_settings(listed(first, second))
+    # The cluster and the context of the first file, the user of the second (the first has none by that name),
+    # and the current-context of the second (the first sets none).
+    assert (settings.server, settings.namespace, settings.token) == ("https://first:6443", "from-first", "from-second")
+    assert current_namespace(listed(first, second)) == "from-first"
+    # The other order: the second's definitions win.
+    assert load_settings(listed(second, first)).server == "https://second:6443"
 
 
-def test_an_auth_provider_user_falls_back_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[Path, str]] = []
+def test_the_current_context_of_the_first_file_that_sets_one(tmp_path: Path) -> None:
+    clusters = [{"name": "a", "cluster": {"server": "https://a"}}, {"name": "b", "cluster": {"server": "https://b"}}]
+    contexts = [{"name": "a", "context": {"cluster": "a"}}, {"name": "b", "context": {"cluster": "b"}}]
+    unset = write_yaml(tmp_path / "unset", {"clusters": clusters, "contexts": contexts, "current-context": ""})
+    to_b = write_yaml(tmp_path / "to-b", {"current-context": "b"})
+    to_a = write_yaml(tmp_path / "to-a", {"current-context": "a"})
+    assert load_settings(listed(unset, to_b, to_a)).server == "https://b"
+    assert load_settings(listed(to_a, unset, to_b)).server == "https://a"
 
-    def fallback(path: Path, namespace: str) -> ConnectionSettings:
-        calls.append((path, namespace))
-        return ConnectionSettings(server=SERVER, token="from-provider", plugin_kubeconfig=str(path))
 
-    monkeypatch.setattr(kubeconfig, "settings_from_plugin", fallback)
+def test_missing_files_and_empty_entries_in_the_list_are_skipped(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "config", user={"token": "t"}, namespace="team-e")
+    env = {"KUBECONFIG": os.pathsep.join(["", str(tmp_path / "missing"), "", str(path), ""])}
+    assert load_settings(env).server == SERVER
+    assert current_namespace(env) == "team-e"
+
+
+def test_a_list_of_missing_files_is_no_kubeconfig(tmp_path: Path) -> None:
+    env = listed(tmp_path / "one", tmp_path / "two")
+    with pytest.raises(KubeconfigError, match=r"no kubeconfig at .*one, .*two, and not in a cluster"):
+        load_settings(env)
+    env["KUBERNETES_SERVICE_HOST"] = "10.0.0.1"
+    assert load_settings(env, service_account_dir=service_account(tmp_path / "sa")).server == "https://10.0.0.1:443"
+
+
+def test_relative_paths_are_relative_to_the_file_that_defined_them(tmp_path: Path) -> None:
+    clusters = write_yaml(
+        tmp_path / "clusters" / "config",
+        {"clusters": [{"name": "c", "cluster": {"server": SERVER, "certificate-authority": "ca.crt"}}]},
+    )
+    users = write_yaml(
+        tmp_path / "users" / "config",
+        {
+            "users": [{"name": "u", "user": {"client-certificate": "me.crt", "client-key": "me.key"}}],
+            "contexts": [{"name": "work", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "work",
+        },
+    )
+    settings = load_settings(listed(users, clusters))
+    assert settings.ca_file == str(tmp_path / "clusters" / "ca.crt")
+    assert (settings.client_cert_file, settings.client_key_file) == (
+        str(tmp_path / "users" / "me.crt"),
+        str(tmp_path / "users" / "me.key"),
+    )
+
+
+def test_an_empty_file_in_the_list_is_an_empty_config(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("")
+    path = write_kubeconfig(tmp_path / "config")
+    assert load_settings(listed(tmp_path / "empty", path)).server == SERVER
+
+
+def test_a_name_missing_from_every_file_names_the_files(tmp_path: Path) -> None:
+    first = write_yaml(tmp_path / "first", {"contexts": [{"name": "work", "context": {"cluster": "gone"}}]})
+    second = write_yaml(tmp_path / "second", {"current-context": "work"})
+    with pytest.raises(KubeconfigError, match=r"files .*first, .*second: context 'work' names cluster 'gone'"):
+        load_settings(listed(first, second))
+
+
+def test_a_broken_file_in_the_list_is_an_error(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "config")
+    (tmp_path / "broken").write_text("clusters: [\n")
+    with pytest.raises(KubeconfigError, match="broken is not valid YAML"):
+        load_settings(listed(path, tmp_path / "broken"))
+
+
+# --- tls-server-name and proxy-url ------------------------------------------------------------------------------------
+
+
+def test_tls_server_name_and_proxy_url(tmp_path: Path) -> None:
+    cluster = {"server": SERVER, "tls-server-name": "api.internal", "proxy-url": "http://proxy.internal:3128"}
+    settings = settings_from_kubeconfig(write_kubeconfig(tmp_path / "config", cluster=cluster))
+    assert (settings.tls_server_name, settings.proxy_url) == ("api.internal", "http://proxy.internal:3128")
+
+
+@pytest.mark.parametrize("proxy", ["socks5://user:hunter2@proxy:1080", "socks5h://proxy:1080", "ftp://proxy"])
+def test_a_proxy_other_than_http_or_https_is_refused(tmp_path: Path, proxy: str) -> None:
+    path = write_kubeconfig(tmp_path / "config", cluster={"server": SERVER, "proxy-url": proxy})
+    with pytest.raises(
+        KubeconfigError, match=r"the cluster's proxy-url .* is not supported: only http:// and https://"
+    ):
+        settings_from_kubeconfig(path)
+    with pytest.raises(KubeconfigError) as raised:
+        settings_from_kubeconfig(path)
+    assert "hunter2" not in str(raised.value)
+
+
+# --- auth-provider ----------------------------------------------------------------------------------------------------
+
+
+def test_an_auth_provider_user_is_refused_with_what_to_do_instead(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", user={"auth-provider": {"name": "oidc", "config": {}}})
-    assert settings_from_kubeconfig(path).token == "from-provider"
-    assert calls == [(path, "default")]
+    with pytest.raises(KubeconfigError) as raised:
+        settings_from_kubeconfig(path)
+    message = str(raised.value)
+    assert "auth-provider 'oidc'" in message
+    assert "removed in 1.26" in message
+    assert "use an exec credential plugin" in message
+    # Only the credentials are refused: the namespace is still read.
+    assert current_namespace({"KUBECONFIG": str(path)}) == "default"
 
 
 # --- the token, kept current ------------------------------------------------------------------------------------------
@@ -347,22 +435,22 @@ def test_a_token_file_is_read_again_after_a_minute_or_a_401(tmp_path: Path) -> N
     token_file = tmp_path / "token"
     token_file.write_text("one")
     clock = Clock()
-    token = BearerToken(ConnectionSettings(server=SERVER, token_file=str(token_file)), clock=clock)
-    assert token.value() == "one"
+    token = Credentials(ConnectionSettings(server=SERVER, token_file=str(token_file)), clock=clock)
+    assert token.token() == "one"
     token_file.write_text("two")
     clock.now += 59
-    assert token.value() == "one"
+    assert token.token() == "one"
     clock.now += 1
-    assert token.value() == "two"
+    assert token.token() == "two"
     token_file.write_text("three")
     token.rejected()
-    assert token.value() == "three"
+    assert token.token() == "three"
 
 
 def test_a_static_token_stays(tmp_path: Path) -> None:
-    token = BearerToken(ConnectionSettings(server=SERVER, token="fixed"))
+    token = Credentials(ConnectionSettings(server=SERVER, token="fixed"))
     token.rejected()
-    assert token.value() == "fixed"
+    assert token.token() == "fixed"
 
 
 # --- kopf's login -----------------------------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
-"""A throwaway PKI made with openssl (which the local control plane needs anyway), and a fake API server.
+"""A throwaway PKI made with openssl (which the local control plane needs anyway), a fake API server and a proxy.
 
 The fake answers HTTP or HTTPS on 127.0.0.1, records every request and replies with what a test tells it: enough to
-see exactly what kube.py sends and how it takes the answers, without a control plane.
+see exactly what kube/client.py sends and how it takes the answers, without a control plane. The proxy tunnels
+CONNECT requests (over plain TCP or TLS) and counts them.
 """
 
 from __future__ import annotations
 
 import json
+import selectors
 import shutil
+import socket
+import socketserver
 import ssl
 import subprocess
 import threading
@@ -30,8 +34,12 @@ class Pki:
     client_key: Path
     stranger_ca_cert: Path
     """A CA that signed nothing here: a client that trusts only it must refuse the server."""
+    named_server_cert: Path
+    """For SERVER_NAME only (no IP address): a client reaching it by IP must be told the name (tls-server-name)."""
+    named_server_key: Path
 
 
+SERVER_NAME = "api.modeldeploy.test"
 NEW_KEY = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"  # EC: made in milliseconds
 
 
@@ -57,6 +65,8 @@ def make_pki(directory: Path) -> Pki:
         _openssl(f"req -x509 {NEW_KEY} -keyout {ca}.key -out {ca}.crt -days 2 -subj /CN={ca}", directory)
     _certificate(directory, "server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
     _certificate(directory, "client", "/CN=tester", "extendedKeyUsage=clientAuth")
+    named = f"subjectAltName=DNS:{SERVER_NAME}\nextendedKeyUsage=serverAuth"
+    _certificate(directory, "named-server", f"/CN={SERVER_NAME}", named)
     return Pki(
         ca_cert=directory / "ca.crt",
         server_cert=directory / "server.crt",
@@ -64,6 +74,8 @@ def make_pki(directory: Path) -> Pki:
         client_cert=directory / "client.crt",
         client_key=directory / "client.key",
         stranger_ca_cert=directory / "stranger-ca.crt",
+        named_server_cert=directory / "named-server.crt",
+        named_server_key=directory / "named-server.key",
     )
 
 
@@ -151,9 +163,82 @@ class FakeApiServer:
             self._server.server_close()
 
 
-def server_tls(pki: Pki, require_client_certificate: bool = True) -> ssl.SSLContext:
+def server_tls(pki: Pki, require_client_certificate: bool = True, named: bool = False) -> ssl.SSLContext:
+    """The server's side of TLS: its certificate for 127.0.0.1, or (named) for SERVER_NAME only."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
+    if named:
+        context.load_cert_chain(pki.named_server_cert, pki.named_server_key)
+    else:
+        context.load_cert_chain(pki.server_cert, pki.server_key)
     context.load_verify_locations(pki.ca_cert)
     context.verify_mode = ssl.CERT_REQUIRED if require_client_certificate else ssl.CERT_NONE
     return context
+
+
+@dataclass
+class ConnectProxy:
+    """An HTTP proxy on 127.0.0.1 that only tunnels (CONNECT), as proxies in front of API servers do, over plain TCP
+    or (with `tls`) TLS. It records each tunnel's target and Proxy-Authorization header."""
+
+    tls: ssl.SSLContext | None = None
+    tunnels: list[tuple[str, str | None]] = field(default_factory=list)
+    _server: socketserver.ThreadingTCPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> ConnectProxy:
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            rbufsize = 0  # unbuffered: nothing the client sends after the CONNECT request is held back here
+
+            def handle(self) -> None:
+                request_line = self.rfile.readline(65537).decode("latin-1").split()
+                headers: dict[str, str] = {}
+                while (line := self.rfile.readline(65537).decode("latin-1")) not in ("\r\n", "\n", ""):
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                if len(request_line) != 3 or request_line[0] != "CONNECT":
+                    self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                    return
+                target = request_line[1]
+                proxy.tunnels.append((target, headers.get("proxy-authorization")))
+                host, _, port = target.rpartition(":")
+                with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                    self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    self.wfile.flush()
+                    _relay(self.connection, upstream)
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        threading.Thread(target=server.serve_forever, args=(0.02,), name="connect-proxy", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def _relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Copy bytes both ways until either side closes."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        while True:
+            for key, _ in selector.select(timeout=30):
+                source: socket.socket = key.fileobj  # type: ignore[assignment]
+                # A TLS socket (an https proxy) may hold decrypted bytes beyond what select() sees: read them all.
+                chunk = source.recv(65536)
+                if not chunk:
+                    return
+                key.data.sendall(chunk)
+                while isinstance(source, ssl.SSLSocket) and source.pending():
+                    key.data.sendall(source.recv(source.pending()))

@@ -23,7 +23,8 @@ import urllib3
 from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time
 from modeldeploy.config import FIELD_MANAGER
-from modeldeploy.kube.config import BearerToken, ConnectionSettings
+from modeldeploy.kube.config import ConnectionSettings, Credentials
+from modeldeploy.kube.exec_plugin import Credential
 from modeldeploy.metrics import API_WRITES
 
 log = logging.getLogger("modeldeploy.kube")
@@ -85,19 +86,54 @@ class Kube:
     def __init__(self, settings: ConnectionSettings, pool_size: int = 8) -> None:
         self.settings = settings
         self._base = settings.server.rstrip("/")
-        self._token = BearerToken(settings)
-        # One pool, as many connections as threads that call at once. Not retried by urllib3: a write whose answer
-        # was lost may have happened, and the work queue retries the whole pass anyway. urllib3 reads no proxy
-        # settings from the environment, which is what we want: the API server is reached directly.
-        self._pool = urllib3.PoolManager(
-            num_pools=1,
-            maxsize=pool_size,
-            ssl_context=settings.ssl_context(),
-            retries=False,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
-        )
+        self._credentials = Credentials(settings)
+        self._pool_size = pool_size
         self._lock = threading.Lock()
+        # The pool and the client certificate it presents: an exec plugin may hand out a new one, and a TLS
+        # connection presents the one it was opened with, so a new certificate needs a new pool.
+        self._pool: urllib3.PoolManager | None = None
+        self._pool_certificate: tuple[str | None, str | None] = (None, None)
         self.writes: Counter[str] = Counter()
+        if settings.exec_plugin is None:
+            self._pool = self._new_pool(None)  # a bad certificate or key fails here, at start-up
+
+    def _new_pool(self, credential: Credential | None) -> urllib3.PoolManager:
+        # As many connections as threads that call at once. Not retried by urllib3: a write whose answer was lost
+        # may have happened, and the work queue retries the whole pass anyway. urllib3 reads no proxy settings from
+        # the environment, which is what we want: only the kubeconfig's proxy-url is used.
+        settings = self.settings
+        options: dict[str, Any] = {
+            "num_pools": 1,
+            "maxsize": self._pool_size,
+            "ssl_context": settings.ssl_context(credential),
+            "retries": False,
+            "timeout": urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
+        }
+        if settings.tls_server_name:
+            options["server_hostname"] = settings.tls_server_name
+        if not settings.proxy_url:
+            return urllib3.PoolManager(**options)
+        proxy = urllib3.util.parse_url(settings.proxy_url)
+        # urllib3 does not send the proxy URL's user and password by itself; client-go does.
+        headers = urllib3.make_headers(proxy_basic_auth=urllib.parse.unquote(proxy.auth)) if proxy.auth else None
+        return urllib3.ProxyManager(
+            proxy._replace(auth=None).url,
+            proxy_headers=headers,
+            proxy_ssl_context=settings.proxy_ssl_context() if proxy.scheme == "https" else None,
+            **options,
+        )
+
+    def _connection(self) -> tuple[urllib3.PoolManager, str | None]:
+        """The pool to send through and the token to send, both current."""
+        credential = self._credentials.current()
+        certificate = (credential.client_cert_data, credential.client_key_data)
+        with self._lock:
+            if self._pool is None or certificate != self._pool_certificate:
+                if self._pool is not None:
+                    self._pool.clear()
+                self._pool = self._new_pool(credential)
+                self._pool_certificate = certificate
+            return self._pool, credential.token
 
     def _count(self, verb: str, kind: str) -> None:
         with self._lock:
@@ -115,7 +151,7 @@ class Kube:
     ) -> Manifest:
         """One call; the decoded JSON answer, or ApiError for a status of 400 or more."""
         headers = {"Accept": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
-        token = self._token.value()
+        pool, token = self._connection()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         payload = None
@@ -124,10 +160,10 @@ class Kube:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = content_type
         url = self._base + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        response = self._pool.request(method, url, body=payload, headers=headers)
+        response = pool.request(method, url, body=payload, headers=headers)
         if response.status >= 400:
             if response.status == HTTPStatus.UNAUTHORIZED:
-                self._token.rejected()
+                self._credentials.rejected()
             reason = response.reason or _phrase(response.status)
             raise ApiError(response.status, reason, response.data.decode(errors="replace"))
         if not response.data:
@@ -184,13 +220,6 @@ class Kube:
             if error.status != HTTPStatus.NOT_FOUND:
                 raise
         log.info("Deleted Deployment %s", _kv(namespace=namespace, name=name))
-
-    def list_children(self, namespace: str, instance: str) -> tuple[list[Manifest], list[Manifest]]:
-        """Deployments and Services of one resource (by label), for a reconcile that has no cache yet."""
-        selector = {"labelSelector": f"app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by=modeldeploy"}
-        deployments = self._request("GET", self._child_path("Deployment", namespace), query=selector)
-        services = self._request("GET", self._child_path("Service", namespace), query=selector)
-        return list(deployments.get("items") or []), list(services.get("items") or [])
 
     # --- the resource itself ----------------------------------------------------------------------------------
 

@@ -3,9 +3,9 @@
 kopf looks for the client libraries (`kubernetes`, `kubernetes_asyncio`, `pykube`) twice: when it is imported (to
 recognise their model objects, which the operator never hands to it) and when its default registry is created (to
 log in through them). Either look imports `kubernetes`, ~30 MiB of resident memory the operator does not need: it
-talks to the API server through kube.py, and kopf logs in through the handler in main.py. So kopf is imported here,
-and given a plain registry without those fallback logins, while the libraries cannot be imported; afterwards they
-import normally again (kubeconfig.settings_from_plugin needs `kubernetes` for exec and auth-provider users).
+talks to the API server through kube/client.py, and kopf logs in through the handler in main.py. So kopf is imported
+here, and given a plain registry without those fallback logins, while the libraries cannot be imported; afterwards
+they import normally again. Nothing in the operator imports them: kube/config.py reads every kubeconfig itself.
 
 Import kopf from here (`from modeldeploy.kube.kopf_login import kopf`), never directly, in the operator's modules.
 """
@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import importlib.abc
 import importlib.machinery
+import ssl
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from types import ModuleType
+from typing import Any
 
-from modeldeploy.kube.config import BearerToken, ConnectionSettings
+from modeldeploy.kube.config import ConnectionSettings, Credentials
 
 CLIENT_LIBRARIES = ("kubernetes", "kubernetes_asyncio", "pykube")
 
@@ -58,20 +62,42 @@ with _client_libraries_hidden():
 
 
 def connection_info(settings: ConnectionSettings) -> kopf.ConnectionInfo:
-    """The same server and credentials as kube.py's, for kopf's watches. A token file is read now; kopf calls its
-    login handler again when the server answers 401, which reads it again."""
-    return kopf.ConnectionInfo(
-        server=settings.server,
-        ca_path=settings.ca_file,
-        ca_data=_base64(settings.ca_data),
-        insecure=settings.insecure,
-        token=BearerToken(settings).value(),
-        certificate_path=settings.client_cert_file,
-        certificate_data=_base64(settings.client_cert_data),
-        private_key_path=settings.client_key_file,
-        private_key_data=_base64(settings.client_key_data),
-        default_namespace=settings.namespace,
-    )
+    """The same server, credentials, proxy and server name as kube/client.py's, for kopf's watches.
+
+    A token file is read now, and an exec plugin run now; kopf calls its login handler again when the server answers
+    401, and when the plugin's credential expires (`expiration`), which reads or runs them again.
+    """
+    credential = Credentials(settings).current()
+    from_plugin = credential.client_cert_data is not None
+    expiration = None if credential.expires_at is None else datetime.fromtimestamp(credential.expires_at, UTC)
+    fields: dict[str, Any] = {
+        "server": settings.server,
+        "ca_path": settings.ca_file,
+        "ca_data": _base64(settings.ca_data),
+        "insecure": settings.insecure,
+        "token": credential.token,
+        "certificate_path": None if from_plugin else settings.client_cert_file,
+        "certificate_data": _base64(credential.client_cert_data if from_plugin else settings.client_cert_data),
+        "private_key_path": None if from_plugin else settings.client_key_file,
+        "private_key_data": _base64(credential.client_key_data if from_plugin else settings.client_key_data),
+        "default_namespace": settings.namespace,
+        "proxy_url": settings.proxy_url,
+        "expiration": expiration,
+    }
+    if settings.tls_server_name:
+        return ServerNameConnectionInfo(ssl_context=settings.ssl_context(credential), **fields)
+    return kopf.ConnectionInfo(**fields)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerNameConnectionInfo(kopf.ConnectionInfo):
+    """kopf's ConnectionInfo, whose SSL context is ours: kopf has no field for tls-server-name, and builds its
+    aiohttp connector from `as_ssl_context()`, so the name comes in with the context (see ServerNameContext)."""
+
+    ssl_context: ssl.SSLContext = dataclasses.field(compare=False, repr=False)
+
+    def as_ssl_context(self) -> ssl.SSLContext:
+        return self.ssl_context
 
 
 def _base64(pem: str | None) -> str | None:
