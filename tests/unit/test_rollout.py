@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from modeldeploy.api import models as api
+from modeldeploy.api.times import format_time
 from modeldeploy.rollout import plan as rollout
 from modeldeploy.rollout.plan import ObservedRevision, Plan
 
@@ -45,7 +46,7 @@ def at(seconds: float) -> datetime:
 
 
 def ts(seconds: float) -> str:
-    return rollout.format_time(at(seconds))
+    return format_time(at(seconds))
 
 
 def seen(version: str, replicas: int, ready: int, *, up_to_date: bool = True) -> ObservedRevision:
@@ -476,7 +477,7 @@ def test_deadline_survives_a_restart_to_the_microsecond() -> None:
     start = at(100.123456)
     rolling = step("2.0", seen("1.0", 3, 3), status=healthy_v1().status, now=start)
     assert rolling.status.canary is not None
-    assert rolling.status.canary.since == rollout.format_time(start)
+    assert rolling.status.canary.since == format_time(start)
     edge = start + timedelta(seconds=DEADLINE)
     before = step("2.0", seen("2.0", 3, 0), status=rolling.status, now=edge - timedelta(microseconds=1))
     assert before.status.canary is not None

@@ -24,6 +24,7 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
+from modeldeploy.rollout.conditions import set_condition
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -109,7 +110,7 @@ def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> 
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
     message = f"spec.{location}: {first['msg']}"
-    conditions = rollout.set_condition(
+    conditions = set_condition(
         previous.conditions,
         api.ConditionType.DEGRADED,
         True,
@@ -118,7 +119,7 @@ def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> 
         generation=generation,
         now=now,
     )
-    conditions = rollout.set_condition(
+    conditions = set_condition(
         conditions, api.ConditionType.READY, False, "InvalidSpec", message, generation=generation, now=now
     )
     return previous.model_copy(

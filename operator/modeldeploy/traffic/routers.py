@@ -68,3 +68,9 @@ def stable_replicas_keeping_capacity(target: Split, replicas: int, canary_ready:
     The stable revision gives up a pod only once a canary pod is ready to take its place.
     """
     return min(replicas, max(target.stable, replicas - canary_ready))
+
+
+def split_keeping_capacity(target: Split, replicas: int, canary_ready: int) -> Split:
+    """The replicas to ask for now on the way to `target`: the canary's count at once, the stable's only as far as
+    ready canary pods make up for the pods it gives up."""
+    return Split(stable=stable_replicas_keeping_capacity(target, replicas, canary_ready), canary=target.canary)

@@ -1,0 +1,158 @@
+"""What one planning pass starts from (`Situation`) and what it decides (`Decision`).
+
+The decision steps (planner, transitions, steps, judging) each take a Decision and return a new one; nothing is
+changed in place. The status is then computed from the final Decision in one go (status.build_status), so what a
+pass decided and what it says about it cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from modeldeploy.api import models as api
+from modeldeploy.traffic.routers import TrafficRouter
+
+
+@dataclass(frozen=True)
+class ObservedRevision:
+    """What the cluster says about one revision's Deployment."""
+
+    revision: str
+    version: str
+    replicas: int
+    ready_replicas: int
+    up_to_date: bool = True
+    """The Deployment controller has seen the current Deployment spec (observedGeneration caught up)."""
+
+    def settled(self, replicas: int) -> bool:
+        """Exactly `replicas` asked for, all of them Ready, and the controller caught up with the spec."""
+        return self.up_to_date and self.replicas == replicas and self.ready_replicas >= replicas
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def effective_steps(rollout: api.RolloutSpec) -> list[api.CanaryStep]:
+    """The steps a rollout walks: none under the Immediate strategy."""
+    return list(rollout.steps) if rollout.strategy == api.Strategy.CANARY else []
+
+
+def pending(commands: api.Commands | None, acknowledged: api.Acknowledged, name: str) -> api.Command | None:
+    """A request made with `kubectl mdep NAME` that the operator has not acted on yet."""
+    command: api.Command | None = getattr(commands, name, None) if commands is not None else None
+    if command is None or not command.id or command.id == getattr(acknowledged, name):
+        return None
+    return command
+
+
+@dataclass(frozen=True)
+class Situation:
+    """The inputs of one planning pass: the resource as stored, what the cluster shows, the time, the settings."""
+
+    resource: api.ModelDeployment
+    desired: str
+    """The revision the current spec defines."""
+    observed: Mapping[str, ObservedRevision]
+    now: datetime
+    model: str
+    router: TrafficRouter
+    measurements: Mapping[str, api.Measurement]
+    """The analysis results of this pass, when a measurement was due."""
+    history_limit: int = 10
+    retained: int = 3
+
+    @property
+    def spec(self) -> api.ModelDeploymentSpec:
+        return self.resource.spec
+
+    @property
+    def previous(self) -> api.ModelDeploymentStatus:
+        return self.resource.status
+
+    @property
+    def generation(self) -> int:
+        return int(self.resource.metadata.get("generation", 0))
+
+    @property
+    def replicas(self) -> int:
+        return self.spec.replicas
+
+    @property
+    def deadline(self) -> timedelta:
+        return timedelta(seconds=self.spec.rollout.progressDeadlineSeconds)
+
+    @property
+    def steps(self) -> list[api.CanaryStep]:
+        return effective_steps(self.spec.rollout)
+
+    def pending(self, name: str, acknowledged: api.Acknowledged) -> api.Command | None:
+        return pending(self.previous.commands, acknowledged, name)
+
+    def ready(self, revision: str) -> int:
+        """Ready pods of the revision, counted only once its controller has seen the current spec."""
+        seen = self.observed.get(revision)
+        return seen.ready_replicas if seen is not None and seen.up_to_date else 0
+
+    def scaled_to(self, revision: str) -> int | None:
+        seen = self.observed.get(revision)
+        return seen.replicas if seen is not None else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything a pass decided; the status, the Deployments' replicas, the Events and the requeue follow from it.
+
+    The pydantic values it holds are never changed once in it: a step that changes one puts a copy in a new
+    Decision (dataclasses.replace).
+    """
+
+    stable: api.TrackStatus
+    """The revision that serves."""
+    canary: api.CanaryStatus | None = None
+    """The revision rolling out, if any."""
+    step_index: int | None = None
+    """The canary's current step; len(steps) once past every step (the final scale-up)."""
+    step_started: str | None = None
+    pause: api.PauseStatus | None = None
+    aborted: api.AbortedRevision | None = None
+    """The revision last rolled back or aborted, not tried again until the spec or a retry asks for it."""
+    acknowledged: api.Acknowledged = field(default_factory=api.Acknowledged)
+    analysis: api.AnalysisStatus | None = None
+    awaiting: tuple[str, ...] = ()
+    """Metrics the current step waits for (a Successful measurement taken during the step) before it ends."""
+    first_revision_late: bool = False
+    """The very first revision missed its progress deadline: there is nothing to roll back to, so it stays."""
+    history: tuple[api.HistoryEntry, ...] = ()
+    """Newest first, with this pass's outcomes."""
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    """Seconds until the decision may change with no event (a pause, deadline or measurement coming due)."""
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    """Desired replicas for every revision that keeps a Deployment."""
+    desired_weight: int = 0
+    """The canary's share of traffic its current step asks for, in percent (0 without a canary)."""
+    actual_weight: int = 0
+    """The canary's share of the ready pods now, in percent (0 without a canary)."""
+
+    def with_event(self, kind: str, reason: str, message: str) -> Decision:
+        return replace(self, events=(*self.events, Event(kind, reason, message)))
+
+    def waking_in(self, seconds: float) -> Decision:
+        """Wake up in `seconds` at the latest: the earliest of every timer this pass found wins."""
+        soonest = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+        return replace(self, requeue_after=soonest)
+
+    def acknowledging(self, name: str, command: api.Command) -> Decision:
+        return replace(self, acknowledged=self.acknowledged.model_copy(update={name: command.id}))
+
+    def rolling_out(self) -> tuple[api.CanaryStatus, int]:
+        """The canary and its step index, for the steps that only run while one rolls out."""
+        assert self.canary is not None
+        assert self.step_index is not None
+        return self.canary, self.step_index
