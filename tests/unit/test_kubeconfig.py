@@ -3,6 +3,7 @@ account, kopf's login. Exec plugins have their own tests (test_exec_plugin.py)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -25,7 +26,7 @@ from modeldeploy.kube.config import (
     settings_from_kubeconfig,
 )
 
-from .tls import Pki
+from .tls import SERVER_NAME, ConnectProxy, FakeApiServer, Pki, server_tls
 
 SERVER = "https://127.0.0.1:6443"
 
@@ -475,6 +476,84 @@ def test_kopf_gets_the_same_connection(tmp_path: Path, pki: Pki) -> None:
     assert base64.b64decode(info.ca_data or "").decode() == pki.ca_cert.read_text()
     # kopf builds its own SSL context from them: the CA and the client certificate load.
     assert info.as_ssl_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def _kopf_get(info: Any) -> int:
+    """One GET through the aiohttp session kopf itself builds from a login's ConnectionInfo."""
+    from kopf._cogs.clients.auth import APIContext
+
+    async def get() -> int:
+        context = APIContext(info)
+        try:
+            async with context.session.get(info.server + "/version") as response:
+                return response.status
+        finally:
+            await context.close()
+
+    return asyncio.run(get())
+
+
+def test_kopf_connects_with_the_tls_server_name(pki: Pki) -> None:
+    import aiohttp
+
+    from modeldeploy.kube.kopf_login import connection_info
+
+    fake = FakeApiServer(tls=server_tls(pki, require_client_certificate=False, named=True)).start()
+    try:
+        named = ConnectionSettings(server=fake.url, ca_file=str(pki.ca_cert), tls_server_name=SERVER_NAME)
+        assert _kopf_get(connection_info(named)) == 200
+        unnamed = ConnectionSettings(server=fake.url, ca_file=str(pki.ca_cert))
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            _kopf_get(connection_info(unnamed))
+        assert len(fake.requests) == 1
+    finally:
+        fake.stop()
+
+
+def test_kopf_goes_through_the_proxy(pki: Pki) -> None:
+    from modeldeploy.kube.kopf_login import connection_info
+
+    fake = FakeApiServer(tls=server_tls(pki)).start()
+    proxy = ConnectProxy().start()
+    try:
+        settings = ConnectionSettings(
+            server=fake.url,
+            ca_file=str(pki.ca_cert),
+            client_cert_file=str(pki.client_cert),
+            client_key_file=str(pki.client_key),
+            proxy_url=proxy.url,
+        )
+        info = connection_info(settings)
+        assert info.proxy_url == proxy.url
+        assert _kopf_get(info) == 200
+        assert proxy.tunnels == [(fake.url.removeprefix("https://"), None)]
+        assert fake.requests[0].client_certificate is not None
+    finally:
+        proxy.stop()
+        fake.stop()
+
+
+def test_kopf_would_hand_a_bearer_token_to_the_proxy_so_that_is_refused(pki: Pki) -> None:
+    """The reason for the refusal, shown: given a ConnectionInfo with a token and a proxy, kopf's aiohttp session
+    sends the token to the proxy in the CONNECT request."""
+    from modeldeploy.kube.kopf_login import connection_info, kopf
+
+    fake = FakeApiServer(tls=server_tls(pki, require_client_certificate=False)).start()
+    proxy = ConnectProxy().start()
+    try:
+        leaky = kopf.ConnectionInfo(server=fake.url, ca_path=str(pki.ca_cert), token="t", proxy_url=proxy.url)
+        assert _kopf_get(leaky) == 200
+        assert proxy.tunnels == [(fake.url.removeprefix("https://"), "Bearer t")]
+
+        settings = ConnectionSettings(server=fake.url, ca_file=str(pki.ca_cert), token="t", proxy_url=proxy.url)
+        with pytest.raises(KubeconfigError, match="would send the token to the proxy as well"):
+            connection_info(settings)
+        with_password = ConnectionSettings(server=fake.url, proxy_url=proxy.url.replace("//", "//me:pw@"))
+        with pytest.raises(KubeconfigError, match="user and password, which kopf's HTTP client does not send"):
+            connection_info(with_password)
+    finally:
+        proxy.stop()
+        fake.stop()
 
 
 def test_kopf_has_one_login_and_it_is_ours() -> None:
