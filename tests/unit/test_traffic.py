@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from modeldeploy.traffic.routers import ReplicaRatioRouter, Split, canary_replicas_for, stable_replicas_keeping_capacity
+from modeldeploy.traffic.routers import (
+    ReplicaRatioRouter,
+    Split,
+    canary_replicas_for,
+    split_keeping_capacity,
+    stable_replicas_keeping_capacity,
+)
 
 router = ReplicaRatioRouter()
 
@@ -73,6 +79,31 @@ def test_stable_gives_up_a_pod_only_for_a_ready_canary_pod(
 ) -> None:
     assert stable_replicas_keeping_capacity(target, replicas, canary_ready) == stable
     assert stable + canary_ready >= min(replicas, target.stable + canary_ready)
+
+
+@pytest.mark.parametrize(
+    ("target", "replicas", "canary_ready", "asked"),
+    [
+        (Split(4, 0), 4, 0, Split(4, 0)),  # no canary asked for: nothing moves
+        (Split(3, 1), 4, 0, Split(4, 1)),  # the canary pod is asked for at once, the stable waits for it
+        (Split(3, 1), 4, 1, Split(3, 1)),
+        (Split(2, 2), 4, 1, Split(3, 2)),  # one stable pod per ready canary pod
+        (Split(2, 2), 4, 2, Split(2, 2)),
+        (Split(1, 3), 4, 0, Split(4, 3)),
+        (Split(0, 4), 4, 0, Split(4, 4)),  # the final scale-up: up to twice the capacity for a moment
+        (Split(0, 4), 4, 3, Split(1, 4)),
+        (Split(0, 4), 4, 4, Split(0, 4)),
+        (Split(1, 1), 1, 0, Split(1, 1)),  # one replica: one of each, the stable keeps its pod
+        (Split(1, 1), 1, 1, Split(1, 1)),
+        (Split(0, 0), 0, 0, Split(0, 0)),
+    ],
+)
+def test_split_keeping_capacity_asks_for_the_canary_at_once_and_lets_the_stable_go_pod_by_pod(
+    target: Split, replicas: int, canary_ready: int, asked: Split
+) -> None:
+    assert split_keeping_capacity(target, replicas, canary_ready) == asked
+    assert asked.canary == target.canary
+    assert asked.stable + canary_ready >= min(replicas, target.stable + canary_ready)
 
 
 def test_canary_replicas_for_edges() -> None:
