@@ -4,14 +4,16 @@ SHELL := /usr/bin/env bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# The local control plane, the node agent, Prometheus and Argo CD are started and stopped by these scripts.
+SCRIPTS := testkit/scripts
 export KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml runtime/pyproject.toml uv.lock hack/install.sh
-	hack/install.sh sync
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml testkit/pyproject.toml uv.lock $(SCRIPTS)/install.sh
+	$(SCRIPTS)/install.sh sync
 	@touch $@
 
 .PHONY: install
@@ -19,35 +21,35 @@ install: $(VENV)/.installed ## Create .venv/ with the operator, the runtime and 
 
 .PHONY: lock
 lock: ## Re-resolve uv.lock after a dependency change
-	hack/install.sh lock
+	$(SCRIPTS)/install.sh lock
 
 .PHONY: tools
 tools: ## Build (or reuse from the cache) the control plane's binaries
-	hack/build-tools.sh
+	$(SCRIPTS)/build-tools.sh
 
 .PHONY: tools-prometheus
 tools-prometheus: ## Build (or reuse from the cache) Prometheus, for the metrics tests (5-13 minutes cold)
-	hack/build-tools.sh prometheus
+	$(SCRIPTS)/build-tools.sh prometheus
 
 .PHONY: cluster-up
 cluster-up: tools ## Start the local control plane (idempotent); kubeconfig in .cluster/kubeconfig
-	hack/cluster-up.sh
+	$(SCRIPTS)/cluster-up.sh
 
 .PHONY: cluster-up-agent
 cluster-up-agent: install tools ## The control plane plus the node agent, whose nodes run pods as real processes (root)
-	MODELDEPLOY_NODE_AGENT=1 hack/cluster-up.sh
+	MODELDEPLOY_NODE_AGENT=1 $(SCRIPTS)/cluster-up.sh
 
 .PHONY: prometheus-up
 prometheus-up: tools-prometheus cluster-up ## Prometheus on 127.0.0.1:9090 scraping the model servers' pods
-	hack/prometheus-up.sh
+	$(SCRIPTS)/prometheus-up.sh
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane and remove its state
-	hack/cluster-down.sh
+	$(SCRIPTS)/cluster-down.sh
 
 .PHONY: cluster-status
 cluster-status: ## Say what runs and where the logs are
-	hack/cluster-status.sh
+	$(SCRIPTS)/cluster-status.sh
 
 .PHONY: crds
 crds: install ## Regenerate the CRD (crds/, manifests/crd.yaml, the chart's files/) from the pydantic models
@@ -55,7 +57,7 @@ crds: install ## Regenerate the CRD (crds/, manifests/crd.yaml, the chart's file
 
 .PHONY: manifests
 manifests: tools ## Render manifests/ (all but crd.yaml) from the Helm chart with its default values
-	hack/render-manifests.sh
+	$(SCRIPTS)/render-manifests.sh
 
 .PHONY: test
 # The end-to-end tests include the node agent's (root) and Prometheus's, so both targets build Prometheus: a cold
@@ -86,15 +88,12 @@ fmt: install ## Format and fix what ruff can
 
 .PHONY: demo
 demo: install cluster-up ## Control plane + operator + an example rollout
-	hack/demo.sh
+	$(SCRIPTS)/demo.sh
 
 .PHONY: bench-cluster
 bench-cluster: install cluster-up ## Baseline: warm cluster-up time and 1,000 bare Deployments until Available
-	$(PY) hack/bench/cluster.py
+	$(PY) -m modeldeploy_testkit.bench cluster
 
 .PHONY: bench
 bench: install cluster-up tools-prometheus ## Operator benchmarks on the local control plane (prints figures and goals)
-	$(PY) hack/bench/scale.py
-	$(PY) hack/bench/canary.py
-	$(PY) hack/bench/gitops.py
-	$(PY) hack/bench/analysis.py
+	$(PY) -m modeldeploy_testkit.bench

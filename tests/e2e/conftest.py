@@ -1,7 +1,8 @@
-"""Session fixtures for end-to-end tests on the local control plane (hack/cluster-up.sh).
+"""Session fixtures for end-to-end tests on the local control plane (testkit/scripts/cluster-up.sh).
 
 The control plane is started once per session, or reused when a healthy one is already running. A cluster the
-session started is stopped at the end, unless MODELDEPLOY_KEEP_CLUSTER=1 asks to keep it for the next run.
+session started is stopped at the end, unless MODELDEPLOY_KEEP_CLUSTER=1 asks to keep it for the next run; so are
+the node agent and Prometheus, which only the tests that run model servers as processes ask for.
 """
 
 from __future__ import annotations
@@ -9,18 +10,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import Cluster, hack_value, start_cluster, stop_cluster
-
-# Session fixtures of the tests that run model servers as processes, registered here once: imported into each test
-# module instead, a session fixture would be set up once per module.
-from tests.e2e.nodeagent import node_agent, prometheus  # noqa: F401
-from tests.e2e.operator_process import OperatorProcess
+from modeldeploy_testkit.agent_pods import NodeAgent, start_node_agent, stop_node_agent
+from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster, stop_cluster
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.prometheus import Prometheus, start_prometheus, stop_prometheus
+from modeldeploy_testkit.scripts import StartError, cluster_dir, keep_running
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def cluster() -> Iterator[Cluster]:
     started = start_cluster()
     yield started
-    if started.started_here and os.environ.get("MODELDEPLOY_KEEP_CLUSTER") != "1":
+    if started.started_here and not keep_running():
         stop_cluster()
 
 
@@ -47,24 +45,20 @@ def crd(cluster: Cluster) -> None:
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting for it to go)."""
     stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with scratch_namespace(cluster, stem) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
 def operator_process(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
     """One operator for the session, started as `modeldeploy run` against the local control plane."""
-    cluster_dir = Path(hack_value("CLUSTER_DIR"))
-    demo_pid = cluster_dir / "pids" / "operator-demo.pid"
+    demo_pid = cluster_dir() / "pids" / "operator-demo.pid"
     if demo_pid.exists():
         # Two operators on one cluster would both act on the tests' resources.
         print(f"stopping the operator that `make demo` left running ({demo_pid})")
         subprocess.run(["kill", "-TERM", demo_pid.read_text().strip()], check=False)
         demo_pid.unlink()
-    log_path = cluster_dir / "logs" / "operator-e2e.log"
-    process = OperatorProcess(cluster, log_path)
+    process = OperatorProcess(cluster, cluster_dir() / "logs" / "operator-e2e.log")
     process.start()
     yield process
     process.stop()
@@ -76,3 +70,33 @@ def operator(operator_process: OperatorProcess) -> Iterator[OperatorProcess]:
     operator_process.start()
     yield operator_process
     operator_process.start()
+
+
+# Session fixtures of the tests that run model servers as processes. Here, not in the test modules: imported into
+# each module, a session fixture would be set up once per module.
+
+
+@pytest.fixture(scope="session")
+def node_agent(cluster: Cluster) -> Iterator[NodeAgent]:
+    """The node agent with node agent-node-0 Ready: the running one, or one started for the session."""
+    if os.geteuid() != 0:
+        pytest.fail("the node agent needs root (network namespaces, veth pairs); run these tests as root")
+    try:
+        agent, started_here = start_node_agent()
+    except StartError as error:
+        pytest.fail(f"the node agent could not start: {error}")
+    yield agent
+    if started_here and not keep_running():
+        stop_node_agent()
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
+    """Prometheus from testkit/scripts/prometheus-up.sh: the running one, or one started for the session."""
+    try:
+        started, started_here = start_prometheus()
+    except StartError as error:
+        pytest.fail(f"Prometheus could not start: {error}")
+    yield started
+    if started_here and not keep_running():
+        stop_prometheus()

@@ -1,10 +1,11 @@
 """Canary metric analysis end to end: real model servers, real traffic, the real Prometheus, the real operator.
 
-Every test serves version 1.0.0 of a small `custom` model (tests/e2e/models.py) from pods the node agent runs as
-processes, then rolls out 2.0.0 with `spec.rollout.analysis` pointing at the Prometheus of hack/prometheus-up.sh
-(scraping every 2 s). hack/loadgen.py's sender sends requests throughout, in rounds of one second, each to the
-ready endpoints of its moment (tests/e2e/nodeagent.py SteadyTraffic), so the canary takes its share as soon as
-its pod is Ready. What the operator measured is read from status, as a watch delivered every write of it.
+Every test serves version 1.0.0 of a small `custom` model (modeldeploy_testkit.custom_models) from pods the node
+agent runs as processes, then rolls out 2.0.0 with `spec.rollout.analysis` pointing at the Prometheus of
+testkit/scripts/prometheus-up.sh (scraping every 2 s). The load generator's sender sends requests throughout, in
+rounds of one second, each to the ready endpoints of its moment (modeldeploy_testkit.traffic.SteadyTraffic), so
+the canary takes its share as soon as its pod is Ready. What the operator measured is read from status, as a watch
+delivered every write of it.
 
 The node agent needs root and Prometheus must be built; when either cannot start, the fixtures fail and say why.
 """
@@ -27,30 +28,28 @@ from typing import Any
 import pytest
 
 from modeldeploy.api.times import parse_time
-from tests.e2e.cluster import Cluster, wait_until
-from tests.e2e.models import (
+from modeldeploy_testkit.agent_pods import (
+    REVISION_LABEL,
+    VERSION_LABEL,
+    Artifact,
+    healthy,
+    model_deployment,
+    pods_of,
+)
+from modeldeploy_testkit.cluster import Cluster
+from modeldeploy_testkit.custom_models import (
     ECHO_FIRST_FEATURE,
     FAILS_EVERY_FIFTH_CALL,
     PAYLOAD,
     SHIFTED_OUTPUTS,
     write_custom_model,
 )
-from tests.e2e.nodeagent import (
-    REVISION_LABEL,
-    VERSION_LABEL,
-    Artifact,
-    Prometheus,
-    StatusHistory,
-    SteadyTraffic,
-    healthy,
-    kube_api,
-    loadgen,
-    model_deployment,
-    pods_of,
-)
-from tests.e2e.operator_process import OperatorProcess
-from tests.e2e.test_canary import mdep
-from tests.e2e.test_reconcile import apply, deployments, get, patch_spec, status_of, wait_for_status
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.prometheus import Prometheus
+from modeldeploy_testkit.resources import apply, deployments, get, mdep, patch_spec, status_of, wait_for_status
+from modeldeploy_testkit.traffic import SteadyTraffic, loadgen
+from modeldeploy_testkit.waiting import wait_until
+from modeldeploy_testkit.watches import StatusHistory
 
 pytestmark = [pytest.mark.nodeagent, pytest.mark.prometheus, pytest.mark.usefixtures("operator", "node_agent")]
 
@@ -463,7 +462,7 @@ def test_healthy_version_is_promoted_step_by_step_on_successful_measurements(
     one was due to end (not when it was left)."""
     steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "1s"}}, {"pause": {"duration": "1s"}}]
     serve_stable(cluster, namespace, models.echo, rollout_with_analysis(prometheus.url, steps))
-    api = kube_api(cluster)
+    api = cluster.api()
     with (
         SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic,
         StatusHistory(api, namespace, NAME) as history,
@@ -759,7 +758,7 @@ def test_restarted_operator_resumes_the_analysis_with_its_counts(
 ) -> None:
     steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "30s"}}]
     serve_stable(cluster, namespace, models.echo, rollout_with_analysis(prometheus.url, steps))
-    api = kube_api(cluster)
+    api = cluster.api()
     with (
         SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic,
         StatusHistory(api, namespace, NAME) as history,

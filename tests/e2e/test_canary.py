@@ -3,33 +3,30 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import CRASHLOOP_IMAGE, READY_IMAGE, Cluster, wait_until
-from tests.e2e.operator_process import OperatorProcess
-from tests.e2e.test_reconcile import apply, deployments, get, patch_spec, wait_for_status
+from modeldeploy_testkit.cluster import CRASHLOOP_IMAGE, Cluster
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.resources import (
+    apply,
+    deployments,
+    get,
+    mdep,
+    model_deployment,
+    patch_spec,
+    ready_pods_by_revision,
+    wait_for_status,
+)
+from modeldeploy_testkit.waiting import wait_until
 
-REVISION_LABEL = "modeldeploy.io/revision"
 pytestmark = pytest.mark.usefixtures("operator")
 
 
 def canary(name: str, steps: list[dict[str, Any]], replicas: int = 4, version: str = "1.0.0") -> dict[str, Any]:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"version": version, "uri": f"file:///models/{name}/{version}"},
-            "replicas": replicas,
-            "runtime": {"image": READY_IMAGE},
-            "rollout": {"strategy": "Canary", "steps": steps, "progressDeadlineSeconds": 60},
-        },
-    }
+    rollout = {"strategy": "Canary", "steps": steps, "progressDeadlineSeconds": 60}
+    return model_deployment(name, version, replicas, rollout, uri=f"file:///models/{name}/{version}")
 
 
 def bump(cluster: Cluster, namespace: str, name: str, version: str, **runtime: Any) -> None:
@@ -37,29 +34,6 @@ def bump(cluster: Cluster, namespace: str, name: str, version: str, **runtime: A
     if runtime:
         spec["runtime"] = runtime
     patch_spec(cluster, namespace, name, spec)
-
-
-def mdep(cluster: Cluster, namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The kubectl plugin, run as kubectl would run it."""
-    plugin = Path(sys.executable).parent / "kubectl-mdep"
-    result = subprocess.run(
-        [str(plugin), *args, "-n", namespace], env=cluster.env(), capture_output=True, text=True, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def ready_pods_by_revision(cluster: Cluster, namespace: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for pod in get(cluster, "pods", "-n", namespace)["items"]:
-        if pod["metadata"].get("deletionTimestamp"):
-            continue
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
-        if ready:
-            revision = pod["metadata"]["labels"][REVISION_LABEL]
-            counts[revision] = counts.get(revision, 0) + 1
-    return counts
 
 
 def paused_at(step: int) -> Any:

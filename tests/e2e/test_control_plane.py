@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import CRASHLOOP_IMAGE, READY_IMAGE, Cluster, hack_value, wait_until
+from modeldeploy_testkit.cluster import CRASHLOOP_IMAGE, READY_IMAGE, Cluster
+from modeldeploy_testkit.scripts import script_value
+from modeldeploy_testkit.waiting import wait_until
 
 POD_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
@@ -36,7 +38,7 @@ def deployment(name: str, image: str, replicas: int) -> str:
 
 def test_server_reports_pinned_version(cluster: Cluster) -> None:
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
-    assert version["serverVersion"]["gitVersion"] == hack_value("KUBERNETES_VERSION")
+    assert version["serverVersion"]["gitVersion"] == script_value("KUBERNETES_VERSION")
 
 
 def test_deployment_becomes_ready_on_fake_nodes(cluster: Cluster, namespace: str) -> None:
@@ -53,7 +55,7 @@ def test_deployment_becomes_ready_on_fake_nodes(cluster: Cluster, namespace: str
 
 def test_pod_range_is_routed_into_our_namespace() -> None:
     route = subprocess.run(["ip", "route", "get", "198.18.0.9"], capture_output=True, text=True, check=True)
-    assert f"dev {hack_value('POD_VETH_HOST')}" in route.stdout
+    assert f"dev {script_value('POD_VETH_HOST')}" in route.stdout
 
 
 def test_crashlooping_image_never_becomes_available(cluster: Cluster, namespace: str) -> None:

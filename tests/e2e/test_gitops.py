@@ -1,4 +1,4 @@
-"""GitOps end to end: a real Argo CD (v2.14, hack/argocd-up.sh) syncs ModelDeployments from a git repository.
+"""GitOps end to end: a real Argo CD (v2.14, testkit/scripts/argocd-up.sh) syncs ModelDeployments from a git repository.
 
 Argo CD runs beside the local control plane with our health check in argocd-cm; each test commits its own
 directory of the repository, creates an Application for it (automated sync) and follows the Application's sync
@@ -12,27 +12,19 @@ minutes). When it cannot be built or started the tests fail and say why; they ne
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes
 import pytest
 
-from tests.e2e.argocd import (
-    AppState,
-    ArgoCD,
-    GitRepo,
-    StartError,
-    model_deployment,
-    start_argocd,
-    stop_argocd,
-)
-from tests.e2e.cluster import CRASHLOOP_IMAGE, Cluster, wait_until
-from tests.e2e.test_canary import mdep, ready_pods_by_revision
+from modeldeploy_testkit.argocd import AppState, ArgoCD, GitRepo, model_deployment, start_argocd, stop_argocd
+from modeldeploy_testkit.cluster import CRASHLOOP_IMAGE, Cluster
+from modeldeploy_testkit.resources import mdep, ready_pods_by_revision
+from modeldeploy_testkit.scripts import StartError, keep_running
+from modeldeploy_testkit.waiting import wait_until
 
 # The first test's setup may build Argo CD (6+ minutes, more with cold Go caches) before anything runs.
 pytestmark = [pytest.mark.gitops, pytest.mark.usefixtures("operator"), pytest.mark.timeout(1800)]
@@ -52,7 +44,7 @@ def argocd(cluster: Cluster, crd: None, request: pytest.FixtureRequest) -> Itera
     except StartError as error:
         pytest.fail(f"Argo CD could not be started: {error}")
     yield ArgoCD.from_env(cluster)
-    if started and os.environ.get("MODELDEPLOY_KEEP_CLUSTER") != "1":
+    if started and not keep_running():
         stop_argocd()
 
 
@@ -103,7 +95,7 @@ class GitOpsApp:
 
     def __post_init__(self) -> None:
         # One client for the whole test: reading both objects every 50 ms should cost no new connections.
-        self.api = kubernetes.client.CustomObjectsApi(self.argocd.cluster.api_client())
+        self.api = self.argocd.cluster.api()
 
     @property
     def path(self) -> str:
@@ -120,16 +112,8 @@ class GitOpsApp:
         return asked
 
     def read(self) -> Seen:
-        app = self.argocd.application(self.name, self.api)
-        try:
-            body = self.api.get_namespaced_custom_object(
-                "modeldeploy.io", "v1alpha1", self.namespace, "modeldeployments", NAME
-            )
-        except kubernetes.client.ApiException as error:
-            if error.status != 404:
-                raise
-            body = {"metadata": {"generation": 0}}
-        seen = Seen(time.monotonic(), AppState.of(app), body["metadata"]["generation"], body.get("status") or {})
+        app, body = self.argocd.read(self.name, self.namespace, NAME, self.api)
+        seen = Seen(time.monotonic(), app, body["metadata"]["generation"], body.get("status") or {})
         if not self.seen or str(self.seen[-1]) != str(seen):
             self.seen.append(seen)
             print(f"  {seen.at:.2f} {seen}")
@@ -273,7 +257,7 @@ def test_git_revert_mid_canary_returns_to_all_stable_and_healthy(app: GitOpsApp,
         what="only the stable revision's 4 pods to be ready",
     )
     assert_synced_throughout(app.since(done.at), revert)
-    # Generous on a loaded 2-core machine; hack/bench/gitops.py holds the goal (1.5 s).
+    # Generous on a loaded 2-core machine; the gitops benchmark holds the goal (1.5 s).
     assert seconds < 15
 
 

@@ -13,9 +13,9 @@ The CRD exists before the install (the `crd` fixture applied it from crds/), so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +25,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import READY_IMAGE, REPO_ROOT, Cluster, hack_value, wait_until
-from tests.e2e.operator_process import OperatorProcess
+from modeldeploy_testkit.cluster import READY_IMAGE, Cluster, scratch_namespace
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.resources import status_of
+from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir, script_value
+from modeldeploy_testkit.waiting import wait_until
 
 CHART = REPO_ROOT / "helm/modeldeploy"
 CRD_NAME = "modeldeployments.modeldeploy.io"
@@ -37,7 +40,7 @@ class Helm:
     """The pinned helm binary against the local control plane, with its own config and cache directories."""
 
     def __init__(self, cluster: Cluster, home: Path) -> None:
-        self.path = Path(hack_value("HELM_BIN")) / "helm"
+        self.path = Path(script_value("HELM_BIN")) / "helm"
         assert self.path.is_file(), f"helm is not installed at {self.path}: run `make tools`"
         self.env = {
             **cluster.env(),
@@ -90,31 +93,6 @@ class Release:
             self.installed = False
 
 
-class ScopedOperator(OperatorProcess):
-    """`modeldeploy run -n NS ...`: OperatorProcess starts the operator cluster-wide."""
-
-    def __init__(self, cluster: Cluster, log_path: Path, namespaces: list[str], extra_env: dict[str, str]) -> None:
-        super().__init__(cluster, log_path, extra_env=extra_env)
-        self.namespaces = namespaces
-
-    def start(self) -> None:
-        if self.running:
-            return
-        command = [str(Path(sys.executable).parent / "modeldeploy"), "run"]
-        for namespace in self.namespaces:
-            command += ["--namespace", namespace]
-        command += ["--metrics-bind-address", f"127.0.0.1:{self.metrics_port}"]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            env={**self.cluster.env(), **self.extra_env, "PYTHONUNBUFFERED": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(lambda: self.metric("modeldeploy_queue_depth") is not None, timeout=30, what="operator metrics")
-
-
 @pytest.fixture
 def helm(cluster: Cluster, tmp_path: Path) -> Helm:
     return Helm(cluster, tmp_path / "helm")
@@ -123,17 +101,8 @@ def helm(cluster: Cluster, tmp_path: Path) -> Helm:
 @pytest.fixture
 def make_namespace(cluster: Cluster) -> Iterator[Any]:
     """Creates extra namespaces for a test and deletes them afterwards."""
-    created: list[str] = []
-
-    def make(stem: str) -> str:
-        name = f"{stem}-{uuid.uuid4().hex[:6]}"
-        cluster.kubectl("create", "namespace", name)
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with contextlib.ExitStack() as namespaces:
+        yield lambda stem: namespaces.enter_context(scratch_namespace(cluster, stem))
 
 
 def token_kubeconfig(cluster: Cluster, release: Release, path: Path) -> Path:
@@ -158,12 +127,6 @@ def token_kubeconfig(cluster: Cluster, release: Release, path: Path) -> Path:
 def can_i(cluster: Cluster, release: Release, *args: str) -> str:
     result = cluster.kubectl("auth", "can-i", *args, f"--as={release.user}", check=False)
     return result.stdout.strip()
-
-
-def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    body = json.loads(cluster.kubectl("get", f"mdep/{name}", "-n", namespace, "-o", "json").stdout)
-    status: dict[str, Any] = body.get("status") or {}
-    return status
 
 
 def core_scenario(cluster: Cluster, namespace: str, name: str) -> None:
@@ -243,7 +206,7 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         kubeconfig = token_kubeconfig(cluster, release, tmp_path / "kubeconfig")
         limited = OperatorProcess(
             cluster,
-            Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-helm-e2e.log",
+            cluster_dir() / "logs" / "operator-helm-e2e.log",
             extra_env={"KUBECONFIG": str(kubeconfig)},
         )
         limited.start()
@@ -326,9 +289,9 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         assert "forbidden" in refused.stderr.lower(), refused.stderr
 
         operator.stop()  # only the chart's identity may act during this test
-        log_path = Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-helm-namespaced-e2e.log"
+        log_path = cluster_dir() / "logs" / "operator-helm-namespaced-e2e.log"
         start = log_path.stat().st_size if log_path.exists() else 0
-        scoped = ScopedOperator(cluster, log_path, [watched], extra_env={"KUBECONFIG": str(kubeconfig)})
+        scoped = OperatorProcess(cluster, log_path, extra_env={"KUBECONFIG": str(kubeconfig)}, namespaces=[watched])
         scoped.start()
         try:
             # A resource outside the scope, applied by an administrator: the scoped operator must leave it alone.

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.cluster import READY_IMAGE, REPO_ROOT, Cluster, hack_value, wait_until
-from tests.e2e.operator_process import OperatorProcess
+from modeldeploy_testkit.cluster import READY_IMAGE, Cluster
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir
+from modeldeploy_testkit.waiting import wait_until
 
 SYSTEM_NAMESPACE = "modeldeploy-system"
 
@@ -60,7 +62,7 @@ def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
     kubeconfig = service_account_kubeconfig(cluster, tmp_path / "kubeconfig")
     limited = OperatorProcess(
         cluster,
-        Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-rbac-e2e.log",
+        cluster_dir() / "logs" / "operator-rbac-e2e.log",
         extra_env={"KUBECONFIG": str(kubeconfig)},
     )
     limited.start()

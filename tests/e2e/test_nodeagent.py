@@ -1,10 +1,11 @@
-"""Model servers as real processes: ModelDeployments placed on the node agent's nodes (hack/nodeagent/).
+"""Model servers as real processes: ModelDeployments placed on the node agent's nodes.
 
-kwok's pods are not processes, so these tests place the serving pods on a node run by the node agent: each pod
-gets a network namespace, a veth and a pod IP from 198.19.128.0/18, and its container runs the real
-`modeldeploy-runtime` with the env the operator wrote. Readiness is the runtime's own /health/status through the
-agent's probe; traffic comes from hack/loadgen.py, which resolves the Service's EndpointSlices like kube-proxy;
-metrics go through a real Prometheus (hack/prometheus-up.sh) discovering the pods from the API server.
+kwok's pods are not processes, so these tests place the serving pods on a node run by the node agent
+(modeldeploy_testkit.nodeagent): each pod gets a network namespace, a veth and a pod IP from 198.19.128.0/18, and
+its container runs the real `modeldeploy-runtime` with the env the operator wrote. Readiness is the runtime's own
+/health/status through the agent's probe; traffic comes from the kit's load generator, which resolves the Service's
+EndpointSlices like kube-proxy; metrics go through a real Prometheus (testkit/scripts/prometheus-up.sh)
+discovering the pods from the API server.
 
 The agent and Prometheus are started by session fixtures when they are not running. When they cannot start
 (not root, Prometheus not built) the tests fail and say why: they never pass without running.
@@ -31,12 +32,9 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
-import requests
-from hack.nodeagent.network import AGENT_POD_RANGE, CLUSTER_POD_RANGE, check_route
 from sklearn.linear_model import LogisticRegression
 
-from tests.e2e.cluster import HACK, Cluster, wait_until
-from tests.e2e.nodeagent import (
+from modeldeploy_testkit.agent_pods import (
     AGENT_NODE,
     PLACEMENT,
     REVISION_LABEL,
@@ -45,17 +43,19 @@ from tests.e2e.nodeagent import (
     Artifact,
     NodeAgent,
     PodWatch,
-    Prometheus,
     healthy,
     is_ready,
-    kube_api,
-    loadgen,
     model_deployment,
     pods_of,
-    scratch_namespace,
 )
-from tests.e2e.operator_process import OperatorProcess
-from tests.e2e.test_reconcile import apply, get, patch_spec, wait_for_status
+from modeldeploy_testkit.cluster import Cluster, scratch_namespace
+from modeldeploy_testkit.nodeagent.network import AGENT_POD_RANGE, CLUSTER_POD_RANGE, check_route
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.prometheus import Prometheus
+from modeldeploy_testkit.resources import apply, get, patch_spec, wait_for_status
+from modeldeploy_testkit.scripts import run_script
+from modeldeploy_testkit.traffic import loadgen
+from modeldeploy_testkit.waiting import http_get, wait_until
 
 pytestmark = [pytest.mark.nodeagent, pytest.mark.usefixtures("operator")]
 
@@ -85,10 +85,10 @@ def runtime_status(pod: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     ip = pod["status"]["podIP"]
     check_route(ip)
     port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "http")
-    session = requests.Session()
-    session.trust_env = False
-    response = session.get(f"http://{ip}:{port}/health/status", timeout=5)
-    return response.status_code, response.json()
+    answer = http_get(f"http://{ip}:{port}/health/status", timeout=5)
+    if answer is None:
+        raise ConnectionError(f"nothing answers on {ip}:{port}")
+    return answer.status, json.loads(answer.body)
 
 
 # --- one model server: ready after load, restarted after a kill, stopped on deletion -------------------------------
@@ -107,7 +107,7 @@ def served(
     cluster: Cluster, node_agent: NodeAgent, artifact: Artifact, operator_process: OperatorProcess
 ) -> Iterator[Served]:
     operator_process.start()
-    api = kube_api(cluster)
+    api = cluster.api()
     with scratch_namespace(cluster, "agent-served") as namespace, PodWatch(api, namespace) as watch:
         applied_at = time.time()
         apply(cluster, namespace, model_deployment("served", artifact, "1.0.0", 1, {"strategy": "Immediate"}))
@@ -205,8 +205,7 @@ def test_restarted_agent_adopts_running_containers(served: Served, node_agent: N
     wait_until(lambda: not Path(f"/proc/{agent}").exists(), timeout=10, what="the agent to die")
     assert Path(f"/proc/{pid}").exists()
     restarted_at = time.time()
-    result = subprocess.run([str(HACK / "nodeagent-up.sh")], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
+    run_script("nodeagent-up.sh")
     assert node_agent.pid() != agent
     time.sleep(2)  # two passes of the pod worker
     [after] = pods_of(cluster, served.namespace)
@@ -271,7 +270,7 @@ def test_unknown_image_is_reported_as_a_failed_pull(cluster: Cluster, namespace:
             "containers": [{"name": "main", "image": "modeldeploy.test/not-on-this-node:1.0"}],
         },
     }
-    with PodWatch(kube_api(cluster), namespace) as watch:
+    with PodWatch(cluster.api(), namespace) as watch:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
         wait_until(
             lambda: any(o.waiting == "ImagePullBackOff" for o in watch.seen),
@@ -295,7 +294,7 @@ def test_unknown_image_is_reported_as_a_failed_pull(cluster: Cluster, namespace:
 def test_wrong_digest_stays_unready_and_is_rolled_back(
     cluster: Cluster, namespace: str, artifact: Artifact, node_agent: NodeAgent
 ) -> None:
-    api = kube_api(cluster)
+    api = cluster.api()
     rollout = {"strategy": "Immediate", "progressDeadlineSeconds": 20}
     with PodWatch(api, namespace) as watch:
         apply(cluster, namespace, model_deployment("guarded", artifact, "1.0.0", 1, rollout))
@@ -312,7 +311,7 @@ def test_wrong_digest_stays_unready_and_is_rolled_back(
             if not refused:
                 for pod in pods_of(cluster, namespace, f"{REVISION_LABEL}={bad_revision}"):
                     if (pod.get("status") or {}).get("phase") == "Running" and pod["status"].get("podIP"):
-                        with contextlib.suppress(requests.RequestException, ValueError):
+                        with contextlib.suppress(OSError, ValueError):
                             code, body = runtime_status(pod)
                             if code == 503 and body.get("state") == "failed":
                                 refused.append(body)

@@ -7,119 +7,67 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
 
-from tests.e2e.cluster import CRASHLOOP_IMAGE, READY_IMAGE, REPO_ROOT, Cluster, hack_value, wait_until
-from tests.e2e.operator_process import AuditLog, OperatorProcess, free_port, restart_apiserver
+from modeldeploy_testkit.cluster import CRASHLOOP_IMAGE, READY_IMAGE, Cluster, restart_apiserver, scratch_namespace
+from modeldeploy_testkit.kubeapi import Manifest, resource_path
+from modeldeploy_testkit.operator_process import AuditLog, OperatorProcess
+from modeldeploy_testkit.resources import (
+    REVISION_LABEL,
+    apply,
+    deployments,
+    get,
+    model_deployment,
+    patch_spec,
+    status_of,
+    wait_for_status,
+)
+from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir
+from modeldeploy_testkit.waiting import free_port, wait_until
+from modeldeploy_testkit.watches import CollectionWatch
 
 EXAMPLE = REPO_ROOT / "manifests" / "examples" / "fraud-detector.yaml"
-REVISION_LABEL = "modeldeploy.io/revision"
 
 
 def manifest(name: str, version: str = "1.0.0", replicas: int = 2, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"version": version, "uri": f"file:///models/{name}/{version}/model.joblib"},
-            "replicas": replicas,
-            "runtime": {"image": READY_IMAGE},
-            # The zero-downtime switch; canary steps have tests of their own.
-            "rollout": {"strategy": "Immediate"},
-            **spec,
-        },
-    }
+    # The zero-downtime switch; canary steps have tests of their own.
+    body = model_deployment(name, version, replicas, {"strategy": "Immediate"})
+    body["spec"].update(spec)
     return body
-
-
-def apply(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(body))
-
-
-def patch_spec(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    cluster.kubectl("patch", "mdep", name, "-n", namespace, "--type", "merge", "-p", json.dumps({"spec": spec}))
-
-
-def get(cluster: Cluster, *args: str) -> Any:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
-
-
-def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return dict(get(cluster, "mdep", name, "-n", namespace).get("status") or {})
-
-
-def wait_for_status(
-    cluster: Cluster, namespace: str, name: str, check: Any, timeout: float = 60, what: str = "status"
-) -> dict[str, Any]:
-    def current() -> dict[str, Any] | None:
-        body = get(cluster, "mdep", name, "-n", namespace)
-        status = body.get("status") or {}
-        fresh = status.get("observedGeneration") == body["metadata"]["generation"]
-        return status if fresh and check(status) else None
-
-    return wait_until(current, timeout=timeout, what=what)
 
 
 def healthy(version: str) -> Any:
     return lambda s: s.get("phase") == "Healthy" and (s.get("stable") or {}).get("version") == version
 
 
-def deployments(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
-    items = get(cluster, "deployments", "-n", namespace)["items"]
-    return {d["metadata"]["name"]: d for d in items}
-
-
 class ReadyEndpointsWatch:
     """Watches the EndpointSlices of a Service and records the fewest ready endpoints seen once any were ready."""
 
     def __init__(self, cluster: Cluster, namespace: str, service: str) -> None:
-        self.api = kubernetes.client.DiscoveryV1Api(cluster.api_client())
-        self.namespace = namespace
-        self.selector = f"kubernetes.io/service-name={service}"
         self.ready_by_slice: dict[str, int] = {}
         self.fewest: int | None = None
         self.events = 0
-        self.stopping = threading.Event()
-        self.started = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.lock = threading.Lock()
+        self.watch = CollectionWatch(
+            cluster.api(),
+            resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
+            self._record,
+            {"labelSelector": f"kubernetes.io/service-name={service}"},
+            timeout_seconds=2,
+        )
 
     def __enter__(self) -> ReadyEndpointsWatch:
-        self.thread.start()
-        assert self.started.wait(10)
+        self.watch.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=15)
-
-    def _run(self) -> None:
-        listed = self.api.list_namespaced_endpoint_slice(self.namespace, label_selector=self.selector)
-        for item in listed.items:
-            self._record("ADDED", item)
-        version = listed.metadata.resource_version
-        self.started.set()
-        while not self.stopping.is_set():
-            watch = kubernetes.watch.Watch()
-            for event in watch.stream(
-                self.api.list_namespaced_endpoint_slice,
-                self.namespace,
-                label_selector=self.selector,
-                resource_version=version,
-                timeout_seconds=2,
-            ):
-                version = event["object"].metadata.resource_version
-                self._record(event["type"], event["object"])
-                if self.stopping.is_set():
-                    watch.stop()
+        self.watch.stop()
 
     def settle(self, expected: int, timeout: float = 30) -> None:
         """Wait until `expected` endpoints are ready, then count the fewest from there on."""
@@ -130,26 +78,25 @@ class ReadyEndpointsWatch:
         )
         self.fewest = expected
 
-    def _record(self, event_type: str, endpoint_slice: Any) -> None:
-        name = endpoint_slice.metadata.name
-        if event_type == "DELETED":
-            self.ready_by_slice.pop(name, None)
-        else:
-            self.ready_by_slice[name] = sum(
-                1 for e in endpoint_slice.endpoints or [] if e.conditions and e.conditions.ready
-            )
-        self.events += 1
-        total = sum(self.ready_by_slice.values())
-        if total > 0 or self.fewest is not None:
-            self.fewest = total if self.fewest is None else min(self.fewest, total)
+    def _record(self, event_type: str, endpoint_slice: Manifest) -> None:
+        name = endpoint_slice["metadata"]["name"]
+        with self.lock:
+            if event_type == "DELETED":
+                self.ready_by_slice.pop(name, None)
+            else:
+                self.ready_by_slice[name] = sum(
+                    1 for e in endpoint_slice.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+                )
+            self.events += 1
+            total = sum(self.ready_by_slice.values())
+            if total > 0 or self.fewest is not None:
+                self.fewest = total if self.fewest is None else min(self.fewest, total)
 
 
 @pytest.fixture
 def second_namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"second-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with scratch_namespace(cluster, "second") as name:
+        yield name
 
 
 @pytest.mark.usefixtures("operator")
@@ -457,7 +404,7 @@ def test_the_running_operator_never_imports_the_kubernetes_package(
         "from modeldeploy.cli.main import main\n"
         f"sys.exit(main(['run', '-n', {namespace!r}, '--metrics-bind-address', '127.0.0.1:{free_port()}']))\n"
     )
-    log_path = Path(hack_value("CLUSTER_DIR")) / "logs" / "operator-imports-e2e.log"
+    log_path = cluster_dir() / "logs" / "operator-imports-e2e.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", code], env=cluster.env(), stdout=log, stderr=subprocess.STDOUT

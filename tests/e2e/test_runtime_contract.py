@@ -23,9 +23,9 @@ import pytest
 import requests
 from sklearn.linear_model import LogisticRegression
 
-from tests.e2e.cluster import READY_IMAGE, Cluster, wait_until
-from tests.e2e.operator_process import free_port
-from tests.e2e.test_reconcile import get, wait_for_status
+from modeldeploy_testkit.cluster import READY_IMAGE, Cluster
+from modeldeploy_testkit.resources import get, wait_for_status
+from modeldeploy_testkit.waiting import free_port, http_get, wait_until
 
 RUNTIME = Path(sys.executable).parent / "modeldeploy-runtime"
 
@@ -91,10 +91,8 @@ def test_pod_built_by_the_operator_serves_with_the_runtime(cluster: Cluster, nam
 
         def answers(url: str) -> int | None:
             assert server.poll() is None, (tmp_path / "runtime.log").read_text()
-            try:
-                return requests.get(url, timeout=2).status_code
-            except requests.ConnectionError:
-                return None
+            answer = http_get(url)
+            return answer.status if answer is not None else None
 
         assert wait_until(lambda: answers(readiness) == 200, timeout=90, what="the readiness probe to pass")
         assert answers(liveness) == 200

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from modeldeploy.api import models as api
-from tests.e2e.cluster import Cluster, wait_until
+from modeldeploy_testkit.cluster import Cluster
+from modeldeploy_testkit.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crd")]
 

@@ -17,7 +17,8 @@ import numpy.typing as npt
 import pytest
 
 from modeldeploy_runtime.artifacts import artifact_sha256
-from tests.runtime.harness import RuntimeServer, file_server, free_port, start_server
+from modeldeploy_testkit.runtime_server import RuntimeServer, file_server, start_server
+from modeldeploy_testkit.waiting import free_port
 
 FEATURES = 4
 _RNG_SEED = 7

@@ -21,7 +21,8 @@ from modeldeploy_runtime.artifacts import (
 )
 from modeldeploy_runtime.config import ConfigError
 from modeldeploy_runtime.errors import LoadFailure, ModelLoadError
-from tests.runtime.harness import file_server, free_port
+from modeldeploy_testkit.runtime_server import file_server
+from modeldeploy_testkit.waiting import free_port
 
 PVC_ROOT = Path("/mnt/models")
 

@@ -15,7 +15,7 @@ from modeldeploy_runtime.cli import parse_args, prepare_multiprocess_dir, seldon
 from modeldeploy_runtime.config import ConfigError, ModelFormat, ModelIdentity, RuntimeConfig, parse_sha256
 from modeldeploy_runtime.errors import RequestError
 from modeldeploy_runtime.logs import KlogFormatter, kv
-from tests.runtime.harness import metric_key, parse_metrics
+from modeldeploy_testkit.runtime_server import metric_key, parse_metrics
 
 BASE_ENV = {
     "MODEL_NAME": "iris",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modeldeploy_runtime import metrics as names
+from modeldeploy_testkit.runtime_server import metric_key
 from tests.runtime.conftest import Fleet
-from tests.runtime.harness import metric_key
 
 CASES = [
     # (server, reason, a phrase the message must contain, retried)

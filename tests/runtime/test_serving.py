@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from modeldeploy_runtime import metrics as names
+from modeldeploy_testkit.runtime_server import RuntimeServer, metric_key
 from tests.runtime.conftest import Fleet, TrainedModel
-from tests.runtime.harness import RuntimeServer, metric_key
 
 FORMATS = ["sklearn", "xgboost", "lightgbm", "onnx", "custom"]
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -1,4 +1,5 @@
-"""The pinned helm binary (hack/lib.sh), for tests that render the chart. Missing helm fails; it never skips."""
+"""The pinned helm binary (testkit/scripts/lib.sh), for tests that render the chart. Missing helm fails; it never
+skips."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from modeldeploy_testkit.scripts import REPO_ROOT, script_value
+
 CHART = REPO_ROOT / "helm/modeldeploy"
 
 
 def helm_path() -> Path:
-    script = f'. "{REPO_ROOT}/hack/lib.sh"; printf %s "${{HELM_BIN}}"'
-    directory = subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True).stdout
-    return Path(directory) / "helm"
+    return Path(script_value("HELM_BIN")) / "helm"
 
 
 def require_helm() -> Path:

@@ -1,6 +1,6 @@
 """The Argo CD health check (argocd/health/modeldeploy.io/ModelDeployment/health.lua), run by a real Lua 5.1
 interpreter (Argo CD's gopher-lua implements 5.1) against every case of its health_test.yaml, whose inputs are
-`kubectl get mdep -o yaml` output captured from the local control plane (hack/argocd-testdata.py)."""
+`kubectl get mdep -o yaml` output captured from the local control plane (modeldeploy_testkit.argocd_testdata)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ RENDERED = ("namespace.yaml", "rbac.yaml", "operator.yaml")
 
 def render(out: Path) -> None:
     require_helm()
-    subprocess.run([str(REPO_ROOT / "hack/render-manifests.sh"), str(out)], check=True, capture_output=True)
+    subprocess.run([str(REPO_ROOT / "testkit/scripts/render-manifests.sh"), str(out)], check=True, capture_output=True)
 
 
 def test_committed_manifests_are_a_fresh_render_of_the_chart(tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hack.nodeagent.agent import MAX_PODS_DIR_LENGTH, default_pods_dir
 
-HACK = Path(__file__).resolve().parents[2] / "hack"
+from modeldeploy_testkit.nodeagent.agent import MAX_PODS_DIR_LENGTH, default_pods_dir
+from modeldeploy_testkit.scripts import SCRIPTS
+
 UID = "f375d4e4-3840-4e45-a3e2-c01e8b5a3e74"
 # What Python's multiprocessing binds inside TMPDIR: pymp-XXXXXXXX/listener-XXXXXXXX.
 SOCKET_SUFFIX = "/pymp-abcdefgh/listener-abcdefgh"
@@ -30,7 +31,7 @@ def test_pods_dir_differs_per_state_dir() -> None:
 
 def test_lib_sh_computes_the_same_pods_dir(tmp_path: Path) -> None:
     cluster_dir = tmp_path / "some checkout" / ".cluster"
-    script = f'. "{HACK}/lib.sh"; printf "%s\\n%s" "${{AGENT_STATE_DIR}}" "${{AGENT_PODS_DIR}}"'
+    script = f'. "{SCRIPTS}/lib.sh"; printf "%s\\n%s" "${{AGENT_STATE_DIR}}" "${{AGENT_PODS_DIR}}"'
     result = subprocess.run(
         ["bash", "-c", script],
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MODELDEPLOY_CLUSTER_DIR": str(cluster_dir)},

@@ -1,0 +1,98 @@
+"""ModelDeployments and what they own, driven the way a person drives them: kubectl and the `kubectl mdep` plugin.
+
+The end-to-end tests share these; each test module keeps its own manifests and checks.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from modeldeploy_testkit.cluster import READY_IMAGE, Cluster
+from modeldeploy_testkit.waiting import wait_until
+
+API_VERSION = "modeldeploy.io/v1alpha1"
+REVISION_LABEL = "modeldeploy.io/revision"
+
+
+def model_deployment(
+    name: str,
+    version: str,
+    replicas: int,
+    rollout: dict[str, Any],
+    uri: str | None = None,
+    image: str = READY_IMAGE,
+) -> dict[str, Any]:
+    """A ModelDeployment with only what a user writes: one model version, its replicas, image and rollout."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"version": version, "uri": uri or f"file:///models/{name}/{version}/model.joblib"},
+            "replicas": replicas,
+            "runtime": {"image": image},
+            "rollout": rollout,
+        },
+    }
+
+
+def apply(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+
+def patch_spec(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    cluster.kubectl("patch", "mdep", name, "-n", namespace, "--type", "merge", "-p", json.dumps({"spec": spec}))
+
+
+def get(cluster: Cluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(get(cluster, "mdep", name, "-n", namespace).get("status") or {})
+
+
+def wait_for_status(
+    cluster: Cluster, namespace: str, name: str, check: Any, timeout: float = 60, what: str = "status"
+) -> dict[str, Any]:
+    """The status once it describes the current generation and satisfies `check`."""
+
+    def current() -> dict[str, Any] | None:
+        body = get(cluster, "mdep", name, "-n", namespace)
+        status = body.get("status") or {}
+        fresh = status.get("observedGeneration") == body["metadata"]["generation"]
+        return status if fresh and check(status) else None
+
+    return wait_until(current, timeout=timeout, what=what)
+
+
+def deployments(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    items = get(cluster, "deployments", "-n", namespace)["items"]
+    return {d["metadata"]["name"]: d for d in items}
+
+
+def mdep(cluster: Cluster, namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The kubectl plugin, run as kubectl would run it."""
+    plugin = Path(sys.executable).parent / "kubectl-mdep"
+    result = subprocess.run(
+        [str(plugin), *args, "-n", namespace], env=cluster.env(), capture_output=True, text=True, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def ready_pods_by_revision(cluster: Cluster, namespace: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pod in get(cluster, "pods", "-n", namespace)["items"]:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+        if ready:
+            revision = pod["metadata"]["labels"][REVISION_LABEL]
+            counts[revision] = counts.get(revision, 0) + 1
+    return counts

@@ -1,0 +1,76 @@
+# Shared helpers for the scripts in testkit/scripts/. Source it; it sets no shell options of its own.
+
+SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TESTKIT_DIR="$(cd "${SCRIPTS_DIR}/.." && pwd)"
+REPO_ROOT="$(cd "${TESTKIT_DIR}/.." && pwd)"
+# shellcheck source=testkit/scripts/versions.env
+. "${SCRIPTS_DIR}/versions.env"
+# The Go wrapper modules the binaries are built from, the fake nodes' pod stages, the node agent's package.
+TOOLS_DIR="${TESTKIT_DIR}/tools"
+KWOK_STAGES="${TESTKIT_DIR}/kwok/pod-stages.yaml"
+NODEAGENT_MODULE=modeldeploy_testkit.nodeagent
+NODEAGENT_DIR="${TESTKIT_DIR}/modeldeploy_testkit/nodeagent"
+
+MODELDEPLOY_CACHE="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
+BIN_CACHE="${MODELDEPLOY_CACHE}/bin"
+KUBERNETES_BIN="${BIN_CACHE}/kubernetes-${KUBERNETES_VERSION}"
+ETCD_BIN="${BIN_CACHE}/etcd-${ETCD_VERSION}"
+KWOK_BIN="${BIN_CACHE}/kwok-${KWOK_VERSION}"
+HELM_BIN="${BIN_CACHE}/helm-${HELM_VERSION}"
+
+CLUSTER_DIR="${MODELDEPLOY_CLUSTER_DIR:-${REPO_ROOT}/.cluster}"
+# The node agent's pods keep their private files (TMPDIR among them) under a short path, whatever the checkout's
+# depth: Unix sockets made in TMPDIR must fit 108 bytes. Same formula as default_pods_dir() in the node agent
+# (modeldeploy_testkit/nodeagent/agent.py); tests/unit/test_nodeagent_paths.py checks that the two agree.
+AGENT_STATE_DIR="${CLUSTER_DIR}/nodeagent"
+AGENT_PODS_DIR="/tmp/mdpods-$(printf '%s' "$(realpath -m "${AGENT_STATE_DIR}")" | sha256sum | cut -c1-8)"
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Where the control plane listens; all on loopback.
+ETCD_CLIENT_PORT="${MODELDEPLOY_ETCD_PORT:-2379}"
+ETCD_PEER_PORT="${MODELDEPLOY_ETCD_PEER_PORT:-2380}"
+APISERVER_PORT="${MODELDEPLOY_APISERVER_PORT:-6443}"
+APISERVER_URL="https://127.0.0.1:${APISERVER_PORT}"
+
+# Pod IPs come from 198.18.0.0/15 (RFC 2544, set aside for benchmarking), routed into a network namespace of our
+# own through a veth pair, so that nothing sent to a pod IP can leave the machine. ClusterIPs come from the same
+# /15 for the same reason: there is no kube-proxy, but a stray packet to a Service IP stays here too.
+POD_NETNS="${MODELDEPLOY_POD_NETNS:-modeldeploy-pods}"
+POD_VETH_HOST="${MODELDEPLOY_POD_VETH:-mdpods0}"
+POD_VETH_NS="mdpods1"
+POD_RANGE="198.18.0.0/15"
+POD_HOST_ADDR="198.19.255.254/15"
+POD_NS_ADDR="198.19.255.253/15"
+KWOK_POD_CIDR="198.18.0.1/16"
+SERVICE_CIDR="198.19.0.0/20"
+SERVICE_KUBERNETES_IP="198.19.0.1"
+
+# Pods running this image never become Ready (kwok stage pod-crashloop in testkit/kwok/pod-stages.yaml).
+CRASHLOOP_IMAGE="modeldeploy.test/crashloop:latest"
+FAKE_NODES=(kwok-node-0 kwok-node-1 kwok-node-2)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+kubectl_bin() { echo "${KUBERNETES_BIN}/kubectl"; }
+admin_kubectl() { "${KUBERNETES_BIN}/kubectl" --kubeconfig "${CLUSTER_DIR}/kubeconfig" "$@"; }
+
+# alive PID: running, and not a zombie (a process whose parent has not reaped it yet has exited all the same).
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+pid_file() { echo "${CLUSTER_DIR}/pids/$1.pid"; }
+# component_pid NAME: the recorded PID when that process is alive and is still the binary we started.
+component_pid() {
+	local file pid
+	file="$(pid_file "$1")"
+	[ -f "${file}" ] || return 1
+	pid="$(cat "${file}")"
+	[ -n "${pid}" ] && [ -r "/proc/${pid}/cmdline" ] || return 1
+	tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "/$1 " || return 1
+	echo "${pid}"
+}
+
+apiserver_ready() {
+	curl -fsS --max-time 2 --cacert "${CLUSTER_DIR}/pki/ca.crt" --cert "${CLUSTER_DIR}/pki/admin.crt" \
+		--key "${CLUSTER_DIR}/pki/admin.key" "${APISERVER_URL}/readyz" >/dev/null 2>&1
+}
