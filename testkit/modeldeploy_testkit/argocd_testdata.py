@@ -82,8 +82,7 @@ def main(argv: list[str]) -> int:
         ),
     )
     parser.parse_args(argv)
-    cluster = start_cluster()
-    cluster.install_crd()
+    cluster = start_cluster(with_crd=True)
     namespace = f"argocd-health-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
     capture = Capture(cluster, namespace)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from modeldeploy_testkit.kubeapi import KubeAPI
 from modeldeploy_testkit.scripts import REPO_ROOT, SCRIPTS, cluster_dir, lib_function_succeeds, script_value
 from modeldeploy_testkit.waiting import wait_until
@@ -60,6 +62,22 @@ class Cluster:
             what="the ModelDeployment storage to answer",
         )
 
+    def token_kubeconfig(self, service_account: str, namespace: str, path: Path) -> Path:
+        """A kubeconfig whose only credential is a fresh token (1 h) of a ServiceAccount, from the TokenRequest API:
+        the identity a pod of that account would have."""
+        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+        server = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [server],
+            "users": [{"name": service_account, "user": {"token": token}}],
+            "contexts": [{"name": service_account, "context": {"cluster": server["name"], "user": service_account}}],
+            "current-context": service_account,
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def env(self) -> dict[str, str]:
         """The environment for a process that should talk to this cluster."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -86,12 +104,16 @@ def apiserver_ready() -> bool:
     return lib_function_succeeds("apiserver_ready")
 
 
-def start_cluster() -> Cluster:
-    """Build the binaries when they are not cached, start the control plane when it is not healthy."""
+def start_cluster(with_crd: bool = False) -> Cluster:
+    """Build the binaries when they are not cached, start the control plane when it is not healthy, and install the
+    ModelDeployment CRD when asked to."""
     healthy = apiserver_ready()
     subprocess.run([str(SCRIPTS / "build-tools.sh")], check=True)
     subprocess.run([str(SCRIPTS / "cluster-up.sh")], check=True)
-    return local_cluster(started_here=not healthy)
+    cluster = local_cluster(started_here=not healthy)
+    if with_crd:
+        cluster.install_crd()
+    return cluster
 
 
 def stop_cluster() -> None:

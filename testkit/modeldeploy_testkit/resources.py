@@ -75,6 +75,21 @@ def deployments(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in items}
 
 
+def roll_out_and_promote(cluster: Cluster, namespace: str, name: str, by: str) -> None:
+    """An Immediate rollout of 1.0.0 becomes Ready, then a change to 1.1.0 is promoted: the core of the operator's
+    job, for tests that run it with one identity or another (`by` names it in the failure message)."""
+    body = model_deployment(name, "1.0.0", 2, {"strategy": "Immediate"}, uri="file:///m")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    cluster.kubectl("wait", "--for=condition=Ready", f"mdep/{name}", "-n", namespace, "--timeout=60s")
+    body["spec"]["model"]["version"] = "1.1.0"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    wait_until(
+        lambda: status_of(cluster, namespace, name).get("stable", {}).get("version") == "1.1.0",
+        timeout=60,
+        what=f"version 1.1.0 of {namespace}/{name} to be promoted by {by}",
+    )
+
+
 def mdep(cluster: Cluster, namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The kubectl plugin, run as kubectl would run it."""
     plugin = Path(sys.executable).parent / "kubectl-mdep"

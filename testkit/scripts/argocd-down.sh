@@ -10,17 +10,7 @@ set -euo pipefail
 # The controller first: nothing then asks the repo server or Redis for anything.
 for name in "${ARGOCD_COMPONENTS[@]}"; do
 	if pid="$(argocd_pid "${name}")"; then
-		log "stopping ${name} (pid ${pid})"
-		kill -TERM "${pid}" 2>/dev/null || true
-		for _ in $(seq 1 100); do
-			alive "${pid}" || break
-			sleep 0.1
-		done
-		if alive "${pid}"; then
-			log "${name} did not stop within 10s; killing it"
-			kill -KILL "${pid}" 2>/dev/null || true
-			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
-		fi
+		stop_pid "${name}" "${pid}" 10
 	fi
 	rm -f "$(pid_file "${name}")"
 done

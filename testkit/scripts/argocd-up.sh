@@ -185,19 +185,9 @@ start() { # start NAME ENV... -- PROGRAM ARGS...: detached, logged to .cluster/l
 	echo $! >"$(pid_file "${name}")"
 }
 wait_for() { # wait_for NAME SECONDS COMMAND...: poll until the command succeeds, or fail with the log
-	local name="$1" seconds="$2"; shift 2
-	local deadline=$(( $(date +%s) + seconds ))
-	until "$@" >/dev/null 2>&1; do
-		if ! argocd_pid "${name}" >/dev/null; then
-			tail -n 20 "${LOGS}/${name}.log" >&2 || true
-			die "${name} exited; log: ${LOGS}/${name}.log"
-		fi
-		if [ "$(date +%s)" -ge "${deadline}" ]; then
-			tail -n 20 "${LOGS}/${name}.log" >&2 || true
-			die "${name} not ready within ${seconds}s; log: ${LOGS}/${name}.log"
-		fi
-		sleep 0.2
-	done
+	local name="$1" seconds="$2"
+	shift 2
+	wait_ready "${name}" "${seconds}" "${LOGS}/${name}.log" argocd_pid "${name}" -- "$@"
 }
 # One binary for every component: ARGOCD_BINARY_NAME picks it. Each runs through a symlink in the cache named after
 # it, so that `ps` and argocd_pid tell them apart, and Redis through one too: verify-down.sh, which looks for

@@ -12,17 +12,7 @@ set -euo pipefail
 stop_order=(prometheus kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 for name in "${stop_order[@]}"; do
 	if pid="$(component_pid "${name}")"; then
-		log "stopping ${name} (pid ${pid})"
-		kill -TERM "${pid}" 2>/dev/null || true
-		for _ in $(seq 1 150); do
-			alive "${pid}" || break
-			sleep 0.1
-		done
-		if alive "${pid}"; then
-			log "${name} did not stop within 15s; killing it"
-			kill -KILL "${pid}" 2>/dev/null || true
-			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
-		fi
+		stop_pid "${name}" "${pid}" 15
 	fi
 	rm -f "$(pid_file "${name}")"
 done

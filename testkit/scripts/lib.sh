@@ -58,7 +58,48 @@ admin_kubectl() { "${KUBERNETES_BIN}/kubectl" --kubeconfig "${CLUSTER_DIR}/kubec
 # alive PID: running, and not a zombie (a process whose parent has not reaped it yet has exited all the same).
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
+# stop_pid NAME PID SECONDS: SIGTERM, then up to SECONDS for it to exit; SIGKILL after that, and up to 10s more.
+stop_pid() {
+	local name="$1" pid="$2" seconds="$3"
+	log "stopping ${name} (pid ${pid})"
+	kill -TERM "${pid}" 2>/dev/null || true
+	for _ in $(seq 1 $((seconds * 10))); do
+		alive "${pid}" || return 0
+		sleep 0.1
+	done
+	log "${name} did not stop within ${seconds}s; killing it"
+	kill -KILL "${pid}" 2>/dev/null || true
+	for _ in $(seq 1 100); do alive "${pid}" || return 0; sleep 0.1; done
+}
+
 pid_file() { echo "${CLUSTER_DIR}/pids/$1.pid"; }
+
+# wait_ready NAME SECONDS LOG ALIVE... -- READY...: poll READY every 0.2s until it succeeds. Meanwhile the process
+# must stay up (ALIVE succeeds): when it has exited, its PID file is removed and this dies with the tail of LOG; so
+# it does, the process left running for cluster-down, when SECONDS pass.
+wait_ready() {
+	local name="$1" seconds="$2" log_path="$3"
+	shift 3
+	local alive=()
+	while [ "$1" != -- ]; do
+		alive+=("$1")
+		shift
+	done
+	shift
+	local deadline=$(($(date +%s) + seconds))
+	until "$@" >/dev/null 2>&1; do
+		if ! "${alive[@]}" >/dev/null 2>&1; then
+			tail -n 20 "${log_path}" >&2 || true
+			rm -f "$(pid_file "${name}")"
+			die "${name} exited; log: ${log_path}"
+		fi
+		if [ "$(date +%s)" -ge "${deadline}" ]; then
+			tail -n 20 "${log_path}" >&2 || true
+			die "${name} not ready within ${seconds}s; log: ${log_path}"
+		fi
+		sleep 0.2
+	done
+}
 # component_pid NAME: the recorded PID when that process is alive and is still the binary we started.
 component_pid() {
 	local file pid

@@ -10,18 +10,8 @@ pid_path="$(pid_file node-agent)"
 if [ -f "${pid_path}" ]; then
 	pid="$(cat "${pid_path}")"
 	if [ -n "${pid}" ] && [ -r "/proc/${pid}/cmdline" ] && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "-m ${NODEAGENT_MODULE}"; then
-		log "stopping node-agent (pid ${pid})"
-		kill -TERM "${pid}" 2>/dev/null || true
 		# Its pods get up to 10s each (--shutdown-grace), in parallel, then a few API calls.
-		for _ in $(seq 1 450); do
-			alive "${pid}" || break
-			sleep 0.1
-		done
-		if alive "${pid}"; then
-			log "node-agent did not stop within 45s; killing it"
-			kill -KILL "${pid}" 2>/dev/null || true
-			for _ in $(seq 1 100); do alive "${pid}" || break; sleep 0.1; done
-		fi
+		stop_pid node-agent "${pid}" 45
 	fi
 	rm -f "${pid_path}"
 fi

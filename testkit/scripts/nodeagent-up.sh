@@ -36,16 +36,7 @@ log "starting the node agent for ${nodes}; log: ${log_path}"
 	>>"${log_path}" 2>&1 </dev/null) &
 echo $! >"${pid_path}"
 
-deadline=$(( $(date +%s) + 60 ))
 for node in ${nodes}; do
-	until admin_kubectl wait --for=condition=Ready "node/${node}" --timeout=2s >/dev/null 2>&1; do
-		if ! agent_pid >/dev/null; then
-			tail -n 20 "${log_path}" >&2 || true
-			rm -f "${pid_path}"
-			die "the node agent exited; log: ${log_path}"
-		fi
-		[ "$(date +%s)" -lt "${deadline}" ] || die "node ${node} did not become Ready within 60s; log: ${log_path}"
-		sleep 0.5
-	done
+	wait_ready node-agent 60 "${log_path}" agent_pid -- admin_kubectl wait --for=condition=Ready "node/${node}" --timeout=2s
 done
 log "node agent running (pid $(cat "${pid_path}")): nodes ${nodes} Ready"

@@ -90,14 +90,6 @@ setsid "${PROMETHEUS_BIN}/prometheus" \
 	--log.level warn \
 	>>"${CLUSTER_DIR}/logs/prometheus.log" 2>&1 </dev/null &
 echo $! >"$(pid_file prometheus)"
-deadline=$(( $(date +%s) + 60 ))
-until curl -fsS --noproxy "*" --max-time 2 "${PROMETHEUS_URL}/-/ready" >/dev/null 2>&1; do
-	if ! component_pid prometheus >/dev/null; then
-		tail -n 20 "${CLUSTER_DIR}/logs/prometheus.log" >&2 || true
-		rm -f "$(pid_file prometheus)"
-		die "prometheus exited; log: ${CLUSTER_DIR}/logs/prometheus.log"
-	fi
-	[ "$(date +%s)" -lt "${deadline}" ] || die "prometheus not ready within 60s; log: ${CLUSTER_DIR}/logs/prometheus.log"
-	sleep 0.2
-done
+wait_ready prometheus 60 "${CLUSTER_DIR}/logs/prometheus.log" component_pid prometheus -- \
+	curl -fsS --noproxy "*" --max-time 2 "${PROMETHEUS_URL}/-/ready"
 log "prometheus ready: ${PROMETHEUS_URL}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -76,27 +76,26 @@ def operator(operator_process: OperatorProcess) -> Iterator[OperatorProcess]:
 # each module, a session fixture would be set up once per module.
 
 
+def started_for_the_session[T](start: Callable[[], tuple[T, bool]], stop: Callable[[], None], what: str) -> Iterator[T]:
+    """What `start` gave (the running one, or one it started), stopped at the end when the session started it."""
+    try:
+        running, started_here = start()
+    except StartError as error:
+        pytest.fail(f"{what} could not start: {error}")
+    yield running
+    if started_here and not keep_running():
+        stop()
+
+
 @pytest.fixture(scope="session")
 def node_agent(cluster: Cluster) -> Iterator[NodeAgent]:
     """The node agent with node agent-node-0 Ready: the running one, or one started for the session."""
     if os.geteuid() != 0:
         pytest.fail("the node agent needs root (network namespaces, veth pairs); run these tests as root")
-    try:
-        agent, started_here = start_node_agent()
-    except StartError as error:
-        pytest.fail(f"the node agent could not start: {error}")
-    yield agent
-    if started_here and not keep_running():
-        stop_node_agent()
+    yield from started_for_the_session(start_node_agent, stop_node_agent, "the node agent")
 
 
 @pytest.fixture(scope="session")
 def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     """Prometheus from testkit/scripts/prometheus-up.sh: the running one, or one started for the session."""
-    try:
-        started, started_here = start_prometheus()
-    except StartError as error:
-        pytest.fail(f"Prometheus could not start: {error}")
-    yield started
-    if started_here and not keep_running():
-        stop_prometheus()
+    yield from started_for_the_session(start_prometheus, stop_prometheus, "Prometheus")

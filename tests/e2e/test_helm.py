@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_testkit.cluster import READY_IMAGE, Cluster, scratch_namespace
 from modeldeploy_testkit.operator_process import OperatorProcess
-from modeldeploy_testkit.resources import status_of
+from modeldeploy_testkit.resources import roll_out_and_promote, status_of
 from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir, script_value
 from modeldeploy_testkit.waiting import wait_until
 
@@ -105,52 +105,14 @@ def make_namespace(cluster: Cluster) -> Iterator[Any]:
         yield lambda stem: namespaces.enter_context(scratch_namespace(cluster, stem))
 
 
-def token_kubeconfig(cluster: Cluster, release: Release, path: Path) -> Path:
-    """A kubeconfig whose only credential is a fresh token of the release's ServiceAccount."""
-    token = cluster.kubectl(
-        "create", "token", release.service_account, "-n", release.namespace, "--duration=1h"
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [server],
-        "users": [{"name": release.service_account, "user": {"token": token}}],
-        "contexts": [{"name": "chart", "context": {"cluster": server["name"], "user": release.service_account}}],
-        "current-context": "chart",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def can_i(cluster: Cluster, release: Release, *args: str) -> str:
     result = cluster.kubectl("auth", "can-i", *args, f"--as={release.user}", check=False)
     return result.stdout.strip()
 
 
 def core_scenario(cluster: Cluster, namespace: str, name: str) -> None:
-    """An Immediate rollout becomes Ready, then a version change is promoted."""
-    body: dict[str, Any] = {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"version": "1.0.0", "uri": "file:///m"},
-            "replicas": 2,
-            "runtime": {"image": READY_IMAGE},
-            "rollout": {"strategy": "Immediate"},
-        },
-    }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-    cluster.kubectl("wait", "--for=condition=Ready", f"mdep/{name}", "-n", namespace, "--timeout=60s")
-    body["spec"]["model"]["version"] = "1.1.0"
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-    wait_until(
-        lambda: status_of(cluster, namespace, name).get("stable", {}).get("version") == "1.1.0",
-        timeout=60,
-        what=f"version 1.1.0 of {namespace}/{name} to be promoted by the chart's identity",
-    )
+    """An Immediate rollout becomes Ready, then a version change is promoted, and it is Ready again."""
+    roll_out_and_promote(cluster, namespace, name, by="the chart's identity")
     cluster.kubectl("wait", "--for=condition=Ready", f"mdep/{name}", "-n", namespace, "--timeout=60s")
 
 
@@ -203,7 +165,7 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         assert can_i(cluster, release, "list", "pods", "-n", "default") == "no"
 
         operator.stop()  # only the chart's identity may act during this test
-        kubeconfig = token_kubeconfig(cluster, release, tmp_path / "kubeconfig")
+        kubeconfig = cluster.token_kubeconfig(release.service_account, release.namespace, tmp_path / "kubeconfig")
         limited = OperatorProcess(
             cluster,
             cluster_dir() / "logs" / "operator-helm-e2e.log",
@@ -278,7 +240,7 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         assert can_i(cluster, release, "create", "events", "-n", other) == "no"
         assert can_i(cluster, release, "list", "modeldeployments.modeldeploy.io", "--all-namespaces") == "no"
 
-        kubeconfig = token_kubeconfig(cluster, release, tmp_path / "kubeconfig")
+        kubeconfig = cluster.token_kubeconfig(release.service_account, release.namespace, tmp_path / "kubeconfig")
         refused = subprocess.run(
             [str(cluster.kubectl_path), "--kubeconfig", str(kubeconfig), "get", "mdep", "-n", other],
             capture_output=True,

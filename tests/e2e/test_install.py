@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from modeldeploy_testkit.cluster import READY_IMAGE, Cluster
+from modeldeploy_testkit.cluster import Cluster
 from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.resources import roll_out_and_promote
 from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir
-from modeldeploy_testkit.waiting import wait_until
 
 SYSTEM_NAMESPACE = "modeldeploy-system"
 
@@ -32,21 +31,6 @@ def installed(cluster: Cluster, crd: None) -> Iterator[None]:
     cluster.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--timeout=60s", check=False)
 
 
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", "modeldeploy", "-n", SYSTEM_NAMESPACE, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": "modeldeploy", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": "modeldeploy"}}],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.mark.usefixtures("installed")
 def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
     cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
@@ -59,7 +43,7 @@ def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
     assert deployment["spec"]["replicas"] == 1
 
     operator.stop()  # only the service-account identity may act during this test
-    kubeconfig = service_account_kubeconfig(cluster, tmp_path / "kubeconfig")
+    kubeconfig = cluster.token_kubeconfig("modeldeploy", SYSTEM_NAMESPACE, tmp_path / "kubeconfig")
     limited = OperatorProcess(
         cluster,
         cluster_dir() / "logs" / "operator-rbac-e2e.log",
@@ -67,32 +51,7 @@ def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
     )
     limited.start()
     try:
-        body = {
-            "apiVersion": "modeldeploy.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "rbac"},
-            "spec": {
-                "model": {"version": "1.0.0", "uri": "file:///m"},
-                "replicas": 2,
-                "runtime": {"image": READY_IMAGE},
-                "rollout": {"strategy": "Immediate"},
-            },
-        }
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-        cluster.kubectl("wait", "--for=condition=Ready", "mdep/rbac", "-n", namespace, "--timeout=60s")
-        body["spec"]["model"]["version"] = "1.1.0"
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-        wait_until(
-            lambda: (
-                json.loads(cluster.kubectl("get", "mdep/rbac", "-n", namespace, "-o", "json").stdout)
-                .get("status", {})
-                .get("stable", {})
-                .get("version")
-                == "1.1.0"
-            ),
-            timeout=60,
-            what="version 1.1.0 to be promoted by the service-account operator",
-        )
+        roll_out_and_promote(cluster, namespace, "rbac", by="the service-account operator")
         assert limited.failures(namespace) == []
         # The identity can do what the operator needs and no more.
         can_i = cluster.kubectl(

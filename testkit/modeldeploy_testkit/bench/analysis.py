@@ -25,7 +25,6 @@ how long the canary took traffic until the failing measurement (analysis.started
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from modeldeploy_testkit.agent_pods import REVISION_LABEL, model_deployment, start_node_agent
+from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.bench.common import (
     USER_AGENT,
     Report,
@@ -231,18 +231,13 @@ def describe(values: list[float | None]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeldeploy_testkit.bench analysis",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = options("analysis", __doc__)
     parser.add_argument("--samples", type=int, default=3, help="failing versions to roll out (default 3)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("the node agent needs root (network namespaces, veth pairs): run this benchmark as root")
 
-    cluster = start_cluster()
-    cluster.install_crd()
+    cluster = start_cluster(with_crd=True)
     try:
         start_node_agent()
         prometheus, _ = start_prometheus()

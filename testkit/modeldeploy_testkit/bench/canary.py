@@ -14,12 +14,12 @@ Figures printed beside their goals:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from datetime import datetime
 from typing import Any
 
+from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.bench.common import bench_dir, write_json
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster
 from modeldeploy_testkit.kubeapi import KubeAPI, resource_path
@@ -143,16 +143,11 @@ def describe(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeldeploy_testkit.bench canary",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = options("canary", __doc__)
     parser.add_argument("--samples", type=int, default=5, help="pauses and reverts to time (default 5)")
     args = parser.parse_args(argv)
 
-    cluster: Cluster = start_cluster()
-    cluster.install_crd()
+    cluster: Cluster = start_cluster(with_crd=True)
     api = cluster.api()
     log_path = cluster_dir() / "logs" / "operator-bench-canary.log"
     with scratch_namespace(cluster, "bench-canary") as namespace, running_operator(cluster, log_path):

@@ -14,7 +14,6 @@ Prints a table and writes .cluster/bench/cluster.json, which the `scale` benchma
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -22,6 +21,7 @@ import time
 import uuid
 from typing import Any
 
+from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.bench.common import (
     Report,
     ScaleRun,
@@ -112,11 +112,7 @@ def bare_serial(api: KubeAPI, namespace: str, count: int, timeout: float) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeldeploy_testkit.bench cluster",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = options("cluster", __doc__)
     parser.add_argument("--count", type=int, default=1000, help="bare Deployments per run (default 1000)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for all Available, per run")
     parser.add_argument(

@@ -18,7 +18,6 @@ as a git webhook would. Timed from the start of `git revert` (the refresh is sen
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import uuid
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modeldeploy_testkit.argocd import AppState, ArgoCD, GitRepo, model_deployment, start_argocd
+from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.bench.common import bench_dir, write_json
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster
 from modeldeploy_testkit.operator_process import running_operator
@@ -137,16 +137,11 @@ def describe(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeldeploy_testkit.bench gitops",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = options("gitops", __doc__)
     parser.add_argument("--samples", type=int, default=5, help="reverts to time (default 5)")
     args = parser.parse_args(argv)
 
-    cluster: Cluster = start_cluster()
-    cluster.install_crd()
+    cluster: Cluster = start_cluster(with_crd=True)
     start_argocd()
     argocd = ArgoCD.from_env(cluster)
     log_path = cluster_dir() / "logs" / "operator-bench-gitops.log"

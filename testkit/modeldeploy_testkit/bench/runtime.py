@@ -12,7 +12,6 @@ Finishes within a minute; the request loop also stops at a time budget, so a slo
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import requests
 
+from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.runtime_server import LOOPBACK, start_server
 
 LOOP_BUDGET_SECONDS = 30.0
@@ -90,13 +90,9 @@ def server_side_mean_ms(session: requests.Session, metrics_port: int) -> float |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeldeploy_testkit.bench runtime",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = options("runtime", __doc__)
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests to time (default 3000)")
-    options = parser.parse_args(argv)
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="modeldeploy-bench-") as scratch:
         workdir = Path(scratch)
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             startup_s = time.monotonic() - started
             url = f"http://{LOOPBACK}:{server.http_port}/api/v1.0/predictions"
             time_http(session, url, rows, WARMUP_REQUESTS)
-            http_ms = time_http(session, url, rows, options.requests)
+            http_ms = time_http(session, url, rows, args.requests)
             server_mean_ms = server_side_mean_ms(session, server.metrics_port)
         finally:
             session.close()

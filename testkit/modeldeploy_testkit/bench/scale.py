@@ -21,7 +21,6 @@ runs the `runtime` benchmark.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -32,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.bench.common import (
     FIELD_MANAGER,
     OtherOperatorsMonitor,
@@ -253,11 +253,7 @@ def run_runtime_benchmark() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m modeldeploy_testkit.bench scale",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = options("scale", __doc__)
     parser.add_argument("--resources", type=int, help="ModelDeployments (and bare Deployments) at once; default 1000")
     parser.add_argument("--quick", action="store_true", help="100 resources, 20 latency samples, 10 s idle window")
     parser.add_argument("--latency-samples", type=int, help="resources created one at a time (default 50)")
