@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import requests
-
 from modeldeploy_testkit.kubeapi import ApiError, KubeAPI, Manifest, WatchStream, resource_path
 
 # A failed request is tried again after this long: the API server may be restarting, or briefly too busy.
@@ -92,7 +90,9 @@ class CollectionWatch:
                     self._version = ""  # expired: list again, from now
                     continue
                 self._failed(error)
-            except (requests.RequestException, OSError, ValueError) as error:
+            except Exception as error:
+                # Connection errors, a stream closed under a read by stop(), a handler that failed on one object: the
+                # watch outlives them all (it is resumed from the last resourceVersion), and keeps what they were.
                 self._failed(error)
             self.reconnects += 1
 

@@ -28,6 +28,7 @@ from modeldeploy_testkit.cluster import READY_IMAGE, Cluster, local_cluster
 from modeldeploy_testkit.kubeapi import ApiError, KubeAPI, Manifest, resource_path
 from modeldeploy_testkit.operator_process import OperatorProcess
 from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir, script_value
+from modeldeploy_testkit.waiting import wait_until
 from modeldeploy_testkit.watches import CollectionWatch
 
 USER_AGENT = "bench/0.1.0 (modeldeploy_testkit.bench)"
@@ -252,11 +253,8 @@ def create_namespace(api: KubeAPI, name: str) -> None:
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"modeldeploy-bench": "1"}}}
     api.create("/api/v1/namespaces", body)
     # The ServiceAccount controller adds `default`; pods wait for it, so do the same before timing anything.
-    deadline = time.monotonic() + 60
-    while api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default") is None:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"namespace {name}: no default ServiceAccount after 60s")
-        time.sleep(0.1)
+    account = f"/api/v1/namespaces/{name}/serviceaccounts/default"
+    wait_until(lambda: api.get(account) is not None, timeout=60, what=f"the default ServiceAccount of namespace {name}")
 
 
 def delete_namespace(api: KubeAPI, name: str, timeout: float = 600) -> tuple[float, bool]:

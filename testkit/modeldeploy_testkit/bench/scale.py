@@ -71,6 +71,7 @@ from modeldeploy_testkit.bench.common import (
 from modeldeploy_testkit.kubeapi import ApiError, KubeAPI
 from modeldeploy_testkit.operator_process import AuditLog, OperatorProcess
 from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir
+from modeldeploy_testkit.waiting import wait_until
 
 SCALE_RATIO_GOAL = 1.2
 LATENCY_P50_GOAL_MS = 20.0
@@ -104,15 +105,15 @@ def apply_crd() -> None:
 
 def wait_for_storage(api: KubeAPI, namespace: str) -> None:
     """Just after a CRD is created its storage may answer 429 for a while."""
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answers() -> bool:
         try:
             api.list(resources_path(namespace))
-            return
         except ApiError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            return False
+        return True
+
+    wait_until(answers, timeout=30, interval=0.2, what="the ModelDeployment storage to answer")
 
 
 def spread(times: list[float]) -> str:
