@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from modeldeploy_testkit import resources
 from modeldeploy_testkit.cluster import READY_IMAGE, Cluster
 from modeldeploy_testkit.kubeapi import KubeAPI, Manifest, resource_path
 from modeldeploy_testkit.scripts import (
@@ -227,14 +228,5 @@ def model_deployment(
     deadline_seconds: int = 60,
 ) -> dict[str, Any]:
     """A ModelDeployment as it would sit in git (only what a user writes, no defaults spelled out)."""
-    return {
-        "apiVersion": MDEP_API_VERSION,
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"version": version, "uri": f"file:///models/{name}/{version}/model.joblib"},
-            "replicas": replicas,
-            "runtime": {"image": image or READY_IMAGE},
-            "rollout": {"strategy": "Canary", "steps": steps, "progressDeadlineSeconds": deadline_seconds},
-        },
-    }
+    rollout = {"strategy": "Canary", "steps": steps, "progressDeadlineSeconds": deadline_seconds}
+    return resources.model_deployment(name, version, replicas, rollout, image=image or READY_IMAGE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,22 @@ def model_deployment(
             "rollout": rollout,
         },
     }
+
+
+def serving_only(version: str) -> Callable[[dict[str, Any]], bool]:
+    """A check of a ModelDeployment (the whole object): its status describes the current generation and says
+    Healthy, every replica on `version`, and no canary."""
+
+    def check(body: dict[str, Any]) -> bool:
+        status = body.get("status") or {}
+        return (
+            status.get("observedGeneration") == body["metadata"]["generation"]
+            and status.get("phase") == "Healthy"
+            and (status.get("stable") or {}).get("version") == version
+            and not status.get("canary")
+        )
+
+    return check
 
 
 def apply(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:

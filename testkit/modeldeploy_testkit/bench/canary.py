@@ -24,7 +24,7 @@ from modeldeploy_testkit.bench.common import bench_dir, write_json
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster
 from modeldeploy_testkit.kubeapi import KubeAPI, resource_path
 from modeldeploy_testkit.operator_process import running_operator
-from modeldeploy_testkit.resources import API_VERSION, model_deployment
+from modeldeploy_testkit.resources import API_VERSION, model_deployment, serving_only
 from modeldeploy_testkit.scripts import cluster_dir
 from modeldeploy_testkit.watches import EventLog
 
@@ -56,19 +56,6 @@ def set_version(api: KubeAPI, namespace: str, name: str, version: str) -> None:
     api.patch(f"{collection(namespace)}/{name}", patch)
 
 
-def healthy_on(version: str) -> Any:
-    def check(body: dict[str, Any]) -> bool:
-        status = body.get("status") or {}
-        return (
-            status.get("observedGeneration") == body["metadata"]["generation"]
-            and status.get("phase") == "Healthy"
-            and (status.get("stable") or {}).get("version") == version
-            and not status.get("canary")
-        )
-
-    return check
-
-
 def pause_accuracy(api: KubeAPI, namespace: str, samples: int) -> dict[str, list[float]]:
     steps: list[dict[str, Any]] = []
     for index in range(samples):
@@ -77,7 +64,7 @@ def pause_accuracy(api: KubeAPI, namespace: str, samples: int) -> dict[str, list
     api.create(collection(namespace), resource(name, "1.0.0", steps))
     watch = status_watch(api, namespace, name)
     try:
-        watch.wait_for(healthy_on("1.0.0"), timeout=60)
+        watch.wait_for(serving_only("1.0.0"), timeout=60)
         set_version(api, namespace, name, "2.0.0")
         decided, observed = [], []
         for index in range(samples):
@@ -102,7 +89,7 @@ def pause_accuracy(api: KubeAPI, namespace: str, samples: int) -> dict[str, list
             if next_started:
                 decided.append(((parse(next_started) - started).total_seconds() - PAUSE_SECONDS) * 1000)
             observed.append((seen_end - seen_start - PAUSE_SECONDS) * 1000)
-        watch.wait_for(healthy_on("2.0.0"), timeout=60)
+        watch.wait_for(serving_only("2.0.0"), timeout=60)
         return {"decided_ms": decided, "observed_ms": observed}
     finally:
         watch.stop()
@@ -115,7 +102,7 @@ def revert_time(api: KubeAPI, namespace: str, samples: int) -> list[float]:
     watch = status_watch(api, namespace, name)
     times = []
     try:
-        watch.wait_for(healthy_on("1.0.0"), timeout=60)
+        watch.wait_for(serving_only("1.0.0"), timeout=60)
         for index in range(samples):
             candidate = f"2.0.{index}"
             set_version(api, namespace, name, candidate)
@@ -128,7 +115,7 @@ def revert_time(api: KubeAPI, namespace: str, samples: int) -> list[float]:
             )
             sent = time.monotonic()
             set_version(api, namespace, name, "1.0.0")
-            done = watch.wait_for(healthy_on("1.0.0"), timeout=60, after=sent).received
+            done = watch.wait_for(serving_only("1.0.0"), timeout=60, after=sent).received
             times.append((done - sent) * 1000)
         return times
     finally:

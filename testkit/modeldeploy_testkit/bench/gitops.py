@@ -29,6 +29,7 @@ from modeldeploy_testkit.bench import options
 from modeldeploy_testkit.bench.common import bench_dir, write_json
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster
 from modeldeploy_testkit.operator_process import running_operator
+from modeldeploy_testkit.resources import serving_only
 from modeldeploy_testkit.scripts import cluster_dir
 
 GOAL_MS = 1500.0
@@ -65,16 +66,7 @@ class Follow:
 
 
 def stable_on(version: str) -> Check:
-    def check(_: AppState, body: dict[str, Any]) -> bool:
-        status = body.get("status") or {}
-        return (
-            status.get("observedGeneration") == body["metadata"]["generation"]
-            and status.get("phase") == "Healthy"
-            and (status.get("stable") or {}).get("version") == version
-            and not status.get("canary")
-        )
-
-    return check
+    return lambda _, body: serving_only(version)(body)
 
 
 def suspended_at(revision: str) -> Check:
