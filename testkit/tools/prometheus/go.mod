@@ -1,6 +1,6 @@
 // Wrapper module that builds the Prometheus server from the Go module proxy. The prometheus module carries
 // exclude directives, which `go install module@version` refuses; building it as a dependency sidesteps that.
-module modeldeploy.dev/hack/tools/prometheus
+module modeldeploy.dev/testkit/tools/prometheus
 
 go 1.26.7
 

@@ -1,5 +1,5 @@
 // Wrapper module that builds etcd's server from the Go module proxy.
-module modeldeploy.dev/hack/tools/etcd
+module modeldeploy.dev/testkit/tools/etcd
 
 go 1.26.0
 

@@ -1,6 +1,6 @@
 // Wrapper module that builds the Kubernetes control-plane binaries from the Go module proxy.
 // k8s.io/kubernetes points its staging modules at ./staging; they are replaced here by their published versions.
-module modeldeploy.dev/hack/tools/kubernetes
+module modeldeploy.dev/testkit/tools/kubernetes
 
 go 1.26.0
 

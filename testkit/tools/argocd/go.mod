@@ -1,7 +1,7 @@
 // Wrapper module that builds Argo CD (one binary for every component) from the Go module proxy. Argo CD's own
 // go.mod has replace directives, which `go install module@version` refuses, and replace directives of a
 // dependency are not applied to the module that requires it: the non-local ones are repeated below.
-module modeldeploy.dev/hack/tools/argocd
+module modeldeploy.dev/testkit/tools/argocd
 
 go 1.26.0
 
