@@ -121,6 +121,7 @@ def test_a_relative_command_with_a_separator_is_relative_to_the_kubeconfig(tmp_p
         ({"apiVersion": "client.authentication.k8s.io/v1alpha1", "command": "p"}, "removed from kubectl in 1.24"),
         ({"apiVersion": V1, "interactiveMode": "Never"}, "has no command"),
         ({"apiVersion": V1, "command": "p", "interactiveMode": "Never", "env": [{"value": "x"}]}, "without a name"),
+        ({"apiVersion": V1, "command": "p", "interactiveMode": "Never", "args": "--all"}, "args that are not a list"),
     ],
 )
 def test_what_kubectl_refuses_before_running_anything(tmp_path: Path, section: dict[str, Any], message: str) -> None:
@@ -212,6 +213,10 @@ def test_a_command_that_cannot_be_run(tmp_path: Path) -> None:
     (tmp_path / "not-executable").write_text("#!/bin/sh\n")
     with pytest.raises(ExecPluginError, match="cannot be run: Permission denied"):
         exec_plugin.run(plugin_of(tmp_path / "not-executable"))
+    (tmp_path / "not-a-program").write_text("no #! line\n")
+    (tmp_path / "not-a-program").chmod(0o755)
+    with pytest.raises(ExecPluginError, match="not-a-program' cannot be run: Exec format error"):
+        exec_plugin.run(plugin_of(tmp_path / "not-a-program"))
 
 
 def test_a_failing_plugin_says_what_it_printed_on_stderr(tmp_path: Path) -> None:

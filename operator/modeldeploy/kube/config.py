@@ -411,6 +411,9 @@ def _with_exec_plugin(settings: ConnectionSettings, user: Named, cluster: Named)
         if api_version == "client.authentication.k8s.io/v1":
             raise KubeconfigError(f"{where} has no interactiveMode, which client.authentication.k8s.io/v1 requires")
         mode = "IfAvailable"  # v1beta1's default
+    args = section.get("args") or []
+    if not isinstance(args, list):
+        raise KubeconfigError(f"{where} has args that are not a list")
     env = []
     for variable in section.get("env") or []:
         if not isinstance(variable, Mapping) or not variable.get("name"):
@@ -419,7 +422,7 @@ def _with_exec_plugin(settings: ConnectionSettings, user: Named, cluster: Named)
     plugin = ExecPlugin(
         api_version=api_version,
         command=command,
-        args=tuple(str(arg) for arg in section.get("args") or []),
+        args=tuple(str(arg) for arg in args),
         env=tuple(env),
         install_hint=str(section["installHint"]) if section.get("installHint") else None,
         interactive_mode=str(mode),

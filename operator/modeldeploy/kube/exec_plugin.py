@@ -100,7 +100,7 @@ def run(plugin: ExecPlugin, timeout: float = TIMEOUT_SECONDS, limit: int = OUTPU
     except FileNotFoundError as error:
         hint = f": {plugin.install_hint.strip()}" if plugin.install_hint else ""
         raise ExecPluginError(f"exec plugin {plugin.command!r} was not found{hint}") from error
-    except PermissionError as error:
+    except OSError as error:  # not executable, not a program (no #! line)...
         raise ExecPluginError(f"exec plugin {plugin.command!r} cannot be run: {error.strerror}") from error
     if returncode != 0:
         said = stderr.decode(errors="replace").strip()
