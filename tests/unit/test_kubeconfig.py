@@ -566,20 +566,32 @@ def test_kopf_has_one_login_and_it_is_ours() -> None:
     assert logins == [main.login]
 
 
-def test_the_operator_imports_no_kubernetes_client(tmp_path: Path) -> None:
-    """In a fresh interpreter (other tests import the package): importing the operator's modules, logging in and
-    making the client import neither `kubernetes` nor kopf's other client libraries."""
-    path = write_kubeconfig(tmp_path / "config", user={"token": "t"})
+@pytest.mark.parametrize("credentials", ["token", "exec"])
+def test_the_operator_imports_no_kubernetes_client(tmp_path: Path, credentials: str) -> None:
+    """In a fresh interpreter (other tests import the package): importing the operator's modules, logging in (which
+    runs an exec plugin) and making the client import neither `kubernetes` nor kopf's other client libraries."""
+    user: dict[str, Any] = {"token": "t"}
+    if credentials == "exec":
+        plugin = tmp_path / "plugin.py"
+        plugin.write_text(
+            "import json\nprint(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', "
+            "'kind': 'ExecCredential', 'status': {'token': 'from-plugin'}}))\n"
+        )
+        v1 = "client.authentication.k8s.io/v1"
+        user = {
+            "exec": {"apiVersion": v1, "command": sys.executable, "args": [str(plugin)], "interactiveMode": "Never"}
+        }
+    path = write_kubeconfig(tmp_path / "config", user=user)
     code = (
         "import json, sys\n"
         "import modeldeploy.main, modeldeploy.controller.queue, modeldeploy.controller.reconcile\n"
         "import modeldeploy.kube.client, modeldeploy.cli.main\n"
         "from modeldeploy.kube.client import Kube\n"
         "from modeldeploy.kube.config import load_settings\n"
-        "modeldeploy.main.login()\n"
+        "token = modeldeploy.main.login().token\n"
         "Kube(load_settings(), pool_size=1)\n"
         "clients = ('kubernetes', 'kubernetes_asyncio', 'pykube')\n"
-        "print(json.dumps(sorted(name for name in sys.modules if name.split('.')[0] in clients)))\n"
+        "print(json.dumps([token, sorted(name for name in sys.modules if name.split('.')[0] in clients)]))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -589,7 +601,7 @@ def test_the_operator_imports_no_kubernetes_client(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == []
+    assert json.loads(result.stdout) == ["from-plugin" if credentials == "exec" else "t", []]
     # The check itself works: the package is importable once kopf is loaded.
     check = subprocess.run(
         [sys.executable, "-c", "import modeldeploy.main, kubernetes.client, sys; print('kubernetes' in sys.modules)"],
