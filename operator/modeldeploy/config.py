@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from modeldeploy.api.models import ModelFormat
@@ -14,6 +15,84 @@ DEFAULT_RUNTIME_IMAGE = "modeldeploy/runtime:0.1.0"
 
 def _default_images() -> dict[str, str]:
     return {fmt.value: DEFAULT_RUNTIME_IMAGE for fmt in ModelFormat}
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+URL_PATTERN = re.compile(
+    r"(?P<scheme>https?)://"
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._~-]+))"
+    r"(?::(?P<port>[0-9]{1,5}|\*))?"
+    r"(?P<path>(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*)",
+    re.IGNORECASE,
+)
+"""http(s)://host[:port][/path] and nothing else. Deliberately narrow, and the one parser for both the check of an
+address and the connection to it (PrometheusClient), so the two cannot disagree about where a request goes."""
+
+
+@dataclass(frozen=True)
+class UrlPrefix:
+    """An HTTP(S) URL reduced to what decides where a request goes: scheme, host, port (None: any) and path."""
+
+    scheme: str
+    host: str
+    """Lower case; an IPv6 address without its brackets."""
+    port: int | None
+    path: str
+    """Without a trailing slash: "" for the root."""
+
+    @classmethod
+    def parse(cls, text: str, *, any_port: bool = False) -> UrlPrefix:
+        """Raises ValueError for anything but http(s)://host[:port][/path]. With `any_port`, the port may be `*`
+        (any port of that host, e.g. for a test's Prometheus on a free port).
+
+        Refused on purpose, since they would make an address mean something else than it reads: user info (whose
+        `@` hides the real host), a query or fragment, backslashes, and `.` or `..` path segments (a server that
+        resolves them leaves the prefix)."""
+        match = URL_PATTERN.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"{text!r} is not an http:// or https:// URL of the form scheme://host[:port][/path]")
+        scheme = match["scheme"].lower()
+        port: int | None
+        if match["port"] == "*":
+            if not any_port:
+                raise ValueError(f"{text!r}: a port of * is for allowed prefixes only")
+            port = None
+        else:
+            port = int(match["port"]) if match["port"] else DEFAULT_PORTS[scheme]
+            if not 0 < port < 65536:
+                raise ValueError(f"{text!r}: port {port} is out of range")
+        path = match["path"].rstrip("/")
+        if any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/")):
+            raise ValueError(f"{text!r}: '.' and '..' path segments are not allowed")
+        return cls(scheme=scheme, host=(match["ipv6"] or match["host"]).lower(), port=port, path=path)
+
+    def covers(self, url: UrlPrefix) -> bool:
+        """Whether `url` is this prefix or under it: a path matches only up to a segment boundary, so
+        http://prom/a covers http://prom/a/b but not http://prom/ab, and http://prom never covers http://prom.evil."""
+        return (
+            url.scheme == self.scheme
+            and url.host == self.host
+            and (self.port is None or url.port == self.port)
+            and (url.path == self.path or url.path.startswith(self.path + "/"))
+        )
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = ":*" if self.port is None else "" if self.port == DEFAULT_PORTS[self.scheme] else f":{self.port}"
+        return f"{self.scheme}://{host}{port}{self.path}"
+
+
+def parse_url_prefixes(texts: Iterable[str], *, source: str) -> tuple[UrlPrefix, ...]:
+    """Prefixes from settings; an invalid one stops the operator at start, naming `source`."""
+    prefixes = []
+    for text in texts:
+        if not text.strip():
+            continue
+        try:
+            prefixes.append(UrlPrefix.parse(text, any_port=True))
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+    return tuple(prefixes)
 
 
 @dataclass(frozen=True)
@@ -34,6 +113,28 @@ class OperatorConfig:
     """Prometheus for canary analysis, when a spec names none."""
     prometheus_timeout: float = 10.0
     """Seconds one measurement round of one resource may wait for Prometheus, all its metrics together."""
+    prometheus_allowed_urls: tuple[UrlPrefix, ...] = ()
+    """URL prefixes that spec.rollout.analysis.prometheus.address may name, besides prometheus_url. Users choose the
+    address, and the operator sends queries from inside the cluster: without a list, a spec could make it ask any
+    URL there."""
+
+    def prometheus_address_allowed(self, address: str) -> bool:
+        """Whether a spec may name `address`: the operator's own Prometheus, or an address under an allowed prefix
+        (scheme and host compared without case, the default port made explicit, a trailing slash ignored)."""
+        try:
+            url = UrlPrefix.parse(address)
+        except ValueError:
+            return False
+        return any(prefix.covers(url) for prefix in self.allowed_prometheus_prefixes())
+
+    def allowed_prometheus_prefixes(self) -> tuple[UrlPrefix, ...]:
+        own: tuple[UrlPrefix, ...] = ()
+        if self.prometheus_url:
+            try:
+                own = (UrlPrefix.parse(self.prometheus_url),)
+            except ValueError:
+                own = ()  # A default that is not a URL: its queries fail with a message of their own.
+        return own + tuple(self.prometheus_allowed_urls)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -49,4 +150,8 @@ class OperatorConfig:
             cluster_domain=env.get("MODELDEPLOY_CLUSTER_DOMAIN", "cluster.local"),
             prometheus_url=env.get("MODELDEPLOY_PROMETHEUS_URL", ""),
             prometheus_timeout=float(env.get("MODELDEPLOY_PROMETHEUS_TIMEOUT_SECONDS", "10")),
+            prometheus_allowed_urls=parse_url_prefixes(
+                env.get("MODELDEPLOY_PROMETHEUS_ALLOWED_URLS", "").split(","),
+                source="MODELDEPLOY_PROMETHEUS_ALLOWED_URLS",
+            ),
         )

@@ -161,6 +161,76 @@ def test_judge_conditions(value: float, success: str | None, failure: str | None
     assert analysis.judge_conditions(value, success, failure)[0] == phase
 
 
+# Non-finite values are never Successful. NaN is "no data": Inconclusive, conditions not evaluated. An infinity is
+# judged like any number, Failed where it crosses a bound (or meets failureCondition), and Inconclusive where a
+# finite value would have been Successful.
+INF, NAN = math.inf, math.nan
+
+
+@pytest.mark.parametrize(
+    ("value", "minimum", "maximum", "phase", "message"),
+    [
+        (NAN, 0.99, None, "Inconclusive", "no data: x is NaN"),
+        (NAN, None, 0.25, "Inconclusive", "no data: x is NaN"),
+        (INF, None, 0.25, "Failed", "x inf is above max 0.25"),
+        (INF, 0.99, None, "Inconclusive", "x inf is not a finite number, which is never Successful"),
+        (INF, 0.0, 0.25, "Failed", "x inf is above max 0.25"),
+        (-INF, 0.99, None, "Failed", "x -inf is below min 0.99"),
+        (-INF, None, 0.25, "Inconclusive", "x -inf is not a finite number, which is never Successful"),
+        (-INF, -1.0, 1.0, "Failed", "x -inf is below min -1"),
+    ],
+    ids=[
+        "nan-min",
+        "nan-max",
+        "inf-above-max",
+        "inf-above-min-only",
+        "inf-both",
+        "minus-inf-below-min",
+        "minus-inf-below-max-only",
+        "minus-inf-both",
+    ],
+)
+def test_judge_bounds_of_non_finite_values(
+    value: float, minimum: float | None, maximum: float | None, phase: str, message: str
+) -> None:
+    assert analysis.judge_bounds(value, minimum, maximum, "x") == (phase, message)
+
+
+@pytest.mark.parametrize(
+    ("value", "success", "failure", "phase"),
+    [
+        (NAN, "result >= 0.95", "result < 0.5", "Inconclusive"),
+        (NAN, None, "not (result >= 0.5)", "Inconclusive"),
+        (NAN, "isNaN(result) or result > 0", None, "Inconclusive"),
+        (INF, "result >= 0.95", None, "Inconclusive"),
+        (INF, "result >= 0.95", "result < 0.5", "Inconclusive"),
+        (INF, None, "result < 0.5", "Inconclusive"),
+        (INF, None, "result > 10", "Failed"),
+        (INF, "result < 0.5", None, "Failed"),
+        (-INF, "result >= 0.95", "result < 0.5", "Failed"),
+        (-INF, "result < 0.5", None, "Inconclusive"),
+        (-INF, None, "result > 10", "Inconclusive"),
+    ],
+    ids=[
+        "nan-both",
+        "nan-negated-failure",
+        "nan-isnan-success",
+        "inf-meets-success",
+        "inf-meets-success-both",
+        "inf-misses-failure",
+        "inf-meets-failure",
+        "inf-misses-success",
+        "minus-inf-meets-failure",
+        "minus-inf-meets-success",
+        "minus-inf-misses-failure",
+    ],
+)
+def test_judge_conditions_of_non_finite_values(
+    value: float, success: str | None, failure: str | None, phase: str
+) -> None:
+    assert analysis.judge_conditions(value, success, failure)[0] == phase
+
+
 @pytest.mark.parametrize(
     ("canary", "stable", "expected"),
     [
@@ -275,6 +345,76 @@ STABLE = 'version="1.0"'
             "did not answer",
         ),
         ({"query": "x", "successCondition": "result >= 0.95"}, {}, "Inconclusive", None, "no data"),
+        (
+            {"builtin": "successRate", "min": 0.99},
+            {CANARY: one(math.inf)},
+            "Inconclusive",
+            None,
+            "success rate inf is not a finite number",
+        ),
+        (
+            {"builtin": "latencyP99", "max": 0.25},
+            {CANARY: one(math.nan)},
+            "Inconclusive",
+            None,
+            "no data",
+        ),
+        (
+            {"builtin": "latencyP99", "max": 0.05, "relativeTo": "stable"},
+            {CANARY: one(math.inf), STABLE: one(0.2)},
+            "Failed",
+            None,
+            "p99 latency (s) minus stable's inf is above max 0.05 (inf vs 0.2)",
+        ),
+        (
+            {"builtin": "latencyP99", "max": 0.05, "relativeTo": "stable"},
+            {CANARY: one(0.1), STABLE: one(math.inf)},
+            "Inconclusive",
+            None,
+            "stable's p99 latency (s) inf is not a finite number to compare with",
+        ),
+        (
+            {"builtin": "latencyP99", "max": 0.05, "relativeTo": "stable"},
+            {CANARY: one(math.inf), STABLE: one(math.inf)},
+            "Inconclusive",
+            None,
+            "not a finite number",
+        ),
+        (
+            {"builtin": "successRate", "min": -0.01, "relativeTo": "stable"},
+            {CANARY: one(-math.inf), STABLE: one(0.99)},
+            "Failed",
+            None,
+            "is below min -0.01",
+        ),
+        (
+            {"builtin": "successRate", "min": -0.01, "relativeTo": "stable"},
+            {CANARY: one(math.inf), STABLE: one(0.99)},
+            "Inconclusive",
+            None,
+            "not a finite number",
+        ),
+        (
+            {"query": "x", "successCondition": "result >= 0.95"},
+            {"x": one(math.inf)},
+            "Inconclusive",
+            None,
+            "result inf is not a finite number",
+        ),
+        (
+            {"query": "x", "successCondition": "result >= 0.95", "failureCondition": "result < 0.5"},
+            {"x": one(-math.inf)},
+            "Failed",
+            None,
+            "meets failureCondition",
+        ),
+        (
+            {"query": "x", "successCondition": "result >= 0.95"},
+            {"x": one(math.nan)},
+            "Inconclusive",
+            None,
+            "no data",
+        ),
     ],
     ids=[
         "success-rate-low",
@@ -289,6 +429,16 @@ STABLE = 'version="1.0"'
         "query-many-series",
         "query-error",
         "query-empty",
+        "success-rate-inf",
+        "latency-nan",
+        "latency-relative-canary-inf",
+        "latency-relative-stable-inf",
+        "latency-relative-both-inf",
+        "success-rate-relative-minus-inf",
+        "success-rate-relative-inf",
+        "query-inf",
+        "query-minus-inf",
+        "query-nan",
     ],
 )
 def test_measure(fields: dict[str, Any], answers: dict[str, Any], phase: str, value: Any, message: str) -> None:
@@ -316,15 +466,131 @@ def test_builtins_cannot_tell_a_canary_of_the_stable_version_apart() -> None:
     assert answers.asked == []
 
 
+class Clock:
+    """A monotonic clock that moves only when a query takes time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowAnswers(Answers):
+    """Answers that each take `seconds` of the fake clock; records the timeout every query was given."""
+
+    def __init__(self, answers: dict[str, list[Sample] | QueryError], clock: Clock, seconds: float) -> None:
+        super().__init__(answers)
+        self.clock, self.seconds = clock, seconds
+        self.timeouts: list[float] = []
+
+    def query(self, promql: str, timeout: float) -> list[Sample]:
+        self.timeouts.append(timeout)
+        self.clock.now += self.seconds
+        return super().query(promql, timeout)
+
+
 def test_measure_all_shares_one_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([0.0, 1.0, 11.0, 12.0])
-    monkeypatch.setattr(analysis.time, "monotonic", lambda: next(clock))
+    clock = Clock()
+    monkeypatch.setattr(analysis.time, "monotonic", clock)
     three = spec(
         metrics=[{"name": name, "builtin": "successRate", "min": 0.9} for name in ("a", "b", "c")],
     )
-    results = analysis.measure_all(three, TARGET, Answers({CANARY: one(1.0)}), 10.0, NOW)
-    assert [m.phase for m in results.values()] == ["Successful", "Error", "Error"]
-    assert results["b"].message == "not measured: Prometheus used up the 10s budget"
+    answers = SlowAnswers({CANARY: one(1.0)}, clock, 6.0)
+    results = analysis.measure_all(three, TARGET, answers, 10.0, NOW)
+    assert [m.phase for m in results.values()] == ["Successful", "Successful", "Error"]
+    assert answers.timeouts == [10.0, 4.0], "each query gets what is left of the round"
+    assert results["c"].message == "not measured: Prometheus used up the 10s budget"
+
+
+def test_the_queries_of_one_metric_share_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """relativeTo and predictionShift ask twice: the second query gets the rest, not a fresh timeout."""
+    clock = Clock()
+    monkeypatch.setattr(analysis.time, "monotonic", clock)
+    relative = metric(builtin="latencyP99", max=0.05, relativeTo="stable")
+    answers = SlowAnswers({CANARY: one(0.1), STABLE: one(0.1)}, clock, 3.0)
+    assert analysis.measure(relative, TARGET, "30s", answers, 5.0, NOW).phase == "Successful"
+    assert answers.timeouts == [5.0, 2.0]
+    answers = SlowAnswers({CANARY: one(0.1), STABLE: one(0.1)}, clock, 6.0)
+    measurement = analysis.measure(relative, TARGET, "30s", answers, 5.0, NOW)
+    assert (measurement.phase, measurement.message) == ("Error", "not measured: Prometheus used up the 5s budget")
+    assert answers.timeouts == [5.0]
+
+
+class Broken:
+    def query(self, promql: str, timeout: float) -> list[Sample]:
+        raise AttributeError("'str' object has no attribute 'get'")
+
+
+def test_an_unexpected_exception_is_an_error_measurement_not_a_failed_pass(caplog: pytest.LogCaptureFixture) -> None:
+    two = spec(
+        metrics=[
+            {"name": "a", "builtin": "successRate", "min": 0.9},
+            {"name": "b", "query": "x", "successCondition": "result > 0"},
+        ]
+    )
+    results = analysis.measure_all(two, TARGET, Broken(), 5.0, NOW)
+    assert [m.phase for m in results.values()] == ["Error", "Error"]
+    assert results["a"].message == "not measured: AttributeError: 'str' object has no attribute 'get'"
+    [record, _] = [r for r in caplog.records if r.name == "modeldeploy.analysis"]
+    assert record.getMessage() == 'Measuring failed namespace="models" name="fraud" metric="a"'
+    assert record.exc_info is not None, "logged with its traceback"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("short", "short"),
+        ("x" * 256, "x" * 256),
+        ("x" * 257, "x" * 253 + "\u2026"),
+        ("line one\nline two\r\x1b[31m", "line one line two [31m"),
+        ("\u00e9" * 200, "\u00e9" * 126 + "\u2026"),
+    ],
+    ids=["short", "at-the-cap", "over", "control-characters", "multi-byte"],
+)
+def test_cap_message(text: str, expected: str) -> None:
+    capped = analysis.cap_message(text)
+    assert capped == expected
+    assert len(capped.encode()) <= analysis.MAX_MESSAGE_BYTES
+
+
+def test_measurement_messages_are_capped_whatever_prometheus_says() -> None:
+    huge = QueryError("Prometheus refused the query: " + "A" * 100_000)
+    measurement = analysis.measure(
+        metric(query="x", successCondition="result > 0"), TARGET, "30s", Answers({"x": huge}), 5.0, NOW
+    )
+    assert measurement.phase == "Error"
+    assert len(measurement.message.encode()) <= analysis.MAX_MESSAGE_BYTES
+    assert measurement.message.startswith("Prometheus refused the query: AAA")
+    assert measurement.message.endswith("\u2026")
+    label = "o" * 10_000
+    shifted = Answers({CANARY: buckets({0.5: 0, 1.0: 40}, label), STABLE: buckets({0.5: 40, 1.0: 0}, label)})
+    measurement = analysis.measure(metric(builtin="predictionShift", max=0.1), TARGET, "30s", shifted, 5.0, NOW)
+    assert measurement.phase == "Failed"
+    assert len(measurement.message.encode()) <= analysis.MAX_MESSAGE_BYTES
+
+
+def test_prediction_buckets_that_are_not_numbers_are_an_error_or_no_data() -> None:
+    bad_bound = [Sample({"output": "0", "le": "high"}, 30.0)]
+    measurement = analysis.measure(
+        metric(builtin="predictionShift", max=0.1),
+        TARGET,
+        "30s",
+        Answers({CANARY: bad_bound, STABLE: bad_bound}),
+        5.0,
+        NOW,
+    )
+    assert (measurement.phase, measurement.message) == ("Error", "a bucket's le label is not a number: 'high'")
+    infinite = buckets({0.5: math.inf, 1.0: 40})
+    measurement = analysis.measure(
+        metric(builtin="predictionShift", max=0.1),
+        TARGET,
+        "30s",
+        Answers({CANARY: infinite, STABLE: infinite}),
+        5.0,
+        NOW,
+    )
+    assert measurement.phase == "Inconclusive"
 
 
 # --- counting and verdicts ----------------------------------------------------------------------------------------
@@ -379,6 +645,27 @@ def test_verdict(counts: dict[str, int], limits: dict[str, int], phase: str, mes
     assert message in judged.message
 
 
+@pytest.mark.parametrize(
+    ("counts", "phase", "tail"),
+    [
+        ({"failed": 1}, "Failed", "(1 failed measurements, failureLimit 0)"),
+        ({"consecutiveErrors": 5, "errors": 5}, "Error", "\u2026"),
+        ({"inconclusive": 1}, "Inconclusive", "(1 inconclusive, inconclusiveLimit 0)"),
+    ],
+    ids=["failed", "errors", "inconclusive"],
+)
+def test_verdict_messages_are_capped_and_keep_the_counts(counts: dict[str, int], phase: str, tail: str) -> None:
+    name = "m" * 63
+    huge = "B" * 5000
+    measurements = [m(p, huge) for p in ("Failed", "Error", "Inconclusive")]
+    status = api.MetricStatus(name=name, measurements=measurements, **counts)
+    judged = analysis.verdict([status], spec(metrics=[{"name": name, "builtin": "successRate", "min": 0.9}]))
+    assert judged.phase == phase
+    assert judged.message.startswith(f"metric {name}: ")
+    assert judged.message.endswith(tail)
+    assert len(judged.message.encode()) <= analysis.MAX_MESSAGE_BYTES
+
+
 # --- Prometheus answers -------------------------------------------------------------------------------------------
 
 
@@ -415,14 +702,110 @@ def test_parse_result_reads_prometheus_special_values() -> None:
     ("payload", "message"),
     [
         ({"status": "error", "error": "parse error"}, "Prometheus refused the query: parse error"),
+        (
+            {"status": "error", "errorType": "bad_data", "error": "parse error"},
+            r"Prometheus refused the query: parse error \(bad_data\)",
+        ),
         ({"status": "success", "data": {"resultType": "matrix", "result": []}}, "not matrix"),
-        ("not an object", "Prometheus refused the query"),
+        ("not an object", "JSON that is not an object"),
+        (None, "JSON that is not an object"),
+        ([1, 2], "JSON that is not an object"),
+        ({"status": "success", "data": "x"}, "no data object"),
+        ({"status": "success"}, "no data object"),
+        ({"status": "success", "data": []}, "no data object"),
+        ({"status": "weird", "data": {}}, "answered status 'weird', not success"),
+        ({"status": "error"}, "answered status 'error', not success"),
+        ({"data": {"resultType": "vector", "result": []}}, "answered status None"),
+        ({"status": "success", "data": {"resultType": None, "result": []}}, "not None"),
+        ({"status": "success", "data": {"resultType": "string", "result": [1, "x"]}}, "not string"),
+        ({"status": "success", "data": {"resultType": "vector", "result": "x"}}, "no result list"),
+        ({"status": "success", "data": {"resultType": "vector", "result": {}}}, "no result list"),
+        ({"status": "success", "data": {"resultType": "vector", "result": ["x"]}}, "not an object"),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": "1"}]}},
+            r"not a \[time, value\] pair",
+        ),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1]}]}},
+            r"not a \[time, value\] pair",
+        ),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "x"]}]}},
+            "a sample value is not a number: 'x'",
+        ),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, None]}]}},
+            "a sample value is not a number: None",
+        ),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, True]}]}},
+            "a sample value is not a number: True",
+        ),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": "x", "value": [1, "1"]}]}},
+            "labels are not an object of strings",
+        ),
+        (
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": [{"metric": {"a": 1}, "value": [1, "1"]}]},
+            },
+            "labels are not an object of strings",
+        ),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "histogram": [1, {}]}]}},
+            "no float value",
+        ),
+        ({"status": "success", "data": {"resultType": "scalar", "result": "1"}}, r"not a \[time, value\] pair"),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1, {}]}}, "not a number"),
+        (
+            {
+                "status": "success",
+                "data": {
+                    "resultType": "vector",
+                    "result": [{"metric": {"i": str(i)}, "value": [1, "1"]} for i in range(prometheus.MAX_SERIES + 1)],
+                },
+            },
+            f"the query returned {prometheus.MAX_SERIES + 1} series, more than {prometheus.MAX_SERIES}",
+        ),
+        ({"status": "error", "error": "E" * 100_000}, "Prometheus refused the query: EEEE"),
     ],
-    ids=["error", "matrix", "garbage"],
+    ids=[
+        "error",
+        "error-type",
+        "matrix",
+        "string",
+        "null",
+        "list",
+        "data-string",
+        "data-missing",
+        "data-list",
+        "status-unknown",
+        "status-error-without-text",
+        "status-missing",
+        "result-type-null",
+        "result-type-string",
+        "result-string",
+        "result-object",
+        "series-string",
+        "value-string",
+        "value-short",
+        "value-not-a-number",
+        "value-null",
+        "value-bool",
+        "labels-string",
+        "labels-not-strings",
+        "native-histogram",
+        "scalar-string",
+        "scalar-object",
+        "too-many-series",
+        "huge-error",
+    ],
 )
 def test_parse_result_refuses(payload: Any, message: str) -> None:
-    with pytest.raises(QueryError, match=message):
+    with pytest.raises(QueryError, match=message) as raised:
         prometheus.parse_result(payload)
+    assert len(str(raised.value).encode()) < 1024, "an answer's text is quoted in part only"
 
 
 def test_a_missing_address_is_an_error_that_says_how_to_set_one() -> None:
@@ -436,5 +819,5 @@ def test_a_prometheus_that_never_answers_is_an_error_not_a_hang() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         address = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        with pytest.raises(QueryError, match="did not answer: timed out"):
+        with pytest.raises(QueryError, match=r"did not answer within the 0\.2s deadline"):
             prometheus.PrometheusClient(address).query("up", 0.2)

@@ -7,6 +7,7 @@ with `measurement_due()` whether to measure at all, so a pass that is not due ma
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -26,6 +27,11 @@ WINDOW_FLOOR = timedelta(seconds=60)
 MIN_PREDICTIONS = 20
 """Predictions each revision must have made in the window before predictionShift compares them."""
 ANALYSIS_PAUSE = "AnalysisInconclusive"
+MAX_MESSAGE_BYTES = 256
+"""Longest message of a measurement or a verdict, in UTF-8 bytes. They quote what Prometheus answered, which is
+untrusted: capped, the whole status stays small (10 metrics x 10 measurements) whatever a server sends."""
+
+log = logging.getLogger("modeldeploy.analysis")
 
 Phase = api.MeasurementPhase
 
@@ -156,8 +162,31 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def cap_message(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`text` on one line, at most `limit` UTF-8 bytes, ending in an ellipsis when cut. Control characters (newlines
+    included) become spaces: the message is also a log line's quoted value and an Event's one line."""
+    text = _CONTROL.sub(" ", text)
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    ellipsis = "…"
+    # A cut inside a multi-byte character drops that character rather than leave half of it.
+    return encoded[: limit - len(ellipsis.encode())].decode(errors="ignore") + ellipsis
+
+
+NOT_FINITE = "is not a finite number, which is never Successful"
+
+
 def judge_bounds(value: float, minimum: float | None, maximum: float | None, what: str) -> tuple[Phase, str]:
-    """A built-in metric's value against its bounds; the message names value and threshold."""
+    """A built-in metric's value against its bounds; the message names value and threshold.
+
+    NaN is no data (Inconclusive). An infinity that crosses a bound Failed, like any value there; one that does
+    not is Inconclusive, never Successful: +Inf above `min` is a broken query or histogram, not a good canary."""
+    if math.isnan(value):
+        return Phase.INCONCLUSIVE, f"no data: {what} is NaN"
     if minimum is not None and value < minimum:
         return Phase.FAILED, f"{what} {_number(value)} is below min {_number(minimum)}"
     if maximum is not None and value > maximum:
@@ -170,12 +199,27 @@ def judge_bounds(value: float, minimum: float | None, maximum: float | None, wha
         )
         if text
     )
+    if math.isinf(value):
+        return Phase.INCONCLUSIVE, f"{what} {_number(value)} {NOT_FINITE}"
     return Phase.SUCCESSFUL, f"{what} {_number(value)} {bounds}"
 
 
 def judge_conditions(value: float, success: str | None, failure: str | None) -> tuple[Phase, str]:
     """Argo Rollouts' rules: failure wins; with both set and neither met, Inconclusive; with one, its negation
-    decides the other way."""
+    decides the other way.
+
+    Non-finite values: NaN is no data (Inconclusive, the conditions are not evaluated); an infinity is judged like
+    any number, but where it would be Successful it is Inconclusive (`result >= 0.95` holds for +Inf, which says
+    nothing good about a canary)."""
+    if math.isnan(value):
+        return Phase.INCONCLUSIVE, "no data: the query returned NaN"
+    phase, message = _judge_conditions(value, success, failure)
+    if phase == Phase.SUCCESSFUL and math.isinf(value):
+        return Phase.INCONCLUSIVE, f"result {_number(value)} {NOT_FINITE}"
+    return phase, message
+
+
+def _judge_conditions(value: float, success: str | None, failure: str | None) -> tuple[Phase, str]:
     shown = _number(value)
     if failure is not None and compile_condition(failure).evaluate(value):
         return Phase.FAILED, f"result {shown} meets failureCondition {failure!r}"
@@ -188,14 +232,25 @@ def judge_conditions(value: float, success: str | None, failure: str | None) -> 
     return Phase.SUCCESSFUL, f"result {shown} does not meet failureCondition {failure!r}"
 
 
+def _bucket_bound(text: str) -> float:
+    try:
+        bound = float(text)
+    except ValueError:
+        bound = math.nan
+    if math.isnan(bound):
+        raise QueryError(f"a bucket's le label is not a number: {text!r}")
+    return bound
+
+
 def cumulative_by_output(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float]]]:
     """Bucket counts per output column, as (upper bound, cumulative count) sorted by bound."""
     columns: dict[str, list[tuple[float, float]]] = {}
     for sample in samples:
         bound = sample.labels.get("le")
-        if bound is None or math.isnan(sample.value):
+        # A count that is not a finite number is no data: an infinite total would make every share NaN.
+        if bound is None or not math.isfinite(sample.value):
             continue
-        columns.setdefault(sample.labels.get("output", ""), []).append((float(bound), sample.value))
+        columns.setdefault(sample.labels.get("output", ""), []).append((_bucket_bound(bound), sample.value))
     return {output: sorted(buckets) for output, buckets in columns.items()}
 
 
@@ -251,12 +306,28 @@ def _single_value(samples: Sequence[Sample]) -> float | None:
     return samples[0].value
 
 
+class _Budget:
+    """What is left of a metric's time: every query gets the rest, in wall-clock terms, not a fresh timeout."""
+
+    def __init__(self, querier: Querier, timeout: float) -> None:
+        self.querier = querier
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def query(self, promql: str) -> list[Sample]:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise QueryError(f"not measured: Prometheus used up the {self.timeout:.3g}s budget")
+        return self.querier.query(promql, left)
+
+
 def measure(
     metric: api.AnalysisMetric, target: Target, window: str, querier: Querier, timeout: float, now: str
 ) -> api.Measurement:
-    """One measurement of one metric. Query failures become an Error measurement; they never raise."""
+    """One measurement of one metric, within `timeout` seconds for all its queries. Query failures become an Error
+    measurement; they never raise. The message is capped (MAX_MESSAGE_BYTES)."""
     try:
-        phase, value, message = _measure(metric, target, window, querier, timeout)
+        phase, value, message = _measure(metric, target, window, _Budget(querier, timeout))
     except QueryError as error:
         phase, value, message = Phase.ERROR, None, str(error)
     except (ExpressionError, ValueError) as error:
@@ -264,14 +335,14 @@ def measure(
     if value is not None and not math.isfinite(value):
         # JSON has no infinities; the message still shows it.
         value = None
-    return api.Measurement(phase=str(phase), value=value, message=message, time=now)
+    return api.Measurement(phase=str(phase), value=value, message=cap_message(message), time=now)
 
 
 def _measure(
-    metric: api.AnalysisMetric, target: Target, window: str, querier: Querier, timeout: float
+    metric: api.AnalysisMetric, target: Target, window: str, budget: _Budget
 ) -> tuple[Phase, float | None, str]:
     if metric.query is not None:
-        value = _single_value(querier.query(render_query(metric.query, target, window), timeout))
+        value = _single_value(budget.query(render_query(metric.query, target, window)))
         if value is None:
             return Phase.INCONCLUSIVE, None, "no data: the query returned no series or NaN"
         phase, message = judge_conditions(value, metric.successCondition, metric.failureCondition)
@@ -287,8 +358,8 @@ def _measure(
     stable = selector(target, target.stable_version)
     if metric.builtin == api.BuiltinMetric.PREDICTION_SHIFT:
         distance, detail = prediction_shift(
-            querier.query(prediction_buckets_query(canary, window), timeout),
-            querier.query(prediction_buckets_query(stable, window), timeout),
+            budget.query(prediction_buckets_query(canary, window)),
+            budget.query(prediction_buckets_query(stable, window)),
         )
         if distance is None:
             return Phase.INCONCLUSIVE, None, f"no data: {detail}"
@@ -300,13 +371,20 @@ def _measure(
         if metric.builtin == api.BuiltinMetric.SUCCESS_RATE
         else (latency_p99_query, "p99 latency (s)", "successful requests")
     )
-    value = _single_value(querier.query(build(canary, window), timeout))
+    value = _single_value(budget.query(build(canary, window)))
     if value is None:
         return Phase.INCONCLUSIVE, None, f"no data: no {unit} to {target.canary_version} in the last {window}"
     if metric.relativeTo == api.RelativeTo.STABLE:
-        baseline = _single_value(querier.query(build(stable, window), timeout))
+        baseline = _single_value(budget.query(build(stable, window)))
         if baseline is None:
             return Phase.INCONCLUSIVE, None, f"no data: no {unit} to stable {target.stable_version} to compare with"
+        if math.isinf(baseline):
+            # Nothing finite to be relative to: a difference from an infinity says nothing about the canary.
+            return (
+                Phase.INCONCLUSIVE,
+                None,
+                f"stable's {what} {_number(baseline)} is not a finite number to compare with",
+            )
         difference = value - baseline
         phase, message = judge_bounds(difference, metric.min, metric.max, f"{what} minus stable's")
         return phase, difference, f"{message} ({_number(value)} vs {_number(baseline)})"
@@ -318,7 +396,12 @@ def measure_all(
     spec: api.AnalysisSpec, target: Target, querier: Querier, timeout: float, now: str
 ) -> dict[str, api.Measurement]:
     """Every metric once, in spec order, within one shared time budget: a Prometheus that stops answering costs a
-    reconcile at most `timeout` seconds, whatever the number of metrics."""
+    reconcile at most `timeout` seconds, whatever the number of metrics.
+
+    It never raises: an unexpected failure while measuring one metric (a bug, or an answer nothing foresaw) is
+    that metric's Error measurement, counted toward consecutiveErrorLimit like any query error. Raising instead
+    would fail every pass of the resource, and a canary would hold its traffic forever, neither judged nor rolled
+    back."""
     window = window_of(spec)
     deadline = time.monotonic() + timeout
     results: dict[str, api.Measurement] = {}
@@ -329,7 +412,17 @@ def measure_all(
                 phase=str(Phase.ERROR), message=f"not measured: Prometheus used up the {timeout:g}s budget", time=now
             )
             continue
-        results[metric.name] = measure(metric, target, window, querier, left, now)
+        try:
+            results[metric.name] = measure(metric, target, window, querier, left, now)
+        except Exception as error:
+            log.exception(
+                'Measuring failed namespace="%s" name="%s" metric="%s"', target.namespace, target.name, metric.name
+            )
+            results[metric.name] = api.Measurement(
+                phase=str(Phase.ERROR),
+                message=cap_message(f"not measured: {type(error).__name__}: {error}"),
+                time=now,
+            )
     return results
 
 
@@ -368,32 +461,49 @@ def _latest(metric: api.MetricStatus, phase: Phase) -> api.Measurement | None:
     return next((m for m in metric.measurements if m.phase == phase), None)
 
 
+def _verdict_message(head: str, detail: str, tail: str) -> str:
+    """`head detail tail` within MAX_MESSAGE_BYTES: only the quoted measurement is cut, so the metric's name and
+    counts always show."""
+    room = max(MAX_MESSAGE_BYTES - len(head.encode()) - len(tail.encode()), 16)
+    return cap_message(head + cap_message(detail, room) + tail)
+
+
 def verdict(metrics: Sequence[api.MetricStatus], spec: api.AnalysisSpec) -> Verdict:
-    """Failed or Error (roll back), Inconclusive (pause for a person) or Running, from the counts."""
+    """Failed or Error (roll back), Inconclusive (pause for a person) or Running, from the counts. The message
+    quotes the deciding measurement and is capped like it."""
     for metric in metrics:
         if metric.failed > spec.failureLimit:
             failing = _latest(metric, Phase.FAILED)
-            detail = failing.message if failing is not None else "failed"
             return Verdict(
                 api.AnalysisPhase.FAILED,
-                f"metric {metric.name}: {detail} ({metric.failed} failed measurements, failureLimit "
-                f"{spec.failureLimit})",
+                _verdict_message(
+                    f"metric {metric.name}: ",
+                    failing.message if failing is not None else "failed",
+                    f" ({metric.failed} failed measurements, failureLimit {spec.failureLimit})",
+                ),
             )
     for metric in metrics:
         if metric.consecutiveErrors > spec.consecutiveErrorLimit:
             error = _latest(metric, Phase.ERROR)
             return Verdict(
                 api.AnalysisPhase.ERROR,
-                f"metric {metric.name}: {metric.consecutiveErrors} query errors in a row, consecutiveErrorLimit "
-                f"{spec.consecutiveErrorLimit}; last: {error.message if error is not None else 'error'}",
+                _verdict_message(
+                    f"metric {metric.name}: {metric.consecutiveErrors} query errors in a row, consecutiveErrorLimit "
+                    f"{spec.consecutiveErrorLimit}; last: ",
+                    error.message if error is not None else "error",
+                    "",
+                ),
             )
     for metric in metrics:
         if metric.inconclusive > spec.inconclusiveLimit:
             inconclusive = _latest(metric, Phase.INCONCLUSIVE)
             return Verdict(
                 api.AnalysisPhase.INCONCLUSIVE,
-                f"metric {metric.name}: {inconclusive.message if inconclusive is not None else 'inconclusive'} "
-                f"({metric.inconclusive} inconclusive, inconclusiveLimit {spec.inconclusiveLimit})",
+                _verdict_message(
+                    f"metric {metric.name}: ",
+                    inconclusive.message if inconclusive is not None else "inconclusive",
+                    f" ({metric.inconclusive} inconclusive, inconclusiveLimit {spec.inconclusiveLimit})",
+                ),
             )
     return Verdict(api.AnalysisPhase.RUNNING, "")
 

@@ -1,86 +1,297 @@
-"""The Prometheus HTTP API client of canary analysis: instant queries, bounded by a timeout, nothing shared.
+"""The Prometheus HTTP API client of canary analysis: instant queries, each bounded by a wall-clock deadline.
 
-A client is made per measurement round, so resources never share connections or state, and a slow Prometheus
-costs one reconcile its timeout, not the operator its workers.
+Prometheus's answers are untrusted input: users choose the address, and whatever answers there decides whether a
+canary goes on. So a query
+- ends by its deadline, whatever the server does: name resolution, connecting, a server that accepts and stays
+  silent, or one that sends a byte a second (a timeout per socket read would let it hold a worker for ever, and
+  the operator has only a few, `MODELDEPLOY_WORKERS`, for the whole cluster);
+- follows no redirect (an allowed address must not lead elsewhere) and uses no proxy from the environment;
+- reads at most MAX_RESPONSE_BYTES and at most MAX_SERIES series;
+- turns any answer that is not exactly the API's shape into a QueryError, the only exception it raises, which the
+  analysis counts as an Error measurement (toward consecutiveErrorLimit).
+
+A client is made per measurement round, so resources never share connections or state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
-import math
-import urllib.error
+import socket
+import ssl
+import threading
+import time
 import urllib.parse
-import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.analysis.measure import QueryError, Sample
+from modeldeploy.config import UrlPrefix
 
 USER_AGENT = "modeldeploy/0.1.0"
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_RESPONSE_BYTES = 1024 * 1024
+"""An answer the analysis can use is a few series (predictionShift's are 22 buckets x at most 8 outputs): a
+mebibyte is far more than any, and small enough to parse at once."""
+MAX_SERIES = 1000
+CHUNK_BYTES = 64 * 1024
+ERROR_TEXT_BYTES = 200
+"""How much of an error answer is quoted."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    reason: str
+    location: str
+    body: bytes
+
+
+class _TooLargeError(Exception):
+    def __init__(self, declared: int | None) -> None:
+        super().__init__(declared)
+        self.declared = declared
+
+
+class _Exchange:
+    """One request and its answer, run in a thread of its own so that the caller can leave at the deadline.
+
+    Socket timeouts bound each read, not the whole: the caller waits for the thread until the deadline, then shuts
+    the socket down, which ends a read in progress at once (name resolution cannot be interrupted; the thread ends
+    with it, alone)."""
+
+    def __init__(self, target: UrlPrefix, path: str, body: bytes, deadline: float) -> None:
+        self.target = target
+        self.path = path
+        self.body = body
+        self.deadline = deadline
+        self.answer: _Answer | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._connection: http.client.HTTPConnection | None = None
+        self._abandoned = False
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline reached")
+        return left
+
+    def run(self) -> None:
+        try:
+            self.answer = self._talk()
+        except BaseException as error:  # handed to the caller, which turns it into a QueryError
+            self.error = error
+        finally:
+            with self._lock:
+                connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.close()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            connection = self._connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            # Already closed (OSError): the thread is ending anyway.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _talk(self) -> _Answer:
+        host, port = self.target.host, self.target.port
+        connection: http.client.HTTPConnection
+        if self.target.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                host, port, timeout=self._left(), context=ssl.create_default_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=self._left())
+        with self._lock:
+            if self._abandoned:
+                raise TimeoutError("deadline reached")
+            self._connection = connection
+        connection.connect()
+        if self._abandoned:
+            raise TimeoutError("deadline reached")
+        connection.request(
+            "POST",
+            self.path,
+            body=self.body,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            },
+        )
+        response = connection.getresponse()
+        declared = response.getheader("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+            raise _TooLargeError(int(declared))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            # One socket read per chunk, each with what is left as its timeout: the thread ends by the deadline
+            # on its own too (headers are read by http.client in one go; there, only the caller's wait bounds it).
+            if connection.sock is not None:
+                connection.sock.settimeout(self._left())
+            chunk = response.read1(min(CHUNK_BYTES, MAX_RESPONSE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _TooLargeError(None)
+        return _Answer(response.status, response.reason, response.getheader("Location") or "", b"".join(chunks))
 
 
 class PrometheusClient:
     def __init__(self, address: str) -> None:
         self.address = address.rstrip("/")
-        # No proxy from the environment: the address configured is the one asked.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def query(self, promql: str, timeout: float) -> list[Sample]:
+        """Instant query within `timeout` seconds of wall-clock time. Raises QueryError, and nothing else."""
         if not self.address:
             raise QueryError(
                 "no Prometheus address: set spec.rollout.analysis.prometheus.address or the operator's "
                 "MODELDEPLOY_PROMETHEUS_URL"
             )
-        body = urllib.parse.urlencode({"query": promql, "timeout": f"{max(timeout, 0.1):.3f}"}).encode()
-        request = urllib.request.Request(
-            f"{self.address}/api/v1/query",
-            data=body,
-            headers={"Content-Type": "application/x-www-form-urlencoded", "User-Agent": USER_AGENT},
-            method="POST",
-        )
+        if timeout <= 0:
+            raise QueryError(f"not asked: no time left to query Prometheus at {self.address}")
         try:
-            with self._opener.open(request, timeout=max(timeout, 0.1)) as response:
-                payload = json.loads(response.read(MAX_RESPONSE_BYTES))
-        except urllib.error.HTTPError as error:
-            # Prometheus answers 400/422/503 with a JSON body that says why.
-            raise QueryError(f"Prometheus answered {error.code}: {_error_text(error)}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            reason = error.reason if isinstance(error, urllib.error.URLError) else error
-            raise QueryError(f"Prometheus at {self.address} did not answer: {reason}") from None
+            answer = self._post(promql, timeout)
+            return _read_answer(answer)
+        except QueryError:
+            raise
+        except Exception as error:
+            # Whatever else went wrong with this answer, it is one failed query, not a failed pass.
+            raise QueryError(f"Prometheus's answer could not be read: {type(error).__name__}: {error}") from None
+
+    def _post(self, promql: str, timeout: float) -> _Answer:
+        deadline = time.monotonic() + timeout
+        try:
+            # The parser that checked the address against the allowed ones (config.py): what was allowed is what
+            # is asked.
+            target = UrlPrefix.parse(self.address)
         except ValueError as error:
-            raise QueryError(f"Prometheus answered with something that is not JSON: {error}") from None
-        return parse_result(payload)
+            raise QueryError(str(error)) from None
+        # Prometheus stops evaluating at its own timeout too, so it does not go on working for nobody.
+        form = urllib.parse.urlencode({"query": promql, "timeout": f"{timeout:.3f}"}).encode()
+        exchange = _Exchange(target, f"{target.path}/api/v1/query", form, deadline)
+        thread = threading.Thread(target=exchange.run, name="prometheus-query", daemon=True)
+        thread.start()
+        thread.join(max(deadline - time.monotonic(), 0.0))
+        if thread.is_alive():
+            exchange.abandon()
+            raise QueryError(f"Prometheus at {self.address} did not answer within the {timeout:.3g}s deadline")
+        if isinstance(exchange.error, _TooLargeError):
+            declared = f" ({exchange.error.declared} bytes)" if exchange.error.declared is not None else ""
+            raise QueryError(f"Prometheus's answer is larger than {MAX_RESPONSE_BYTES} bytes{declared}")
+        if isinstance(exchange.error, TimeoutError):
+            raise QueryError(f"Prometheus at {self.address} did not answer within the {timeout:.3g}s deadline")
+        if isinstance(exchange.error, OSError | http.client.HTTPException):
+            raise QueryError(f"Prometheus at {self.address} did not answer: {_describe(exchange.error)}")
+        if exchange.error is not None:
+            raise QueryError(f"Prometheus at {self.address} could not be asked: {_describe(exchange.error)}")
+        assert exchange.answer is not None
+        return exchange.answer
 
 
-def _error_text(error: urllib.error.HTTPError) -> str:
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _read_answer(answer: _Answer) -> list[Sample]:
+    if 300 <= answer.status < 400:
+        # An allowed address must not lead anywhere else, and a POST's redirect would not be one anyway.
+        where = f" to {_quote(answer.location)}" if answer.location else ""
+        raise QueryError(f"Prometheus answered {answer.status} (a redirect{where}), which is not followed")
+    if answer.status != 200:
+        # Prometheus answers 400, 422 and 503 with a JSON error that says why.
+        raise QueryError(f"Prometheus answered {answer.status} {_quote(answer.reason)}: {_error_text(answer.body)}")
     try:
-        payload = json.loads(error.read(65536))
-        return f"{payload.get('errorType', 'error')}: {payload.get('error', '')}"
-    except (ValueError, OSError):
-        return str(error.reason)
+        payload = json.loads(answer.body)
+    except (ValueError, RecursionError) as error:
+        raise QueryError(f"Prometheus answered with something that is not JSON: {_quote(str(error))}") from None
+    return parse_result(payload)
 
 
-def _number(text: Any) -> float:
-    # Prometheus sends sample values as strings: "NaN", "+Inf" and "-Inf" included.
+def _quote(text: str) -> str:
+    encoded = text.encode(errors="replace")
+    if len(encoded) <= ERROR_TEXT_BYTES:
+        return text
+    return encoded[:ERROR_TEXT_BYTES].decode(errors="ignore") + "\u2026"
+
+
+def _error_text(body: bytes) -> str:
     try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        kind = payload.get("errorType")
+        return _quote(f"{kind}: {payload['error']}" if isinstance(kind, str) and kind else payload["error"])
+    return _quote(body[: ERROR_TEXT_BYTES * 4].decode(errors="replace").strip()) or "(no body)"
+
+
+def _number(value: Any) -> float:
+    # Prometheus sends sample values as strings, "NaN", "+Inf" and "-Inf" included.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise QueryError(f"a sample value is not a number: {_quote(repr(value))}")
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise QueryError("a series' labels are not an object of strings")
+    return dict(value)
+
+
+def _sample_value(pair: Any) -> float:
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise QueryError("a sample is not a [time, value] pair")
+    return _number(pair[1])
 
 
 def parse_result(payload: Any) -> list[Sample]:
-    """Samples of an instant query's answer; a scalar is one sample without labels."""
-    if not isinstance(payload, dict) or payload.get("status") != "success":
-        detail = payload.get("error", "") if isinstance(payload, dict) else ""
-        raise QueryError(f"Prometheus refused the query: {detail or repr(payload)}")
-    data = payload.get("data") or {}
+    """Samples of an instant query's answer; a scalar is one sample without labels. Anything but the API's exact
+    shape raises QueryError: a success answer that is not a scalar or a vector of at most MAX_SERIES float samples
+    is not something the analysis can judge."""
+    if not isinstance(payload, dict):
+        raise QueryError(f"Prometheus answered with JSON that is not an object: {_quote(repr(payload))}")
+    status = payload.get("status")
+    if status != "success":
+        error = payload.get("error")
+        if status == "error" and isinstance(error, str):
+            kind = payload.get("errorType")
+            detail = f" ({_quote(kind)})" if isinstance(kind, str) and kind else ""
+            raise QueryError(f"Prometheus refused the query: {_quote(error)}{detail}")
+        raise QueryError(f"Prometheus answered status {_quote(repr(status))}, not success")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise QueryError(f"Prometheus's answer has no data object: {_quote(repr(data))}")
     kind, result = data.get("resultType"), data.get("result")
-    if kind == "scalar" and isinstance(result, list) and len(result) == 2:
-        return [Sample({}, _number(result[1]))]
-    if kind == "vector" and isinstance(result, list):
-        return [
-            Sample(dict(item.get("metric") or {}), _number((item.get("value") or [0, "NaN"])[1]))
-            for item in result
-            if isinstance(item, dict)
-        ]
-    raise QueryError(f"the query must return a scalar or an instant vector, not {kind}")
+    if kind == "scalar":
+        return [Sample({}, _sample_value(result))]
+    if kind == "vector":
+        if not isinstance(result, list):
+            raise QueryError("Prometheus's vector answer has no result list")
+        if len(result) > MAX_SERIES:
+            raise QueryError(f"the query returned {len(result)} series, more than {MAX_SERIES}")
+        samples = []
+        for item in result:
+            if not isinstance(item, dict):
+                raise QueryError("a series of the vector is not an object")
+            if "value" not in item:
+                # Native histograms come as "histogram"; the analysis reads classic buckets only.
+                raise QueryError("a series of the vector has no float value (a native histogram?)")
+            samples.append(Sample(_labels(item.get("metric", {})), _sample_value(item["value"])))
+        return samples
+    shown = kind if isinstance(kind, str) else repr(kind)
+    raise QueryError(f"the query must return a scalar or an instant vector, not {_quote(shown)}")
