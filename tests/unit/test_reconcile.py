@@ -8,19 +8,27 @@ without a status that claims what did not happen, and the next pass finishes the
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import math
+import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from modeldeploy.analysis import measure as analysis
 from modeldeploy.analysis.measure import QueryError, Sample
-from modeldeploy.config import OperatorConfig
-from modeldeploy.controller.reconcile import reconcile
+from modeldeploy.analysis.prometheus import PrometheusClient
+from modeldeploy.config import OperatorConfig, parse_url_prefixes
+from modeldeploy.controller.reconcile import QuerierFactory, reconcile
 from modeldeploy.controller.store import Key, Store
 from modeldeploy.kube.client import ApiError
 
 from .fake_cluster import FakeCluster
+from .prometheus_server import MisbehavingPrometheus, misbehaving_prometheus
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 STATUS_WRITE = "patch ModelDeployment/status"
@@ -42,14 +50,16 @@ def with_version(spec: dict[str, Any], version: str) -> dict[str, Any]:
 class Harness:
     """One resource, its Store fed the way the watches feed it, and passes run at a clock the test moves."""
 
-    def __init__(self, config: OperatorConfig, spec: dict[str, Any] = SPEC) -> None:
+    def __init__(self, config: OperatorConfig, spec: dict[str, Any] = SPEC, name: str = "fraud-detector") -> None:
         self.cluster = FakeCluster()
         self.store = Store()
         self.config = config
-        self.key: Key = self.cluster.create_resource(spec)
+        self.key: Key = self.cluster.create_resource(spec, name=name)
         self.now = START
         self.queried: list[tuple[str, str]] = []
         self.answers: list[Sample] | QueryError = [Sample(labels={}, value=1.0)]
+        self.queriers: QuerierFactory = self.querier
+        """The metrics querier a pass is given: the fake below, or the real client."""
         self.observe()
 
     def observe(self) -> None:
@@ -73,7 +83,7 @@ class Harness:
         """One pass; the writes it made."""
         self.now += advance
         before = Counter(self.cluster.writes)
-        reconcile(self.cluster, self.store, self.config, self.key, self.now, self.querier)
+        reconcile(self.cluster, self.store, self.config, self.key, self.now, self.queriers)
         return self.cluster.writes - before
 
     def settle(self, limit: int = 40, advance: timedelta = timedelta(seconds=31)) -> list[Counter[str]]:
@@ -216,11 +226,17 @@ def test_an_invalid_stored_spec_is_degraded_with_one_write_and_no_children(confi
     assert harness.run() == Counter()
 
 
+PROMETHEUS = "http://prometheus.monitoring:9090"
 ANALYSIS = {
     "interval": "10s",
-    "prometheus": {"address": "http://prometheus.monitoring:9090"},
+    "prometheus": {"address": PROMETHEUS},
     "metrics": [{"name": "success-rate", "builtin": "successRate", "min": 0.99}],
 }
+
+
+def allowing(config: OperatorConfig, *prefixes: str) -> OperatorConfig:
+    """`config` whose MODELDEPLOY_PROMETHEUS_ALLOWED_URLS are `prefixes`."""
+    return dataclasses.replace(config, prometheus_allowed_urls=parse_url_prefixes(prefixes, source="test"))
 
 
 def analysed_spec(version: str) -> dict[str, Any]:
@@ -230,7 +246,7 @@ def analysed_spec(version: str) -> dict[str, Any]:
 
 
 def test_measurements_go_to_the_querier_of_the_spec_address(config: OperatorConfig) -> None:
-    harness = Harness(config, analysed_spec("1.0.0"))
+    harness = Harness(allowing(config, PROMETHEUS), analysed_spec("1.0.0"))
     harness.settle()
     harness.cluster.update_spec(harness.key, analysed_spec("2.0.0"))
     harness.observe()
@@ -245,7 +261,7 @@ def test_measurements_go_to_the_querier_of_the_spec_address(config: OperatorConf
 
 
 def test_query_errors_past_the_limit_roll_back(config: OperatorConfig) -> None:
-    harness = Harness(config, analysed_spec("1.0.0"))
+    harness = Harness(allowing(config, PROMETHEUS), analysed_spec("1.0.0"))
     harness.settle()
     harness.answers = QueryError("connection refused")
     harness.cluster.update_spec(harness.key, analysed_spec("2.0.0"))
@@ -258,3 +274,366 @@ def test_query_errors_past_the_limit_roll_back(config: OperatorConfig) -> None:
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "AnalysisFailed"
     assert any(event.reason == "AnalysisMeasurementError" for event in harness.cluster.events)
+
+
+# --- which Prometheus a spec may name ---------------------------------------------------------------------------
+
+ELSEWHERE = "http://kube-state.kube-system:8080"
+
+
+def analysed_at(version: str, address: str, **analysis_fields: Any) -> dict[str, Any]:
+    spec = analysed_spec(version)
+    spec["rollout"]["analysis"] = {**ANALYSIS, "prometheus": {"address": address}, **analysis_fields}
+    return spec
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+@pytest.mark.parametrize(
+    ("own", "allowed", "address", "refused"),
+    [
+        (PROMETHEUS, (), PROMETHEUS, False),
+        (PROMETHEUS, (), "http://Prometheus.Monitoring:9090/", False),
+        (PROMETHEUS, (), "", False),
+        (PROMETHEUS, (), ELSEWHERE, True),
+        (PROMETHEUS, (), "http://prometheus.monitoring:9091", True),
+        (PROMETHEUS, (), "http://prometheus.monitoring.evil:9090", True),
+        ("", (), PROMETHEUS, True),
+        ("", (), "", False),
+        ("", ("http://prometheus.monitoring:9090/team-a",), "http://prometheus.monitoring:9090/team-a/", False),
+        ("", ("http://prometheus.monitoring:9090/team-a",), "http://prometheus.monitoring:9090/team-ab", True),
+        ("", ("http://127.0.0.1:*",), "http://127.0.0.1:41234", False),
+    ],
+    ids=[
+        "own",
+        "own-normalised",
+        "none-named",
+        "elsewhere",
+        "other-port",
+        "longer-host",
+        "nothing-allowed",
+        "nothing-named-nothing-allowed",
+        "under-a-prefix",
+        "past-a-path-boundary",
+        "any-port",
+    ],
+)
+def test_which_addresses_a_spec_may_name(
+    config: OperatorConfig, own: str, allowed: tuple[str, ...], address: str, refused: bool
+) -> None:
+    harness = Harness(
+        dataclasses.replace(allowing(config, *allowed), prometheus_url=own), analysed_at("1.0.0", address)
+    )
+    harness.settle()
+    degraded = condition(harness.status, "Degraded")
+    assert (degraded["reason"] == "InvalidSpec") == refused, degraded
+
+
+def test_an_address_not_allowed_is_invalid_never_asked_and_its_canary_rolled_back_as_with_errors(
+    config: OperatorConfig,
+) -> None:
+    """The rollout goes on as without the refusal, but its analysis cannot succeed: every measurement is an Error
+    without a query, no step passes on analysis, and the canary is rolled back at consecutiveErrorLimit."""
+    harness = Harness(dataclasses.replace(config, prometheus_url=PROMETHEUS), analysed_at("1.0.0", ELSEWHERE))
+    harness.settle()
+    status = harness.status
+    assert status["phase"] == "Degraded"
+    field = "spec.rollout.analysis.prometheus.address"
+    assert status["message"] == (
+        f"{field}: {ELSEWHERE} is not a Prometheus address this operator may ask (allowed: {PROMETHEUS})"
+    )
+    for kind, value in (("Degraded", "True"), ("Ready", "False")):
+        assert (condition(status, kind)["status"], condition(status, kind)["reason"]) == (value, "InvalidSpec")
+    assert status["stable"]["readyReplicas"] == 2, "the serving revision is served as ever"
+    degraded_since = condition(status, "Degraded")["lastTransitionTime"]
+
+    harness.cluster.update_spec(harness.key, analysed_at("2.0.0", ELSEWHERE, consecutiveErrorLimit=2))
+    harness.observe()
+    history = harness.settle(limit=30, advance=timedelta(seconds=11))
+    assert all(writes[STATUS_WRITE] <= 1 for writes in history), history
+    assert harness.queried == [], "not one query to an address the operator may not ask"
+    status = harness.status
+    assert status["stable"]["version"] == "1.0.0"
+    assert status["aborted"]["reason"] == "AnalysisFailed"
+    assert "3 query errors in a row" in status["aborted"]["message"]
+    metric = status["analysis"]["metrics"][0]
+    assert (metric["errors"], metric["successful"]) == (3, 0)
+    assert all(m["message"].startswith(f"not measured: {field}: ") for m in metric["measurements"])
+    assert condition(status, "Degraded")["reason"] == "InvalidSpec"
+    assert condition(status, "Degraded")["lastTransitionTime"] == degraded_since, "no flapping"
+    assert [e.reason for e in harness.cluster.events].count("AnalysisMeasurementError") == 3
+
+
+def test_an_address_made_allowed_ends_the_refusal(config: OperatorConfig) -> None:
+    harness = Harness(dataclasses.replace(config, prometheus_url=PROMETHEUS), analysed_at("1.0.0", ELSEWHERE))
+    harness.settle()
+    assert condition(harness.status, "Degraded")["reason"] == "InvalidSpec"
+    harness.cluster.update_spec(harness.key, analysed_at("1.0.0", PROMETHEUS))
+    harness.observe()
+    harness.settle()
+    assert harness.status["phase"] == "Healthy"
+    assert condition(harness.status, "Degraded")["status"] == "False"
+    assert condition(harness.status, "Ready")["status"] == "True"
+    assert [e.reason for e in harness.cluster.events][-1] == "PhaseHealthy"
+
+
+# --- the size of status, whatever Prometheus answers ------------------------------------------------------------
+
+STATUS_BOUND = 48 * 1024
+"""Bytes of status (JSON) with the largest spec the API allows and the worst answers; see the test."""
+HUGE = "X" * 100_000
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def strings(value: Any, path: str = "status") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from strings(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        yield path, value
+
+
+class WorstAnswers:
+    """Answers that put as much text as they can into messages: huge error texts, a huge label, infinities."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.only_errors = False
+
+    def __call__(self, address: str) -> WorstAnswers:
+        return self
+
+    def query(self, promql: str, timeout: float) -> list[Sample]:
+        self.calls += 1
+        if self.only_errors or self.calls % 4 == 0:
+            raise QueryError(f"Prometheus answered 500 Internal Server Error: {HUGE}")
+        if self.calls % 4 == 1:
+            # Buckets of one output column with a huge name: quoted by predictionShift, too many series elsewhere.
+            return [Sample({"output": HUGE, "le": le}, count) for le, count in (("0.5", 30.0), ("+Inf", 60.0))]
+        if self.calls % 4 == 2:
+            return [Sample({"huge": HUGE}, math.inf)]
+        return [Sample({"huge": HUGE}, -math.inf)]
+
+
+def largest_spec(version: str) -> dict[str, Any]:
+    """Every length at its maximum where it can reach status: names, versions, conditions, 10 metrics."""
+    success = "result >= 0.95" + " and result > 0" * 16
+    failure = "result < 0.5" + " and result < 1" * 16
+    assert max(len(success), len(failure)) <= 256, "the API's longest conditions"
+    metrics: list[dict[str, Any]] = []
+    for index in range(10):
+        name = f"m{index}".ljust(63, "x")
+        kind = index % 5
+        if kind == 0:
+            metrics.append({"name": name, "builtin": "successRate", "min": 0.99})
+        elif kind == 1:
+            metrics.append({"name": name, "builtin": "latencyP99", "max": 0.05, "relativeTo": "stable"})
+        elif kind == 2:
+            metrics.append({"name": name, "builtin": "predictionShift", "max": 0.1})
+        else:
+            metrics.append(
+                {
+                    "name": name,
+                    "query": 'sum(x{v="{{ .canary.version }}"})' + " + 0" * 1000,
+                    "successCondition": success,
+                    "failureCondition": failure,
+                }
+            )
+    return {
+        "model": {"name": "m".ljust(63, "m"), "version": version, "uri": "s3://models/" + "k" * 2000},
+        "replicas": 2,
+        "rollout": {
+            "steps": [{"setWeight": 50}, {"pause": {}}],
+            "analysis": {
+                "interval": "10s",
+                "prometheus": {"address": PROMETHEUS + "/" + "p" * 400},
+                "failureLimit": 100,
+                "inconclusiveLimit": 100,
+                "consecutiveErrorLimit": 100,
+                "metrics": metrics,
+            },
+        },
+    }
+
+
+def test_status_stays_small_with_the_largest_spec_and_the_worst_answers(config: OperatorConfig) -> None:
+    """10 metrics (the API's maximum), each keeping its last 10 measurements, every name and version at its longest,
+    and answers of 100 KB error texts, 100 KB labels and infinities, through whole passes. Measurement messages
+    are capped at 256 bytes, so the status stays under STATUS_BOUND; it is also measured once the errors roll the
+    canary back, when the verdict is quoted in the conditions, the phase and status.aborted."""
+    stable, canary = "1.".ljust(63, "0"), "2.".ljust(63, "0")
+    harness = Harness(allowing(config, PROMETHEUS), largest_spec(stable), name="f".ljust(52, "f"))
+    harness.settle()
+    worst = WorstAnswers()
+    harness.queriers = worst
+    harness.cluster.update_spec(harness.key, largest_spec(canary))
+    harness.observe()
+    largest = 0
+    for _ in range(15):
+        harness.run(timedelta(seconds=11))
+        harness.cluster.make_ready(harness.store)
+        largest = max(largest, json_size(harness.status))
+    metrics = harness.status["analysis"]["metrics"]
+    assert [len(metric["measurements"]) for metric in metrics] == [10] * 10, "every metric keeps its maximum"
+    phases = {m["phase"] for metric in metrics for m in metric["measurements"]}
+    assert phases == {"Error", "Failed", "Inconclusive"}, "never Successful on these answers"
+    measured = [m["message"] for metric in metrics for m in metric["measurements"]]
+    assert max(len(message.encode()) for message in measured) == analysis.MAX_MESSAGE_BYTES
+    assert largest <= STATUS_BOUND, largest
+
+    worst.only_errors = True
+    for _ in range(110):
+        harness.run(timedelta(seconds=11))
+        harness.cluster.make_ready(harness.store)
+        largest = max(largest, json_size(harness.status))
+        if harness.status.get("aborted"):
+            break
+    status = harness.status
+    assert status["aborted"]["reason"] == "AnalysisFailed", status.get("message")
+    assert "101 query errors in a row" in status["aborted"]["message"]
+    assert largest <= STATUS_BOUND, largest
+    too_long = {path: len(text.encode()) for path, text in strings(status) if len(text.encode()) > 512}
+    assert not too_long, too_long
+    assert all(len(event.message.encode()) <= 1024 for event in harness.cluster.events)
+    print(f"\nlargest status: {largest} bytes (bound {STATUS_BOUND})")
+
+
+# --- a real, misbehaving Prometheus behind whole passes -----------------------------------------------------------
+
+ROUND_SECONDS = 1.0
+SUCCESS_RATE = {"name": "success-rate", "builtin": "successRate", "min": 0.99}
+LATENCY = {"name": "latency", "builtin": "latencyP99", "max": 0.25}
+
+
+@pytest.fixture(scope="module")
+def prometheus_server() -> Iterator[MisbehavingPrometheus]:
+    with misbehaving_prometheus() as server:
+        yield server
+
+
+def real_prometheus_harness(config: OperatorConfig, address: str, *metrics: dict[str, Any]) -> Harness:
+    """A harness whose passes ask `address` with the operator's own client, under a 1 s round budget."""
+    local = dataclasses.replace(allowing(config, "http://127.0.0.1:*"), prometheus_timeout=ROUND_SECONDS)
+    harness = Harness(local, analysed_at("1.0.0", address, metrics=list(metrics or [SUCCESS_RATE])))
+    harness.queriers = PrometheusClient
+    harness.settle()
+    harness.cluster.update_spec(harness.key, analysed_at("2.0.0", address, metrics=list(metrics or [SUCCESS_RATE])))
+    harness.observe()
+    return harness
+
+
+def first_measurements(harness: Harness) -> tuple[list[dict[str, Any]], float]:
+    """Passes until every metric was measured once; the measurements, and the longest pass in seconds."""
+    longest = 0.0
+    for _ in range(8):
+        started = time.monotonic()
+        harness.run(timedelta(seconds=11))
+        longest = max(longest, time.monotonic() - started)
+        harness.cluster.make_ready(harness.store)
+        metrics = (harness.status.get("analysis") or {}).get("metrics") or []
+        if metrics and all(metric["measurements"] for metric in metrics):
+            return [metric["measurements"][0] for metric in metrics], longest
+    raise AssertionError(f"no measurement: {harness.status.get('message')}")
+
+
+MISBEHAVIOURS: list[tuple[str, dict[str, Any], str]] = [
+    ("value-0.995", SUCCESS_RATE, "Successful"),
+    ("status-500", SUCCESS_RATE, "Error"),
+    ("status-503-html", SUCCESS_RATE, "Error"),
+    ("not-json", SUCCESS_RATE, "Error"),
+    ("truncated-json", SUCCESS_RATE, "Error"),
+    ("deep-json", SUCCESS_RATE, "Error"),
+    ("data-string", SUCCESS_RATE, "Error"),
+    ("matrix", SUCCESS_RATE, "Error"),
+    ("value-not-a-number", SUCCESS_RATE, "Error"),
+    ("labels-not-strings", SUCCESS_RATE, "Error"),
+    ("too-many-series", SUCCESS_RATE, "Error"),
+    ("huge-message", SUCCESS_RATE, "Error"),
+    ("huge", SUCCESS_RATE, "Error"),
+    ("huge-chunked", SUCCESS_RATE, "Error"),
+    ("drip-body", SUCCESS_RATE, "Error"),
+    ("drip-headers", SUCCESS_RATE, "Error"),
+    ("silent", SUCCESS_RATE, "Error"),
+    ("redirect", SUCCESS_RATE, "Error"),
+    ("close", SUCCESS_RATE, "Error"),
+    ("value-nan", SUCCESS_RATE, "Inconclusive"),
+    ("value-inf", SUCCESS_RATE, "Inconclusive"),
+    ("value-inf", LATENCY, "Failed"),
+    ("value-minus-inf", SUCCESS_RATE, "Failed"),
+    ("value-minus-inf", LATENCY, "Inconclusive"),
+    ("scalar-inf", LATENCY, "Failed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "metric", "phase"),
+    MISBEHAVIOURS,
+    ids=[f"{case}-{metric['name']}" for case, metric, _ in MISBEHAVIOURS],
+)
+def test_every_answer_of_a_misbehaving_prometheus_is_counted_as_its_phase(
+    config: OperatorConfig, prometheus_server: MisbehavingPrometheus, case: str, metric: dict[str, Any], phase: str
+) -> None:
+    """No pass fails, no pass waits past the round's deadline (plus a second), the status stays bounded."""
+    harness = real_prometheus_harness(config, prometheus_server.address(case), metric)
+    [measurement], longest = first_measurements(harness)
+    assert measurement["phase"] == phase, measurement
+    assert longest < ROUND_SECONDS + 1, longest
+    assert len(measurement["message"].encode()) <= analysis.MAX_MESSAGE_BYTES
+    assert json_size(harness.status) <= STATUS_BOUND
+    if phase == "Error":
+        assert harness.status["analysis"]["metrics"][0]["consecutiveErrors"] == 1
+
+
+def test_one_deadline_for_the_round_whatever_the_number_of_metrics(
+    config: OperatorConfig, prometheus_server: MisbehavingPrometheus
+) -> None:
+    """Three metrics, one of them asking twice, from a server that drips: the pass ends by the round's budget."""
+    relative = {"name": "relative", "builtin": "latencyP99", "max": 0.05, "relativeTo": "stable"}
+    harness = real_prometheus_harness(config, prometheus_server.address("drip-body"), SUCCESS_RATE, LATENCY, relative)
+    measurements, longest = first_measurements(harness)
+    assert longest < ROUND_SECONDS + 1, longest
+    assert [m["phase"] for m in measurements] == ["Error"] * 3
+    assert "did not answer within the 1s deadline" in measurements[0]["message"]
+    assert all("used up the 1s budget" in m["message"] for m in measurements[1:]), measurements
+
+
+def test_errors_of_a_misbehaving_prometheus_roll_the_canary_back(
+    config: OperatorConfig, prometheus_server: MisbehavingPrometheus
+) -> None:
+    """The answer of the issue: `{"status": "success", "data": "x"}` made every pass fail and the canary held its
+    weight for ever. Now each is an Error, and consecutiveErrorLimit rolls the canary back."""
+    local = dataclasses.replace(allowing(config, "http://127.0.0.1:*"), prometheus_timeout=ROUND_SECONDS)
+    address = prometheus_server.address("data-string")
+    harness = Harness(local, analysed_at("1.0.0", address, consecutiveErrorLimit=2))
+    harness.queriers = PrometheusClient
+    harness.settle()
+    harness.cluster.update_spec(harness.key, analysed_at("2.0.0", address, consecutiveErrorLimit=2))
+    harness.observe()
+    harness.settle(limit=20, advance=timedelta(seconds=11))
+    status = harness.status
+    assert status["aborted"]["reason"] == "AnalysisFailed"
+    assert "3 query errors in a row" in status["aborted"]["message"]
+    assert "no data object" in status["aborted"]["message"]
+    assert status["stable"]["version"] == "1.0.0"
+
+
+def test_an_address_not_allowed_gets_no_request(
+    config: OperatorConfig, prometheus_server: MisbehavingPrometheus
+) -> None:
+    """The same server under another name (localhost, not 127.0.0.1): refused, and asked nothing."""
+    address = prometheus_server.address("value-0.995").replace("127.0.0.1", "localhost")
+    asked = len(prometheus_server.asked)
+    harness = real_prometheus_harness(config, address)
+    [measurement], _ = first_measurements(harness)
+    assert measurement["phase"] == "Error"
+    assert measurement["message"].startswith("not measured: spec.rollout.analysis.prometheus.address: ")
+    assert condition(harness.status, "Degraded")["reason"] == "InvalidSpec"
+    assert prometheus_server.asked[asked:] == []

@@ -24,7 +24,8 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
-from modeldeploy.rollout.conditions import set_condition
+from modeldeploy.rollout.conditions import set_condition, sorted_conditions
+from modeldeploy.rollout.status import phase_change_event
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -109,7 +110,8 @@ def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> 
     generation = int(parent["metadata"].get("generation", 0))
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
-    message = f"spec.{location}: {first['msg']}"
+    # The location starts at the object ("spec.replicas"), so it is the field path as kubectl shows it.
+    message = analysis.cap_message(f"{location}: {first['msg']}")
     conditions = set_condition(
         previous.conditions,
         api.ConditionType.DEGRADED,
@@ -129,6 +131,43 @@ def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> 
             "message": message,
             "conditions": conditions,
         }
+    )
+
+
+ADDRESS_FIELD = "spec.rollout.analysis.prometheus.address"
+
+
+def refused_prometheus_address(resource: api.ModelDeployment, config: OperatorConfig) -> str | None:
+    """Why the spec's Prometheus address may not be asked, or None when it may (or the spec names none).
+
+    Users choose the address and the operator asks it from inside the cluster, so which addresses a spec may name
+    is the operator's setting (MODELDEPLOY_PROMETHEUS_ALLOWED_URLS, and its own MODELDEPLOY_PROMETHEUS_URL)."""
+    spec = resource.spec.rollout.analysis
+    if spec is None or not spec.prometheus.address or config.prometheus_address_allowed(spec.prometheus.address):
+        return None
+    allowed = ", ".join(str(prefix) for prefix in config.allowed_prometheus_prefixes()) or "none"
+    return analysis.cap_message(
+        f"{ADDRESS_FIELD}: {spec.prometheus.address} is not a Prometheus address this operator may ask "
+        f"(allowed: {allowed})"
+    )
+
+
+def _refused_status(
+    status: api.ModelDeploymentStatus, previous: api.ModelDeploymentStatus, message: str, now: datetime
+) -> api.ModelDeploymentStatus:
+    """The planner's status, Degraded with reason InvalidSpec and not Ready, as for a spec the models refuse.
+
+    The conditions' transition times come from the stored status, not from the planner's (which does not know
+    about the refusal, and would flip them every pass)."""
+    generation = status.observedGeneration
+    conditions = list(status.conditions)
+    for kind, value in ((api.ConditionType.DEGRADED, True), (api.ConditionType.READY, False)):
+        updated = set_condition(
+            previous.conditions, kind, value, "InvalidSpec", message, generation=generation, now=now
+        )
+        conditions = [c for c in conditions if c.type != kind] + [c for c in updated if c.type == kind]
+    return status.model_copy(
+        update={"phase": str(api.Phase.DEGRADED), "message": message, "conditions": sorted_conditions(conditions)}
     )
 
 
@@ -162,6 +201,7 @@ def reconcile(
     measurements = None
     if analysis.measurement_due(resource, desired_revision, now):
         measurements = measure(resource, model, config, now, queriers)
+    refused = refused_prometheus_address(resource, config)
     plan = rollout.plan(
         resource,
         desired_revision,
@@ -197,8 +237,19 @@ def reconcile(
         if current is None or not contains(current, service):
             store.put_child(kube.apply(service))
 
-    if _write_status(kube, store, parent, plan.status):
-        for event in plan.events:
+    status, events = plan.status, plan.events
+    if refused is not None:
+        # The rollout goes on as the planner decided, but its analysis cannot succeed: every measurement is an
+        # Error (see measure()), so the canary never passes a step and is rolled back at consecutiveErrorLimit,
+        # exactly as with a Prometheus that does not answer.
+        status = _refused_status(plan.status, resource.status, refused, now)
+        planned = phase_change_event(resource.status, plan.status)
+        events = [event for event in plan.events if event != planned]
+        changed = phase_change_event(resource.status, status)
+        if changed is not None:
+            events.append(changed)
+    if _write_status(kube, store, parent, status):
+        for event in events:
             kube.post_event(parent, event.type, event.reason, event.message)
     return plan.requeue_after
 
@@ -225,8 +276,20 @@ def measure(
         stable_version=stable.version,
         stable_revision=stable.revision,
     )
-    client = queriers(spec.prometheus.address or config.prometheus_url)
-    measurements = analysis.measure_all(spec, target, client, config.prometheus_timeout, format_time(now))
+    refused = refused_prometheus_address(resource, config)
+    if refused is not None:
+        # Not a single request to an address the operator may not ask.
+        measurements = {
+            metric.name: api.Measurement(
+                phase=str(api.MeasurementPhase.ERROR),
+                message=analysis.cap_message(f"not measured: {refused}"),
+                time=format_time(now),
+            )
+            for metric in spec.metrics
+        }
+    else:
+        client = queriers(spec.prometheus.address or config.prometheus_url)
+        measurements = analysis.measure_all(spec, target, client, config.prometheus_timeout, format_time(now))
     kinds = {metric.name: metric.builtin or "query" for metric in spec.metrics}
     for name, measurement in measurements.items():
         ANALYSIS_MEASUREMENTS.labels(kinds[name], measurement.phase).inc()
