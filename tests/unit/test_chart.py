@@ -138,6 +138,7 @@ def test_values_reach_the_operator() -> None:
         "workers=8",
         "analysis.prometheusURL=http://prometheus.monitoring:9090",
         "analysis.timeoutSeconds=5",
+        "analysis.allowedPrometheusURLs={http://prometheus.team-a:9090,https://thanos.example/tenant-a}",
     )
     operator = container(docs)
     assert operator["image"] == "modeldeploy/operator:1.2.3"
@@ -151,8 +152,16 @@ def test_values_reach_the_operator() -> None:
         "MODELDEPLOY_RETAINED_REVISIONS": "3",
         "MODELDEPLOY_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
         "MODELDEPLOY_PROMETHEUS_TIMEOUT_SECONDS": "5",
+        "MODELDEPLOY_PROMETHEUS_ALLOWED_URLS": "http://prometheus.team-a:9090,https://thanos.example/tenant-a",
     }
     assert "--verbose" not in container(template())["args"]
+
+
+def test_by_default_a_spec_may_name_only_the_operators_own_prometheus() -> None:
+    """An empty list: the operator allows prometheusURL alone (config.py reads the variable)."""
+    assert env(template())["MODELDEPLOY_PROMETHEUS_ALLOWED_URLS"] == ""
+    allowed = env(template("analysis.allowedPrometheusURLs={http://127.0.0.1:*}"))
+    assert allowed["MODELDEPLOY_PROMETHEUS_ALLOWED_URLS"] == "http://127.0.0.1:*"
 
 
 def test_crd_comes_from_the_generated_file_with_the_keep_policy() -> None:
@@ -193,6 +202,9 @@ def test_namespace_is_not_created_unless_asked() -> None:
         ("metrics.serviceMonitor.interval=often", "interval"),
         ("logformat=json", "logformat"),
         ("health.port=8080", "health.port"),
+        ("analysis.allowedPrometheusURLs={prometheus:9090}", "allowedPrometheusURLs"),
+        ("analysis.allowedPrometheusURLs={http://user@prometheus:9090}", "allowedPrometheusURLs"),
+        ("analysis.allowedPrometheusURLs=http://prometheus:9090", "allowedPrometheusURLs"),
     ],
 )
 def test_a_wrong_value_fails_with_a_message_naming_it(value: str, named: str) -> None:
