@@ -18,6 +18,9 @@ from modeldeploy_testkit.scripts import cluster_dir
 from modeldeploy_testkit.waiting import free_port, http_get, wait_until
 
 OPERATOR_USER_AGENT = "modeldeploy/"
+# The tests' Prometheus and the relays to it listen on 127.0.0.1, on ports chosen at run time; the operator asks
+# only the Prometheus addresses its setting allows.
+LOCAL_PROMETHEUS_URLS = "http://127.0.0.1:*"
 
 
 class OperatorProcess:
@@ -57,7 +60,12 @@ class OperatorProcess:
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
                 command,
-                env={**self.cluster.env(), **self.extra_env, "PYTHONUNBUFFERED": "1"},
+                env={
+                    "MODELDEPLOY_PROMETHEUS_ALLOWED_URLS": LOCAL_PROMETHEUS_URLS,
+                    **self.cluster.env(),
+                    **self.extra_env,
+                    "PYTHONUNBUFFERED": "1",
+                },
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
