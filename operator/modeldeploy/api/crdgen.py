@@ -27,7 +27,7 @@ from pydantic_core import core_schema, to_jsonable_python
 
 from modeldeploy.api import models as api
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 # All hold the same CRD: crds/ for tools that look there, manifests/ so `kubectl apply -f manifests/`
 # installs it with everything else, and the Helm chart's files/, which its crd.yaml template renders.
 OUTPUTS = (Path("crds/modeldeployment.yaml"), Path("manifests/crd.yaml"), Path("helm/modeldeploy/files/crd.yaml"))
