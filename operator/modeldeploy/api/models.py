@@ -497,7 +497,10 @@ class PrometheusSpec(_Model):
             pattern=r"^(https?://[^\s]+)?$",
             description=(
                 "Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090. Empty: the "
-                "operator's default (MODELDEPLOY_PROMETHEUS_URL, the Helm value analysis.prometheusURL)."
+                "operator's default (MODELDEPLOY_PROMETHEUS_URL, the Helm value analysis.prometheusURL). Any other "
+                "address must be under a prefix the operator allows (MODELDEPLOY_PROMETHEUS_ALLOWED_URLS, the Helm "
+                "value analysis.allowedPrometheusURLs); else it is never asked and the resource is Degraded with "
+                "reason InvalidSpec."
             ),
         ),
     ]
