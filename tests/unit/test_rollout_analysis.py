@@ -343,3 +343,47 @@ def test_a_pause_after_a_pause_needs_a_measurement_of_its_own() -> None:
         measurements=every("Successful", 10, value=1.0),
     )
     assert plan.status.currentStepIndex == 3
+
+
+def test_a_retry_after_a_failed_analysis_is_measured_afresh() -> None:
+    ready, spec = start_canary()
+    failed = step(
+        "2.0",
+        *settled(ready),
+        status=ready.status,
+        now=at(6),
+        steps=STEPS,
+        analysis=spec,
+        measurements=every("Failed", 6, value=0.1),
+    )
+    assert failed.status.aborted is not None
+    retried = step(
+        "2.0",
+        *settled(failed),
+        status=failed.status,
+        now=at(10),
+        steps=STEPS,
+        analysis=spec,
+        commands={"retry": {"id": "retry-1"}},
+    )
+    # The failed analysis belongs to the first attempt: kept, it would never measure again, and the step would wait
+    # for a Successful measurement for good.
+    state = retried.status.analysis
+    assert state is not None
+    assert (state.phase, state.startedAt) == ("Pending", None)
+    assert all(metric.failed == 0 for metric in state.metrics)
+    plan = retried
+    for _ in range(2):
+        plan = step("2.0", *settled(plan), status=plan.status, now=at(11), steps=STEPS, analysis=spec)
+    assert plan.status.analysis is not None
+    assert (plan.status.analysis.phase, plan.status.analysis.nextMeasurementAt) == ("Running", ts(16))
+    measured_ok = step(
+        "2.0",
+        *settled(plan),
+        status=plan.status,
+        now=at(16),
+        steps=STEPS,
+        analysis=spec,
+        measurements=every("Successful", 16, value=1.0),
+    )
+    assert measured_ok.status.currentStepIndex == 1

@@ -23,7 +23,7 @@ def judge(d: Decision, s: Situation) -> tuple[Decision, bool]:
     if spec is None or canary.fastTrack:
         return replace(d, analysis=None), True
     current = d.analysis
-    if current is None or current.revision != canary.revision:
+    if current is None or current.revision != canary.revision or _concluded_before(current, d.pause):
         current = api.AnalysisStatus(
             revision=canary.revision,
             version=canary.version,
@@ -66,6 +66,15 @@ def judge(d: Decision, s: Situation) -> tuple[Decision, bool]:
     if current.nextMeasurementAt is not None:
         d = d.waking_in(max((parse_time(current.nextMeasurementAt) - s.now).total_seconds(), 0.0))
     return d, True
+
+
+def _concluded_before(current: api.AnalysisStatus, pause: api.PauseStatus | None) -> bool:
+    """An analysis of this revision that ended (promoted, rolled back, or inconclusive with no pause holding the
+    canary) belongs to an earlier attempt: a retry or a return to the revision is judged afresh. Kept, it would
+    never measure again, and the canary's steps would wait for a measurement for good."""
+    if current.phase == api.AnalysisPhase.INCONCLUSIVE:
+        return pause is None or pause.reason != analysis.ANALYSIS_PAUSE
+    return current.phase in (api.AnalysisPhase.SUCCESSFUL, api.AnalysisPhase.FAILED, api.AnalysisPhase.ERROR)
 
 
 def _started(current: api.AnalysisStatus, spec: api.AnalysisSpec, now: datetime) -> api.AnalysisStatus:
