@@ -83,6 +83,13 @@ class FakeCluster:
         body["metadata"]["generation"] += 1
         body["metadata"]["resourceVersion"] = self._next_version()
 
+    def replace_status(self, key: Key, status: Any) -> None:
+        """Someone else's write to the status subresource (anyone with patch on it): the stored status becomes
+        `status`, whatever it holds, as the watch would then show it."""
+        body = self.objects[(api.KIND, *key)]
+        body["status"] = copy.deepcopy(status)
+        body["metadata"]["resourceVersion"] = self._next_version()
+
     def resource(self, key: Key) -> Manifest:
         return self.objects[(api.KIND, *key)]
 

@@ -81,7 +81,15 @@ def contains(actual: Any, desired: Any, *, quantities: bool = False) -> bool:
     return bool(actual == desired)
 
 
-def observed_revisions(children: Children) -> dict[str, rollout.ObservedRevision]:
+def owned_by(child: Manifest, uid: str) -> bool:
+    """Whether the child's controller owner reference names the resource with this uid (not merely its name: a
+    resource deleted and created again has a new uid, and its predecessor's children are not its own)."""
+    references = child["metadata"].get("ownerReferences") or []
+    return any(isinstance(ref, dict) and ref.get("controller") and ref.get("uid") == uid for ref in references)
+
+
+def observed_revisions(children: Children, owner_uid: str | None = None) -> dict[str, rollout.ObservedRevision]:
+    """What each revision's Deployment shows; with `owner_uid`, whether the resource with that uid owns it."""
     observed = {}
     for deployment in children.deployments.values():
         labels = deployment["metadata"].get("labels") or {}
@@ -96,8 +104,20 @@ def observed_revisions(children: Children) -> dict[str, rollout.ObservedRevision
             replicas=int(deployment["spec"].get("replicas", 0)),
             ready_replicas=int(status.get("readyReplicas") or 0),
             up_to_date=int(status.get("observedGeneration") or 0) >= int(generation),
+            owned=owner_uid is None or owned_by(deployment, owner_uid),
         )
     return observed
+
+
+def serving_revision(children: Children, resource: api.ModelDeployment) -> str | None:
+    """The revision the Service `<name>-stable` selects, if this resource owns it: which revision the operator last
+    made serve, written in the same pass as the status but out of reach of a status patch."""
+    service = children.services.get(f"{builders.resource_name(resource)}-stable")
+    if service is None or not owned_by(service, str(resource.metadata.get("uid", ""))):
+        return None
+    selector = (service.get("spec") or {}).get("selector") or {}
+    revision = selector.get(builders.LABEL_REVISION)
+    return revision if isinstance(revision, str) and revision else None
 
 
 def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
@@ -106,7 +126,7 @@ def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
 
 
 def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> api.ModelDeploymentStatus:
-    previous = api.ModelDeploymentStatus.model_validate(parent.get("status") or {})
+    previous, _ = rollout.read_status(parent.get("status"))
     generation = int(parent["metadata"].get("generation", 0))
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
@@ -188,16 +208,42 @@ def reconcile(
     if parent is None or parent["metadata"].get("deletionTimestamp"):
         return None  # Gone or going: garbage collection removes the children.
     namespace = key[0]
+    # Status is read apart from the spec: a status the models cannot read is repaired below, never an invalid spec.
+    stored_status, unreadable = rollout.read_status(parent.get("status"))
     try:
-        resource = api.ModelDeployment.model_validate(parent)
+        resource = api.ModelDeployment.model_validate({k: v for k, v in parent.items() if k != "status"})
     except ValidationError as error:
         # Admission should have refused it; an object stored before a schema change can still be invalid.
         status = _invalid_status(parent, error, now)
         _write_status(kube, store, parent, status)
         return None
+    resource = resource.model_copy(update={"status": stored_status})
 
     desired_revision = builders.revision_of(resource, config)
     model = builders.model_name(resource)
+    observed = observed_revisions(children, str(parent["metadata"].get("uid", "")))
+    serving = serving_revision(children, resource)
+    # Status is untrusted input (anyone with patch on the status subresource writes it): it is checked against what
+    # the Store shows before anything reads it, the measurement below included.
+    resource, checked = rollout.trusted(
+        resource,
+        desired_revision,
+        observed,
+        now,
+        model=model,
+        serving=serving,
+        history_limit=config.history_limit,
+        retained=config.retained_revisions,
+    )
+    repairs = (*unreadable, *checked)
+    for repair in repairs:
+        log.warning(
+            'Status repaired namespace="%s" name="%s" field="%s" action="%s"',
+            namespace,
+            key[1],
+            repair.field,
+            repair.action,
+        )
     measurements = None
     if analysis.measurement_due(resource, desired_revision, now):
         measurements = measure(resource, model, config, now, queriers)
@@ -205,13 +251,14 @@ def reconcile(
     plan = rollout.plan(
         resource,
         desired_revision,
-        observed_revisions(children),
+        observed,
         now,
         model=model,
         url=builders.service_url(resource, config),
         history_limit=config.history_limit,
         retained=config.retained_revisions,
         measurements=measurements,
+        serving=serving,
     )
 
     for revision, replicas in plan.replicas.items():
@@ -248,7 +295,9 @@ def reconcile(
         changed = phase_change_event(resource.status, status)
         if changed is not None:
             events.append(changed)
-    if _write_status(kube, store, parent, status):
+    # The repairs go out with the status write that records them, once: the next pass reads the repaired status.
+    events = [repair.event() for repair in repairs] + events
+    if _write_status(kube, store, parent, status, force=bool(repairs)):
         for event in events:
             kube.post_event(parent, event.type, event.reason, event.message)
     return plan.requeue_after
@@ -305,10 +354,13 @@ def measure(
     return measurements
 
 
-def _write_status(kube: ClusterWriter, store: Store, parent: Manifest, status: api.ModelDeploymentStatus) -> bool:
-    """Write the status when it differs from what is stored. One write per pass at most."""
-    previous = api.ModelDeploymentStatus.model_validate(parent.get("status") or {})
-    if _status_dump(previous) == _status_dump(status):
+def _write_status(
+    kube: ClusterWriter, store: Store, parent: Manifest, status: api.ModelDeploymentStatus, *, force: bool = False
+) -> bool:
+    """Write the status when it differs from what is stored, or (`force`) when what is stored had to be repaired,
+    which a comparison of the parsed statuses cannot always see. One write per pass at most."""
+    previous, _ = rollout.read_status(parent.get("status"))
+    if not force and _status_dump(previous) == _status_dump(status):
         return False
     namespace, name = key_of(parent)
     updated = kube.patch_status(namespace, name, _status_dump(status))

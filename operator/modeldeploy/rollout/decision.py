@@ -25,6 +25,8 @@ class ObservedRevision:
     ready_replicas: int
     up_to_date: bool = True
     """The Deployment controller has seen the current Deployment spec (observedGeneration caught up)."""
+    owned: bool = True
+    """Its controller owner reference names this very resource (by uid): evidence that this operator made it."""
 
     def settled(self, replicas: int) -> bool:
         """Exactly `replicas` asked for, all of them Ready, and the controller caught up with the spec."""
@@ -66,6 +68,9 @@ class Situation:
     """The analysis results of this pass, when a measurement was due."""
     history_limit: int = 10
     retained: int = 3
+    serving: str | None = None
+    """The revision the Service `<name>-stable` selects, when it is known: which revision this operator last made
+    serve. Only the operator writes that Service, so it is evidence a status patch cannot forge."""
 
     @property
     def spec(self) -> api.ModelDeploymentSpec:
@@ -98,6 +103,11 @@ class Situation:
         """Ready pods of the revision, counted only once its controller has seen the current spec."""
         seen = self.observed.get(revision)
         return seen.ready_replicas if seen is not None and seen.up_to_date else 0
+
+    def evidenced(self, revision: str) -> bool:
+        """A Deployment of the revision exists and belongs to this resource: more than status can claim."""
+        seen = self.observed.get(revision)
+        return seen is not None and seen.owned
 
     def scaled_to(self, revision: str) -> int | None:
         seen = self.observed.get(revision)

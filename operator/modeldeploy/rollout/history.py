@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from modeldeploy.api import models as api
+from modeldeploy.rollout.decision import Situation
 
 
 def retained_revisions(history: Sequence[api.HistoryEntry], keep: int) -> list[str]:
@@ -23,3 +24,9 @@ def recently_served(history: Sequence[api.HistoryEntry], window: int) -> list[st
         if entry.outcome == api.Outcome.PROMOTED and entry.revision not in served:
             served.append(entry.revision)
     return served[:window]
+
+
+def may_fast_track(s: Situation, history: Sequence[api.HistoryEntry], revision: str) -> bool:
+    """A revision goes out without steps only when it served recently (history says so) and its Deployment, owned by
+    this resource, is still there (kept at zero for exactly this): history alone is what a status patch can write."""
+    return revision in recently_served(history, s.spec.rollout.rollbackWindow) and s.evidenced(revision)

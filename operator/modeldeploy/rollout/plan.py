@@ -4,25 +4,27 @@
 Deployment gets, and what the status says. It does no I/O: the reconciler applies its result, so every transition
 is unit-tested without a cluster, and a restarted operator reaches the same decision from the status it left.
 
-The work is split the way it flows: planner.decide() runs the rules (transitions, steps, judging) into a frozen
-Decision, status.build_status() says what that Decision is, and the replica maths lives with the routers in
+The work is split the way it flows: trust.check_status() makes the status it resumes from one the rules can use
+(status is untrusted input, see trust.py), planner.decide() runs the rules (transitions, steps, judging) into a
+frozen Decision, status.build_status() says what that Decision is, and the replica maths lives with the routers in
 modeldeploy.traffic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from modeldeploy.api import models as api
 from modeldeploy.rollout.decision import Event, ObservedRevision, Situation
 from modeldeploy.rollout.planner import decide
 from modeldeploy.rollout.status import build_status, phase_change_event
+from modeldeploy.rollout.trust import Repair, check_status, read_status
 from modeldeploy.traffic.routers import ReplicaRatioRouter, TrafficRouter
 
 # plan()'s inputs and outputs, importable from here with it.
-__all__ = ["Event", "ObservedRevision", "Plan", "plan"]
+__all__ = ["Event", "ObservedRevision", "Plan", "Repair", "plan", "read_status", "trusted"]
 
 
 @dataclass
@@ -37,6 +39,39 @@ class Plan:
     """Seconds until the decision may change with no event (a pause or deadline running out)."""
 
 
+def trusted(
+    resource: api.ModelDeployment,
+    desired_revision: str,
+    observed: Mapping[str, ObservedRevision],
+    now: datetime,
+    *,
+    model: str,
+    serving: str | None = None,
+    history_limit: int = 10,
+    retained: int = 3,
+    router: TrafficRouter | None = None,
+) -> tuple[api.ModelDeployment, tuple[Repair, ...]]:
+    """`resource` with its status checked against what is observed (see trust.py), and what was repaired. plan()
+    does the same itself; the reconciler calls this first because it reads status before planning (whether a
+    measurement is due)."""
+    situation = Situation(
+        resource=resource,
+        desired=desired_revision,
+        observed=observed,
+        now=now,
+        model=model,
+        router=router or ReplicaRatioRouter(),
+        measurements={},
+        history_limit=history_limit,
+        retained=retained,
+        serving=serving,
+    )
+    status, repairs = check_status(situation)
+    if not repairs:
+        return resource, ()
+    return resource.model_copy(update={"status": status}), repairs
+
+
 def plan(
     resource: api.ModelDeployment,
     desired_revision: str,
@@ -49,9 +84,11 @@ def plan(
     retained: int = 3,
     router: TrafficRouter | None = None,
     measurements: Mapping[str, api.Measurement] | None = None,
+    serving: str | None = None,
 ) -> Plan:
     """Decide the next state. Level-based: the same inputs always give the same plan. `measurements` are the
-    analysis results of this pass, when one was due (see analysis.measurement_due)."""
+    analysis results of this pass, when one was due (see analysis.measurement_due); `serving` is the revision the
+    Service `<name>-stable` selects, when the caller knows it."""
     situation = Situation(
         resource=resource,
         desired=desired_revision,
@@ -62,10 +99,16 @@ def plan(
         measurements=measurements or {},
         history_limit=history_limit,
         retained=retained,
+        serving=serving,
     )
+    checked, repairs = check_status(situation)
+    if repairs:
+        # Decided from, and built on, the repaired status: the repairs are written with it, so they are made once.
+        resource = resource.model_copy(update={"status": checked})
+        situation = replace(situation, resource=resource)
     decision = decide(situation)
     status = build_status(decision, resource, observed, now, model=model, url=url)
-    events = list(decision.events)
+    events = [repair.event() for repair in repairs] + list(decision.events)
     phase_change = phase_change_event(resource.status, status)
     if phase_change is not None:
         events.append(phase_change)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time
 from modeldeploy.rollout.decision import Decision, Situation
-from modeldeploy.rollout.history import recently_served
+from modeldeploy.rollout.history import may_fast_track
 
 
 def record(d: Decision, s: Situation, track: api.TrackStatus, outcome: api.Outcome, reason: str) -> Decision:
@@ -34,7 +34,7 @@ def start_canary(d: Decision, s: Situation) -> Decision:
             f"{superseded.version} (revision {superseded.revision}) replaced by a newer spec",
         )
     # Read after the entry above: history is capped, and what it keeps is what the window sees.
-    fast = s.desired in recently_served(d.history, s.spec.rollout.rollbackWindow)
+    fast = may_fast_track(s, d.history, s.desired)
     now = format_time(s.now)
     canary = api.CanaryStatus(version=s.spec.model.version, revision=s.desired, since=now, fastTrack=fast)
     how = "at once: it served recently" if fast or not s.steps else f"in {len(s.steps)} steps"
