@@ -21,13 +21,21 @@ ENV_MODEL_PREDICT_METHOD = "MODEL_PREDICT_METHOD"
 ENV_MODEL_CACHE_DIR = "MODEL_CACHE_DIR"
 ENV_MODEL_PVC_ROOT = "MODEL_PVC_ROOT"
 ENV_MODEL_DOWNLOAD_TIMEOUT = "MODEL_DOWNLOAD_TIMEOUT_SECONDS"
+ENV_MODEL_MAX_BYTES = "MODEL_MAX_BYTES"
+ENV_MODEL_STORAGE_ANONYMOUS = "MODEL_STORAGE_ANONYMOUS"
+# Every variable named MODEL_HTTP_HEADER_<Header-Name> is sent as that header with http(s) downloads; the operator
+# fills them from a Secret (envFrom with this prefix), so credentials never sit in the URI or the Deployment.
+HTTP_HEADER_ENV_PREFIX = "MODEL_HTTP_HEADER_"
 
 # Under /tmp because the pod's root filesystem is read-only and /tmp is its writable emptyDir.
 DEFAULT_CACHE_DIR = Path("/tmp/modeldeploy-models")
 # Where the operator mounts pvc://CLAIM/path volumes: /mnt/models/CLAIM/path.
 DEFAULT_PVC_ROOT = Path("/mnt/models")
 DEFAULT_MODEL_CLASS = "Model"
-DEFAULT_DOWNLOAD_TIMEOUT_SECONDS = 60.0
+# One download attempt, all of it: connecting, every object of a prefix, every byte.
+DEFAULT_DOWNLOAD_TIMEOUT_SECONDS = 600.0
+# The operator sets MODEL_MAX_BYTES from the cache volume's sizeLimit; this is for a runtime started without it.
+DEFAULT_MAX_BYTES = 4 * 1024**3
 # prometheus_client's own variable: where each process keeps its metric values for the metrics process to
 # merge.
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -37,6 +45,10 @@ UNKNOWN = "unknown"
 
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _SKLEARN_METHODS = ("predict", "predict_proba", "decision_function")
+# RFC 9110 token characters: what a header name may be made of.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TRUE = ("1", "true", "yes")
+_FALSE = ("", "0", "false", "no")
 
 
 class ModelFormat(StrEnum):
@@ -77,6 +89,10 @@ class RuntimeConfig:
     cache_dir: Path
     pvc_root: Path
     download_timeout_seconds: float
+    max_bytes: int = DEFAULT_MAX_BYTES
+    # Unsigned, credential-less object-store reads: only when asked for, never as a fallback.
+    anonymous_storage: bool = False
+    http_headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -102,6 +118,9 @@ class RuntimeConfig:
             cache_dir=Path(env.get(ENV_MODEL_CACHE_DIR, "").strip() or DEFAULT_CACHE_DIR),
             pvc_root=Path(env.get(ENV_MODEL_PVC_ROOT, "").strip() or DEFAULT_PVC_ROOT),
             download_timeout_seconds=parse_timeout(env.get(ENV_MODEL_DOWNLOAD_TIMEOUT, "")),
+            max_bytes=parse_max_bytes(env.get(ENV_MODEL_MAX_BYTES, "")),
+            anonymous_storage=parse_flag(ENV_MODEL_STORAGE_ANONYMOUS, env.get(ENV_MODEL_STORAGE_ANONYMOUS, "")),
+            http_headers=parse_http_headers(env),
         )
 
 
@@ -138,3 +157,41 @@ def parse_timeout(raw: str) -> float:
     if seconds <= 0:
         raise ConfigError(f"{ENV_MODEL_DOWNLOAD_TIMEOUT} must be positive")
     return seconds
+
+
+def parse_max_bytes(raw: str) -> int:
+    if not raw.strip():
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{ENV_MODEL_MAX_BYTES}={raw!r} is not a whole number of bytes") from None
+    if value <= 0:
+        raise ConfigError(f"{ENV_MODEL_MAX_BYTES} must be positive")
+    return value
+
+
+def parse_flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not true or false")
+
+
+def parse_http_headers(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Headers from MODEL_HTTP_HEADER_<Name> variables, sorted by name. Values are never echoed in errors."""
+    headers: list[tuple[str, str]] = []
+    for key, value in environ.items():
+        if not key.startswith(HTTP_HEADER_ENV_PREFIX):
+            continue
+        name = key.removeprefix(HTTP_HEADER_ENV_PREFIX)
+        if not _HEADER_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a valid HTTP header name")
+        # A Secret's value often ends with the newline of the file it was made from.
+        value = value.strip()
+        if "\r" in value or "\n" in value:
+            raise ConfigError(f"{key}: the header value holds a line break")
+        headers.append((name, value))
+    return tuple(sorted(headers))

@@ -18,12 +18,14 @@ class LoadFailure(StrEnum):
     DOWNLOAD_FAILED = "download_failed"
     DIGEST_MISMATCH = "digest_mismatch"
     INVALID_ARTIFACT = "invalid_artifact"
+    TOO_LARGE = "too_large"
+    NO_CREDENTIALS = "no_credentials"
 
     @property
     def retryable(self) -> bool:
         # Only the network can heal by itself; a wrong digest or a corrupt file stays wrong until a new
-        # revision.
-        return self is LoadFailure.DOWNLOAD_FAILED
+        # revision. Credentials count as the network: an instance-metadata or token endpoint may answer later.
+        return self in (LoadFailure.DOWNLOAD_FAILED, LoadFailure.NO_CREDENTIALS)
 
 
 class RequestError(StrEnum):

@@ -20,16 +20,20 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from modeldeploy_runtime.artifacts import fetch_artifact, parse_model_uri, verify_sha256
-from modeldeploy_runtime.config import ConfigError, ModelIdentity, RuntimeConfig
+from modeldeploy_runtime.artifacts import DownloadLimits, fetch_artifact, parse_model_uri, verify_sha256
+from modeldeploy_runtime.config import ConfigError, ModelFormat, ModelIdentity, RuntimeConfig
 from modeldeploy_runtime.errors import LoadFailure, ModelLoadError
 from modeldeploy_runtime.frameworks import Predictor, load_predictor
 from modeldeploy_runtime.logs import kv
 from modeldeploy_runtime.metrics import RuntimeMetrics
+from modeldeploy_runtime.redaction import redact
 
 logger = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 2.0
+# Formats whose loading runs code from the artifact (pickle, a Python module): without MODEL_SHA256 nothing pins
+# what runs to what was reviewed, which deserves a warning of its own.
+CODE_EXECUTING_FORMATS = frozenset({ModelFormat.SKLEARN, ModelFormat.CUSTOM})
 MAX_RETRY_SECONDS = 60.0
 
 
@@ -48,8 +52,13 @@ def load_model(config: RuntimeConfig) -> LoadedModel:
     path = fetch_artifact(
         location,
         config.cache_dir,
-        timeout_seconds=config.download_timeout_seconds,
         expected_sha256=config.sha256,
+        limits=DownloadLimits(
+            timeout_seconds=config.download_timeout_seconds,
+            max_bytes=config.max_bytes,
+            headers=config.http_headers,
+            anonymous=config.anonymous_storage,
+        ),
     )
     try:
         sha256 = verify_sha256(path, config.sha256)
@@ -171,15 +180,27 @@ class ModelLoader:
                 seconds=round(seconds, 3),
             )
         )
+        if self._config.sha256 is None and self._config.format in CODE_EXECUTING_FORMATS:
+            logger.warning(
+                kv(
+                    "Loaded an unverified artifact whose loading runs code: set MODEL_SHA256 to pin it",
+                    model=self._identity.name,
+                    version=self._identity.version,
+                    format=self._config.format.value,
+                    sha256=loaded.sha256,
+                )
+            )
 
     def _fail(self, error: ModelLoadError, attempt: int, retry_in: float | None) -> None:
+        # The message is served by /health/status as well as logged: a library's message may quote a signed URL.
+        message = redact(error.message)
         with self._lock:
-            self._status = Status(State.FAILED, attempt, error.reason, error.message, retry_in)
+            self._status = Status(State.FAILED, attempt, error.reason, message, retry_in)
         fields: dict[str, object] = {
             "model": self._identity.name,
             "version": self._identity.version,
             "reason": error.reason.value,
-            "err": error.message,
+            "err": message,
             "attempt": attempt,
         }
         if self._config is not None:

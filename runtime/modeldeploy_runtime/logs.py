@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from modeldeploy_runtime.redaction import redact
+
 _LEVEL_LETTERS = {logging.DEBUG: "D", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E"}
 LOG_LEVEL_ENV = "SELDON_LOG_LEVEL"
 
@@ -36,7 +38,9 @@ def kv(message: str, **fields: object) -> str:
 
 
 class KlogFormatter(logging.Formatter):
-    """klog's header, with the process id where klog puts a thread id: the server runs several processes."""
+    """klog's header, with the process id where klog puts a thread id: the server runs several processes.
+
+    Signed query strings and URI user info are masked (see redaction.py)."""
 
     def format(self, record: logging.LogRecord) -> str:
         letter = _LEVEL_LETTERS.get(record.levelno, "E" if record.levelno > logging.ERROR else "I")
@@ -49,7 +53,8 @@ class KlogFormatter(logging.Formatter):
         line = f"{header} {record.getMessage()}"
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
-        return line
+        # Every line, whoever logged it: a library's error message may quote a signed URL too.
+        return redact(line)
 
 
 def configure_logging(level: str | None = None) -> None:

@@ -181,3 +181,44 @@ def test_metrics_record_outcomes_and_outputs() -> None:
     assert samples[metric_key(names.PREDICTION_VALUE + "_bucket", **labels, output="1", le="2.0")] == 2
     assert samples[metric_key(names.MODEL_READY, **labels)] == 1
     assert samples[metric_key(names.MODEL_INFO, **labels, format="sklearn", sha256="a" * 64)] == 1
+
+
+def test_download_limits_and_headers_from_env() -> None:
+    config = RuntimeConfig.from_env(
+        {
+            **BASE_ENV,
+            "MODEL_MAX_BYTES": "1048576",
+            "MODEL_STORAGE_ANONYMOUS": "true",
+            "MODEL_HTTP_HEADER_Authorization": "Bearer t\n",
+            "MODEL_HTTP_HEADER_X-Api-Key": "k",
+        }
+    )
+
+    assert config.max_bytes == 1048576
+    assert config.anonymous_storage is True
+    assert config.http_headers == (("Authorization", "Bearer t"), ("X-Api-Key", "k"))
+
+
+def test_download_defaults() -> None:
+    config = RuntimeConfig.from_env(BASE_ENV)
+
+    assert config.download_timeout_seconds == 600.0
+    assert config.max_bytes == 4 * 1024**3
+    assert config.anonymous_storage is False
+    assert config.http_headers == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "phrase"),
+    [
+        ("MODEL_MAX_BYTES", "1Gi", "whole number"),
+        ("MODEL_MAX_BYTES", "0", "positive"),
+        ("MODEL_STORAGE_ANONYMOUS", "maybe", "true or false"),
+        ("MODEL_HTTP_HEADER_Bad Name", "v", "header name"),
+        ("MODEL_HTTP_HEADER_X", "a\r\nInjected: 1", "line break"),
+    ],
+)
+def test_download_settings_refused(name: str, value: str, phrase: str) -> None:
+    with pytest.raises(ConfigError, match=phrase) as refused:
+        RuntimeConfig.from_env({**BASE_ENV, name: value})
+    assert "Injected" not in str(refused.value)
