@@ -231,16 +231,82 @@ def test_bounds_and_patterns(schema: dict[str, Any]) -> None:
 
 
 def test_extensions_are_kept(schema: dict[str, Any]) -> None:
-    value_from = find(schema, "spec.runtime.env.*.valueFrom")
-    assert value_from["type"] == "object"
-    assert value_from["x-kubernetes-preserve-unknown-fields"] is True
     for side in ("limits", "requests"):
         resources = find(schema, f"spec.runtime.resources.{side}")
         assert resources["type"] == "object"
+        assert resources["maxProperties"] == api.MAX_RESOURCES
         assert resources["additionalProperties"] == {
+            "minimum": 0,
+            "maxLength": api.QUANTITY_LENGTH,
+            "pattern": api.QUANTITY_PATTERN,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
         }
+    divisor = find(schema, "spec.runtime.env.*.valueFrom.resourceFieldRef.divisor")
+    assert divisor["x-kubernetes-int-or-string"] is True
+    assert divisor["pattern"] == api.QUANTITY_PATTERN
+
+
+def test_pass_through_fields_have_kubernetes_shapes(schema: dict[str, Any]) -> None:
+    """Nothing the pods get is opaque: Kubernetes' own shapes, so a wrong one is refused at admission."""
+    spec = find(schema, "spec")
+    assert not [path for path, node in walk(spec, "spec") if "x-kubernetes-preserve-unknown-fields" in node]
+    toleration = find(schema, "spec.runtime.tolerations.*")
+    assert set(toleration["properties"]) == {"key", "operator", "value", "effect", "tolerationSeconds"}
+    assert toleration["properties"]["operator"]["enum"] == ["Equal", "Exists", ""]
+    assert toleration["properties"]["effect"]["enum"] == ["NoSchedule", "PreferNoSchedule", "NoExecute", ""]
+    value_from = find(schema, "spec.runtime.env.*.valueFrom")
+    assert set(value_from["properties"]) == {"configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef"}
+    assert "exactly one of" in value_from["x-kubernetes-validations"][0]["message"]
+    affinity = find(schema, "spec.runtime.affinity")
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+    node = affinity["properties"]["nodeAffinity"]["properties"]
+    required = node["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["required"] == ["nodeSelectorTerms"]
+    term = required["properties"]["nodeSelectorTerms"]["items"]
+    assert term["properties"]["matchExpressions"]["items"]["properties"]["operator"]["enum"] == [
+        "In",
+        "NotIn",
+        "Exists",
+        "DoesNotExist",
+        "Gt",
+        "Lt",
+    ]
+    preferred = node["preferredDuringSchedulingIgnoredDuringExecution"]["items"]
+    assert (preferred["properties"]["weight"]["minimum"], preferred["properties"]["weight"]["maximum"]) == (1, 100)
+    assert preferred["required"] == ["weight", "preference"]
+    for side in ("podAffinity", "podAntiAffinity"):
+        pods = affinity["properties"][side]["properties"]
+        weighted = pods["preferredDuringSchedulingIgnoredDuringExecution"]["items"]
+        assert (weighted["properties"]["weight"]["minimum"], weighted["properties"]["weight"]["maximum"]) == (1, 100)
+        pod_term = pods["requiredDuringSchedulingIgnoredDuringExecution"]["items"]
+        assert pod_term["required"] == ["topologyKey"]
+        assert pod_term["properties"]["topologyKey"]["maxLength"] == api.QUALIFIED_NAME_LENGTH
+        selector = pod_term["properties"]["labelSelector"]["properties"]
+        assert selector["matchLabels"]["additionalProperties"]["pattern"] == api.LABEL_VALUE_OR_EMPTY_PATTERN
+        assert selector["matchExpressions"]["items"]["properties"]["operator"]["enum"] == [
+            "In",
+            "NotIn",
+            "Exists",
+            "DoesNotExist",
+        ]
+    # Claims would need the pod's resourceClaims, which the operator does not create.
+    assert set(find(schema, "spec.runtime.resources")["properties"]) == {"limits", "requests"}
+
+
+def test_every_string_list_and_map_of_the_spec_is_bounded(schema: dict[str, Any]) -> None:
+    """CEL cost estimation needs bounds, and so does the size of what the operator writes to the pods."""
+    unbounded = []
+    for path, node in walk(find(schema, "spec"), "spec"):
+        if node.get("type") == "string" and "maxLength" not in node and "enum" not in node:
+            unbounded.append(f"{path}: string without maxLength")
+        if node.get("x-kubernetes-int-or-string") and "maxLength" not in node:
+            unbounded.append(f"{path}: int-or-string without maxLength")
+        if node.get("type") == "array" and "maxItems" not in node:
+            unbounded.append(f"{path}: list without maxItems")
+        if node.get("type") == "object" and "additionalProperties" in node and "maxProperties" not in node:
+            unbounded.append(f"{path}: map without maxProperties")
+    assert not unbounded, "\n".join(unbounded)
 
 
 def rules_at(schema: dict[str, Any], path: str) -> list[str]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from modeldeploy.api.expressions import ExpressionError, compile_condition
+from modeldeploy.api.quantity import parse_quantity
 
 GROUP = "modeldeploy.io"
 VERSION = "v1alpha1"
@@ -135,6 +136,7 @@ class ModelSpec(_Model):
         str,
         Field(
             default="",
+            max_length=64,
             pattern=SHA256_PATTERN,
             description=(
                 "Optional SHA-256 digest (64 lowercase hex characters) of the artifact. When set, the runtime "
@@ -144,8 +146,189 @@ class ModelSpec(_Model):
     ]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Kubernetes types the spec passes through to the serving pods. They follow Kubernetes' own OpenAPI shapes (names,
+# nesting, enums), are bounded so that CEL cost estimation can bound every rule, and carry as admission rules the
+# checks Kubernetes would otherwise make only when the operator applies the Deployment: a shape that passed here
+# but failed there would fail on every pass with a 422 that no status reports. None of them has a default, so what
+# the operator builds from them is exactly what the user wrote (and so is the revision hash).
+
+# Names Kubernetes bounds: DNS labels 63, DNS subdomains 253, label values 63, and label keys (qualified names), an
+# optional DNS-subdomain prefix and '/' before a name of at most 63 characters.
+DNS_SUBDOMAIN_LENGTH = 253
+QUALIFIED_NAME_LENGTH = DNS_SUBDOMAIN_LENGTH + 1 + 63
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_LABEL_VALUE = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_SUBDOMAIN_PATTERN = f"^{_SUBDOMAIN}$"
+# The pattern cannot also count the prefix's 253 characters; maxLength bounds the whole key.
+QUALIFIED_NAME_PATTERN = f"^({_SUBDOMAIN}/)?{_LABEL_VALUE}$"
+LABEL_VALUE_OR_EMPTY_PATTERN = f"^({_LABEL_VALUE})?$"
+# apimachinery's quantity grammar (api/quantity.py) without a minus sign: Kubernetes refuses negative requests,
+# limits and divisors.
+QUANTITY_PATTERN = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?$"
+QUANTITY_LENGTH = 64
+# Bounds of the pass-through lists and maps: far above what scheduling constraints need in practice, small enough
+# that the largest spec stays well inside what the API server stores in one object (tests/unit/test_crd.py).
+MAX_RESOURCES = 16
+MAX_NODE_SELECTOR = 16
+MAX_TOLERATIONS = 32
+MAX_NODE_SELECTOR_TERMS = 4
+MAX_PREFERRED_NODE_TERMS = 4
+MAX_NODE_REQUIREMENTS = 8
+MAX_FIELD_REQUIREMENTS = 2
+MAX_POD_AFFINITY_TERMS = 4
+MAX_MATCH_LABELS = 8
+MAX_MATCH_EXPRESSIONS = 4
+MAX_SELECTOR_VALUES = 8
+MAX_NODE_SELECTOR_VALUES = 16
+MAX_NAMESPACES = 8
+MAX_LABEL_KEYS = 4
+
+
+def _quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a quantity (e.g. 500m, 1.5, 2Gi)")
+    parse_quantity(value)
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
+# An int-or-string amount: 2, "500m", "1Gi". The schema says so where the type is used (_QUANTITY_SCHEMA).
+Quantity = Annotated[int | str, AfterValidator(_quantity)]
+_QUANTITY_SCHEMA = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-int-or-string": True,
+    "minimum": 0,
+    "maxLength": QUANTITY_LENGTH,
+    "pattern": QUANTITY_PATTERN,
+}
+LabelKey = Annotated[str, Field(min_length=1, max_length=QUALIFIED_NAME_LENGTH, pattern=QUALIFIED_NAME_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_OR_EMPTY_PATTERN)]
+
+
+class ConfigMapKeySelector(_Model):
+    """A key of a ConfigMap in the resource's namespace (Kubernetes ConfigMapKeySelector)."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the ConfigMap."),
+    ]
+    key: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key to read."),
+    ]
+    optional: Annotated[
+        bool | None,
+        Field(default=None, description="Start the pods even when the ConfigMap or the key does not exist."),
+    ]
+
+
+class SecretKeySelector(_Model):
+    """A key of a Secret in the resource's namespace (Kubernetes SecretKeySelector)."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the Secret."),
+    ]
+    key: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key to read."),
+    ]
+    optional: Annotated[
+        bool | None,
+        Field(default=None, description="Start the pods even when the Secret or the key does not exist."),
+    ]
+
+
+class ObjectFieldSelector(_Model):
+    """A field of the pod (Kubernetes ObjectFieldSelector, with the paths environment variables may read)."""
+
+    apiVersion: Annotated[
+        str | None,
+        Field(default=None, max_length=2, pattern=r"^v1$", description="Version the path is written in: v1."),
+    ]
+    fieldPath: Annotated[
+        str,
+        Field(
+            max_length=512,
+            pattern=(
+                r"^(metadata\.(name|namespace|uid)|metadata\.(labels|annotations)\['[^']+'\]"
+                r"|spec\.(nodeName|serviceAccountName)|status\.(hostIP|hostIPs|podIP|podIPs))$"
+            ),
+            description=(
+                "metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], "
+                "metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName, status.hostIP, "
+                "status.hostIPs, status.podIP or status.podIPs."
+            ),
+        ),
+    ]
+
+
+class ResourceFieldSelector(_Model):
+    """A request or limit of the container (Kubernetes ResourceFieldSelector)."""
+
+    containerName: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=63,
+            pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+            description="The container; optional for environment variables (it is the model server).",
+        ),
+    ]
+    resource: Annotated[
+        str,
+        Field(
+            max_length=128,
+            pattern=r"^(limits|requests)\.(cpu|memory|ephemeral-storage|hugepages-[-A-Za-z0-9.]+)$",
+            description="limits or requests, then cpu, memory, ephemeral-storage or hugepages-SIZE, e.g. limits.cpu.",
+        ),
+    ]
+    divisor: Annotated[
+        Quantity | None,
+        Field(
+            default=None,
+            description="Unit the value is given in, e.g. 1m or 1Mi. Default: 1.",
+            json_schema_extra={key: value for key, value in _QUANTITY_SCHEMA.items() if key != "anyOf"},
+        ),
+    ]
+
+
+class EnvVarSource(_Model):
+    """Where an environment variable's value comes from (Kubernetes EnvVarSource): exactly one source."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "(has(self.configMapKeyRef) ? 1 : 0) + (has(self.secretKeyRef) ? 1 : 0) + (has(self.fieldRef) ? 1 : 0)"
+                " + (has(self.resourceFieldRef) ? 1 : 0) == 1",
+                "valueFrom must set exactly one of configMapKeyRef, secretKeyRef, fieldRef or resourceFieldRef",
+            ),
+        )
+    )
+
+    configMapKeyRef: Annotated[ConfigMapKeySelector | None, Field(default=None, description="A key of a ConfigMap.")]
+    secretKeyRef: Annotated[
+        SecretKeySelector | None, Field(default=None, description="A key of a Secret: the way to pass credentials.")
+    ]
+    fieldRef: Annotated[ObjectFieldSelector | None, Field(default=None, description="A field of the pod.")]
+    resourceFieldRef: Annotated[
+        ResourceFieldSelector | None, Field(default=None, description="A request or limit of the container.")
+    ]
+
+
 class EnvVar(_Model):
     """A Kubernetes EnvVar. Secrets come through valueFrom.secretKeyRef, never as plain values in the spec."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+                "an environment variable sets value or valueFrom, not both",
+            ),
+        )
+    )
 
     name: Annotated[
         str,
@@ -163,38 +346,335 @@ class EnvVar(_Model):
             ),
         ),
     ]
-    value: Annotated[str | None, Field(default=None, description="A literal value.")]
+    value: Annotated[str | None, Field(default=None, max_length=4096, description="A literal value.")]
     valueFrom: Annotated[
-        dict[str, Any] | None,
+        EnvVarSource | None,
         Field(
             default=None,
-            description="A source for the value (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef).",
-            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+            description="A source for the value: one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef.",
         ),
     ]
-
-
-_QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
 
 
 class ResourceRequirements(_Model):
-    """Compute resources of the serving container (Kubernetes ResourceRequirements)."""
+    """Compute resources of the serving container (Kubernetes ResourceRequirements).
+
+    Resource claims are left out: a container's claim must name one of the pod's resourceClaims, which the operator
+    does not create, so any claim would be refused when the Deployment is applied.
+    """
 
     limits: Annotated[
-        dict[str, int | str] | None,
+        dict[str, Quantity] | None,
         Field(
             default=None,
+            max_length=MAX_RESOURCES,
             description="Most of each resource the container may use, e.g. {cpu: '1', memory: 1Gi}.",
-            json_schema_extra={"additionalProperties": _QUANTITY},
+            json_schema_extra={"additionalProperties": _QUANTITY_SCHEMA},
         ),
     ]
     requests: Annotated[
-        dict[str, int | str] | None,
+        dict[str, Quantity] | None,
         Field(
             default=None,
+            max_length=MAX_RESOURCES,
             description="Resources the scheduler reserves for the container, e.g. {cpu: 100m, memory: 256Mi}.",
-            json_schema_extra={"additionalProperties": _QUANTITY},
+            json_schema_extra={"additionalProperties": _QUANTITY_SCHEMA},
         ),
+    ]
+
+
+class Toleration(_Model):
+    """A taint the serving pods tolerate (Kubernetes Toleration)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                "a toleration without a key must have operator Exists (it then tolerates every taint)",
+            ),
+            (
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator Exists must not set a value",
+            ),
+            (
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies only to effect NoExecute",
+            ),
+        )
+    )
+
+    key: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=QUALIFIED_NAME_LENGTH,
+            pattern=f"^(({_SUBDOMAIN}/)?{_LABEL_VALUE})?$",
+            description="Taint key to tolerate. Empty, with operator Exists: every taint.",
+        ),
+    ]
+    operator: Annotated[
+        Literal["Equal", "Exists", ""] | None,
+        Field(
+            default=None,
+            description="Equal (the default, also when empty): the taint's value is value. Exists: any value.",
+        ),
+    ]
+    value: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=63,
+            pattern=LABEL_VALUE_OR_EMPTY_PATTERN,
+            description="Taint value to tolerate, with operator Equal.",
+        ),
+    ]
+    effect: Annotated[
+        Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None,
+        Field(
+            default=None,
+            description="Taint effect to tolerate: NoSchedule, PreferNoSchedule or NoExecute. Empty: all of them.",
+        ),
+    ]
+    tolerationSeconds: Annotated[
+        int | None,
+        Field(
+            default=None,
+            description="With effect NoExecute: how long a pod stays on a node after the taint appears.",
+        ),
+    ]
+
+
+class NodeSelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+    GT = "Gt"
+    LT = "Lt"
+
+
+class NodeSelectorRequirement(_Model):
+    """A condition on a node label (Kubernetes NodeSelectorRequirement)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!(self.operator in ['In', 'NotIn']) || (has(self.values) && self.values.size() > 0)",
+                "values must be set when operator is In or NotIn",
+            ),
+            (
+                "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || self.values.size() == 0",
+                "values must be empty when operator is Exists or DoesNotExist",
+            ),
+            (
+                "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && self.values.size() == 1 && "
+                "self.values[0].matches('^[-+]?[0-9]+$'))",
+                "operator Gt or Lt takes exactly one value, an integer",
+            ),
+        )
+    )
+
+    key: Annotated[LabelKey, Field(description="The node label.")]
+    operator: Annotated[
+        NodeSelectorOperator,
+        Field(description="In, NotIn, Exists, DoesNotExist, Gt or Lt (Gt and Lt compare integers)."),
+    ]
+    values: Annotated[
+        list[Annotated[str, Field(max_length=63)]] | None,
+        Field(
+            default=None,
+            max_length=MAX_NODE_SELECTOR_VALUES,
+            description="Values for In and NotIn; one integer for Gt and Lt; none for Exists and DoesNotExist.",
+        ),
+    ]
+
+
+class NodeField(StrEnum):
+    NAME = "metadata.name"
+
+
+class NodeFieldOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+
+
+class NodeFieldSelectorRequirement(_Model):
+    """A condition on a node field: Kubernetes allows only metadata.name, with In or NotIn and one node name."""
+
+    key: Annotated[NodeField, Field(description="The node field: metadata.name.")]
+    operator: Annotated[NodeFieldOperator, Field(description="In or NotIn.")]
+    values: Annotated[
+        list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]],
+        Field(min_length=1, max_length=1, description="One node name."),
+    ]
+
+
+class NodeSelectorTerm(_Model):
+    """Conditions a node must all meet (Kubernetes NodeSelectorTerm)."""
+
+    matchExpressions: Annotated[
+        list[NodeSelectorRequirement] | None,
+        Field(default=None, max_length=MAX_NODE_REQUIREMENTS, description="Conditions on node labels."),
+    ]
+    matchFields: Annotated[
+        list[NodeFieldSelectorRequirement] | None,
+        Field(default=None, max_length=MAX_FIELD_REQUIREMENTS, description="Conditions on node fields."),
+    ]
+
+
+class NodeSelector(_Model):
+    """Nodes that meet any one of the terms (Kubernetes NodeSelector)."""
+
+    nodeSelectorTerms: Annotated[
+        list[NodeSelectorTerm],
+        Field(min_length=1, max_length=MAX_NODE_SELECTOR_TERMS, description="The terms; one must match."),
+    ]
+
+
+class PreferredSchedulingTerm(_Model):
+    """A weighted preference for nodes (Kubernetes PreferredSchedulingTerm)."""
+
+    weight: Annotated[int, Field(ge=1, le=100, description="Weight of the preference, 1-100.")]
+    preference: Annotated[NodeSelectorTerm, Field(description="The nodes preferred.")]
+
+
+class NodeAffinity(_Model):
+    """Nodes the serving pods must or should run on (Kubernetes NodeAffinity)."""
+
+    requiredDuringSchedulingIgnoredDuringExecution: Annotated[
+        NodeSelector | None, Field(default=None, description="Nodes the pods must run on.")
+    ]
+    preferredDuringSchedulingIgnoredDuringExecution: Annotated[
+        list[PreferredSchedulingTerm] | None,
+        Field(default=None, max_length=MAX_PREFERRED_NODE_TERMS, description="Nodes the pods should run on."),
+    ]
+
+
+class LabelSelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(_Model):
+    """A condition on a label (Kubernetes LabelSelectorRequirement)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!(self.operator in ['In', 'NotIn']) || (has(self.values) && self.values.size() > 0)",
+                "values must be set when operator is In or NotIn",
+            ),
+            (
+                "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || self.values.size() == 0",
+                "values must be empty when operator is Exists or DoesNotExist",
+            ),
+        )
+    )
+
+    key: Annotated[LabelKey, Field(description="The label.")]
+    operator: Annotated[LabelSelectorOperator, Field(description="In, NotIn, Exists or DoesNotExist.")]
+    values: Annotated[
+        list[LabelValue] | None,
+        Field(
+            default=None,
+            max_length=MAX_SELECTOR_VALUES,
+            description="Label values for In and NotIn; none for Exists and DoesNotExist.",
+        ),
+    ]
+
+
+class LabelSelector(_Model):
+    """Objects whose labels match (Kubernetes LabelSelector): all of matchLabels and matchExpressions."""
+
+    matchLabels: Annotated[
+        dict[str, LabelValue] | None,
+        Field(default=None, max_length=MAX_MATCH_LABELS, description="Labels that must have these values."),
+    ]
+    matchExpressions: Annotated[
+        list[LabelSelectorRequirement] | None,
+        Field(default=None, max_length=MAX_MATCH_EXPRESSIONS, description="Conditions on labels."),
+    ]
+
+
+class PodAffinityTerm(_Model):
+    """Pods near which (or away from which) to run, by topology domain (Kubernetes PodAffinityTerm)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.labelSelector) || ((!has(self.matchLabelKeys) || self.matchLabelKeys.size() == 0) && "
+                "(!has(self.mismatchLabelKeys) || self.mismatchLabelKeys.size() == 0))",
+                "matchLabelKeys and mismatchLabelKeys need a labelSelector",
+            ),
+        )
+    )
+
+    labelSelector: Annotated[LabelSelector | None, Field(default=None, description="The pods. Absent: none.")]
+    namespaceSelector: Annotated[
+        LabelSelector | None,
+        Field(default=None, description="Namespaces of the pods, with namespaces. Empty ({}): every namespace."),
+    ]
+    namespaces: Annotated[
+        list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]] | None,
+        Field(
+            default=None,
+            max_length=MAX_NAMESPACES,
+            description="Namespaces of the pods. Neither this nor namespaceSelector: the resource's namespace.",
+        ),
+    ]
+    topologyKey: Annotated[
+        LabelKey,
+        Field(description="Node label whose value is the domain, e.g. kubernetes.io/hostname or a zone label."),
+    ]
+    matchLabelKeys: Annotated[
+        list[LabelKey] | None,
+        Field(
+            default=None,
+            max_length=MAX_LABEL_KEYS,
+            description="Label keys whose values, taken from the incoming pod, are added to labelSelector.",
+        ),
+    ]
+    mismatchLabelKeys: Annotated[
+        list[LabelKey] | None,
+        Field(
+            default=None,
+            max_length=MAX_LABEL_KEYS,
+            description="Label keys whose values, taken from the incoming pod, must differ (added to labelSelector).",
+        ),
+    ]
+
+
+class WeightedPodAffinityTerm(_Model):
+    """A weighted preference (Kubernetes WeightedPodAffinityTerm)."""
+
+    weight: Annotated[int, Field(ge=1, le=100, description="Weight of the preference, 1-100.")]
+    podAffinityTerm: Annotated[PodAffinityTerm, Field(description="The pods and the topology.")]
+
+
+class PodAffinity(_Model):
+    """Pods to run near, or away from (Kubernetes PodAffinity and PodAntiAffinity have this shape)."""
+
+    requiredDuringSchedulingIgnoredDuringExecution: Annotated[
+        list[PodAffinityTerm] | None,
+        Field(default=None, max_length=MAX_POD_AFFINITY_TERMS, description="Terms every pod must meet."),
+    ]
+    preferredDuringSchedulingIgnoredDuringExecution: Annotated[
+        list[WeightedPodAffinityTerm] | None,
+        Field(default=None, max_length=MAX_POD_AFFINITY_TERMS, description="Terms pods should meet, by weight."),
+    ]
+
+
+class Affinity(_Model):
+    """Scheduling constraints of the serving pods (Kubernetes Affinity)."""
+
+    nodeAffinity: Annotated[NodeAffinity | None, Field(default=None, description="Nodes to run on.")]
+    podAffinity: Annotated[
+        PodAffinity | None, Field(default=None, description="Pods to run near (in the same topology domain).")
+    ]
+    podAntiAffinity: Annotated[
+        PodAffinity | None, Field(default=None, description="Pods to run away from (not in the same domain).")
     ]
 
 
@@ -264,28 +744,24 @@ class RuntimeSpec(_Model):
         Field(default_factory=ResourceRequirements, description="Compute resources of the model server."),
     ]
     nodeSelector: Annotated[
-        dict[str, str] | None,
+        dict[str, LabelValue] | None,
         Field(
             default=None,
+            max_length=MAX_NODE_SELECTOR,
             description="Node labels the serving pods must match (Kubernetes nodeSelector), e.g. a GPU node pool.",
         ),
     ]
     tolerations: Annotated[
-        list[dict[str, Any]] | None,
+        list[Toleration] | None,
         Field(
             default=None,
-            max_length=32,
+            max_length=MAX_TOLERATIONS,
             description="Taints the serving pods tolerate (Kubernetes Toleration list).",
-            json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
         ),
     ]
     affinity: Annotated[
-        dict[str, Any] | None,
-        Field(
-            default=None,
-            description="Scheduling constraints of the serving pods (Kubernetes Affinity).",
-            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-        ),
+        Affinity | None,
+        Field(default=None, description="Scheduling constraints of the serving pods (Kubernetes Affinity)."),
     ]
 
 
@@ -304,6 +780,7 @@ class Pause(_Model):
         str | None,
         Field(
             default=None,
+            max_length=7,
             pattern=DURATION_PATTERN,
             description="How long to wait, e.g. 30s, 5m or 1h (a bare number is seconds). Absent: wait for promote.",
         ),
@@ -522,6 +999,7 @@ class AnalysisSpec(_Model):
         str,
         Field(
             default="30s",
+            max_length=7,
             pattern=DURATION_PATTERN,
             description=(
                 "How often each metric is measured while the canary has Ready pods; the first measurement is one "
@@ -533,6 +1011,7 @@ class AnalysisSpec(_Model):
         str,
         Field(
             default="0s",
+            max_length=7,
             pattern=DURATION_PATTERN,
             description="Extra wait before the first measurement, e.g. for a model that warms up.",
         ),
@@ -541,6 +1020,7 @@ class AnalysisSpec(_Model):
         str | None,
         Field(
             default=None,
+            max_length=7,
             pattern=DURATION_PATTERN,
             description=(
                 "Range of the built-in queries (rate over the last window) and {{ .window }}. Default: the "

@@ -162,10 +162,11 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
         },
     }
     # Scheduling constraints belong to the pods: a change moves them, so it makes a new revision.
+    # Dumped without the fields left unset, so the pods (and the revision hash) hold exactly what the user wrote.
     scheduling = {
         "nodeSelector": runtime.nodeSelector,
-        "tolerations": runtime.tolerations,
-        "affinity": runtime.affinity,
+        "tolerations": [toleration.model_dump(exclude_none=True) for toleration in runtime.tolerations or ()],
+        "affinity": runtime.affinity.model_dump(exclude_none=True) if runtime.affinity else None,
     }
     template["spec"].update({key: value for key, value in scheduling.items() if value})
     return template
