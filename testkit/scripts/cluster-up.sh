@@ -139,6 +139,9 @@ EOF
 rm -f "${LOGS}/audit.log"
 
 log "starting kube-apiserver ${KUBERNETES_VERSION}"
+# OwnerReferencesPermissionEnforcement (on top of the default admission plugins), as OpenShift and hardened clusters
+# run it: an owner reference with blockOwnerDeletion needs the right to update the owner's finalizers, so the tests
+# prove the operator's RBAC is enough to create every child.
 start kube-apiserver "${KUBERNETES_BIN}/kube-apiserver" \
 	--etcd-servers "http://127.0.0.1:${ETCD_CLIENT_PORT}" \
 	--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "${APISERVER_PORT}" \
@@ -147,6 +150,7 @@ start kube-apiserver "${KUBERNETES_BIN}/kube-apiserver" \
 	--service-account-key-file "${PKI}/sa.pub" --service-account-signing-key-file "${PKI}/sa.key" \
 	--service-account-issuer https://kubernetes.default.svc.cluster.local \
 	--authorization-mode RBAC \
+	--enable-admission-plugins OwnerReferencesPermissionEnforcement \
 	--service-cluster-ip-range "${SERVICE_CIDR}" \
 	--endpoint-reconciler-type none \
 	--allow-privileged=true \

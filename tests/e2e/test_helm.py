@@ -27,13 +27,28 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_testkit.cluster import READY_IMAGE, Cluster, scratch_namespace
 from modeldeploy_testkit.operator_process import OperatorProcess
-from modeldeploy_testkit.resources import roll_out_and_promote, status_of
+from modeldeploy_testkit.resources import model_deployment, roll_out_and_promote, status_of, wait_for_status
 from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir, script_value
 from modeldeploy_testkit.waiting import wait_until
 
 CHART = REPO_ROOT / "helm/modeldeploy"
 CRD_NAME = "modeldeployments.modeldeploy.io"
-CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+CLUSTER_SCOPED = {
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Namespace",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
+# Cluster-scoped by nature in either watch mode: the CRD, the status policy and its binding, the two user roles.
+BY_NATURE = [
+    "ClusterRole",
+    "ClusterRole",
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+]
 
 
 class Helm:
@@ -144,7 +159,7 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
     try:
         kinds = sorted(doc["kind"] for doc in release.manifest())
         assert kinds == sorted(
-            ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+            [*BY_NATURE, "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
         )
         annotations = crd_annotations(cluster)
         assert annotations.get("helm.sh/resource-policy") == "keep"
@@ -206,6 +221,8 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
     )
     assert cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
     assert crd_annotations(cluster).get("helm.sh/resource-policy") == "keep"
+    policy = f"validatingadmissionpolicy/{release.service_account}-status"
+    assert cluster.kubectl("get", policy, check=False).returncode != 0
     # The same release installed again adopts the kept CRD without --take-ownership (as docs/install.md says).
     again = Release(helm, namespace, name=release.name, take_ownership=False)
     again.uninstall()
@@ -226,7 +243,7 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
     release = Release(helm, namespace, f"watch.namespaces={{{watched}}}")
     try:
         docs = release.manifest()
-        assert [doc["kind"] for doc in docs if doc["kind"] in CLUSTER_SCOPED] == ["CustomResourceDefinition"]
+        assert sorted(doc["kind"] for doc in docs if doc["kind"] in CLUSTER_SCOPED) == BY_NATURE
         scoped_objects = {(doc["kind"], doc["metadata"]["namespace"]) for doc in docs if doc["kind"].startswith("Role")}
         assert scoped_objects == {("Role", watched), ("RoleBinding", watched)}
         [deployment] = [doc for doc in docs if doc["kind"] == "Deployment"]
@@ -294,3 +311,125 @@ def test_helm_template_refuses_a_wrong_value(helm: Helm) -> None:
     result = helm("template", "md", str(CHART), "--set", "logFormat=xml", check=False)
     assert result.returncode != 0
     assert "logFormat" in result.stderr, result.stderr
+
+
+def as_user(
+    cluster: Cluster, user: str | None, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """kubectl impersonating `user`, with the groups of any authenticated user; None: the administrator itself."""
+    who = [f"--as={user}", "--as-group=system:authenticated"] if user else []
+    return cluster.kubectl(*args, *who, input=input, check=check)
+
+
+def patch_status(
+    cluster: Cluster, user: str | None, namespace: str, name: str, status: dict[str, Any], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    patch = json.dumps({"status": status})
+    args = ("patch", "mdep", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", patch)
+    return as_user(cluster, user, *args, check=check)
+
+
+def command(cluster: Cluster, user: str, namespace: str, name: str, verb: str) -> None:
+    """What `kubectl mdep promote|abort|retry` writes: a request with a fresh id in status.commands."""
+    patch_status(cluster, user, namespace, name, {"commands": {verb: {"id": uuid.uuid4().hex}}})
+
+
+def paused_at(step: int) -> Any:
+    return lambda s: s.get("phase") == "Paused" and s.get("currentStepIndex") == step
+
+
+def test_only_the_operator_writes_status_and_users_keep_the_commands(
+    cluster: Cluster,
+    crd: None,
+    namespace: str,
+    operator: OperatorProcess,
+    helm: Helm,
+    make_namespace: Any,
+    tmp_path: Path,
+) -> None:
+    """The chart's status policy and user roles, with identities by impersonation: a user bound to the edit role
+    creates, edits, promotes, aborts and retries; nobody but the operator's ServiceAccount changes the rest of status.
+    Namespaced, so the policy binds only this test's namespace of the shared cluster."""
+    workload = make_namespace("helm-status")
+    release = Release(helm, namespace, f"watch.namespaces={{{workload}}}")
+    alice, bob, carol = (f"{person}-{workload}" for person in ("alice", "bob", "carol"))
+    try:
+        edit_role = f"{release.service_account}-edit"
+        cluster.kubectl(
+            "create", "rolebinding", "alice", f"--clusterrole={edit_role}", f"--user={alice}", "-n", workload
+        )
+        cluster.kubectl("create", "rolebinding", "bob", "--clusterrole=edit", f"--user={bob}", "-n", workload)
+        cluster.kubectl("create", "rolebinding", "carol", "--clusterrole=view", f"--user={carol}", "-n", workload)
+
+        def can(user: str, verb: str, resource: str) -> bool:
+            found = as_user(cluster, user, "auth", "can-i", verb, resource, "-n", workload, check=False)
+            return found.stdout.strip() == "yes"
+
+        # The built-in roles take the rules in once the aggregation controller has seen the user roles.
+        wait_until(
+            lambda: can(bob, "patch", "modeldeployments.modeldeploy.io/status") and can(carol, "list", "mdep"),
+            timeout=30,
+            what="modeldeploy-edit and modeldeploy-view to be aggregated into edit and view",
+        )
+        assert can(alice, "create", "modeldeployments.modeldeploy.io")
+        assert can(alice, "patch", "modeldeployments.modeldeploy.io/status")
+        assert not can(alice, "create", "deployments.apps")
+        assert can(bob, "delete", "modeldeployments.modeldeploy.io")
+        assert not can(carol, "create", "modeldeployments.modeldeploy.io")
+        assert not can(carol, "patch", "modeldeployments.modeldeploy.io/status")
+
+        operator.stop()  # only the chart's identity may act during this test
+        kubeconfig = cluster.token_kubeconfig(release.service_account, release.namespace, tmp_path / "kubeconfig")
+        log_path = cluster_dir() / "logs" / "operator-helm-status-e2e.log"
+        scoped = OperatorProcess(cluster, log_path, extra_env={"KUBECONFIG": str(kubeconfig)}, namespaces=[workload])
+        scoped.start()
+        name = "owned"
+        try:
+            body = model_deployment(name, "1.0.0", 2, {"steps": [{"setWeight": 50}, {"pause": {}}]})
+            as_user(cluster, alice, "apply", "-n", workload, "-f", "-", input=json.dumps(body))
+            wait_for_status(cluster, workload, name, lambda s: s.get("phase") == "Healthy")
+            for version in ("2.0.0", "3.0.0"):
+                spec = {"spec": {"model": {"version": version, "uri": f"file:///models/{name}/{version}"}}}
+                as_user(cluster, alice, "patch", "mdep", name, "-n", workload, "--type=merge", "-p", json.dumps(spec))
+                wait_for_status(cluster, workload, name, paused_at(1), what=f"{version} at its open pause")
+                if version == "2.0.0":
+                    command(cluster, alice, workload, name, "promote")
+                    wait_for_status(
+                        cluster, workload, name, lambda s: (s.get("stable") or {}).get("version") == "2.0.0"
+                    )
+            command(cluster, alice, workload, name, "abort")
+            aborted = wait_for_status(cluster, workload, name, lambda s: s.get("phase") == "Degraded")
+            assert aborted["aborted"]["version"] == "3.0.0"
+            command(cluster, alice, workload, name, "retry")
+            before = wait_for_status(
+                cluster, workload, name, lambda s: paused_at(1)(s) and not s.get("aborted"), what="the retry"
+            )
+            assert set(before["acknowledged"]) == {"promote", "abort", "retry"}
+
+            canary = before["canary"]["revision"]
+            forgeries: dict[str, Any] = {
+                "history": [{**before["history"][0], "outcome": "Promoted", "revision": canary}],
+                "stable": {**before["stable"], "revision": canary},
+                "canary": None,
+                "conditions": [],
+                "phase": "Healthy",
+            }
+            for who in (alice, None):  # the user, and the cluster's administrator
+                for field, value in forgeries.items():
+                    refused = patch_status(cluster, who, workload, name, {field: value}, check=False)
+                    assert refused.returncode != 0, f"{who or 'the administrator'} wrote status.{field}"
+                    assert "status belongs to the modeldeploy operator" in refused.stderr, refused.stderr
+                    assert release.user in refused.stderr, refused.stderr
+            # Updates of the resource itself never carry status: the API server keeps the stored one.
+            forged = json.dumps({"status": {"phase": "Healthy"}})
+            as_user(cluster, alice, "patch", "mdep", name, "-n", workload, "--type=merge", "-p", forged)
+            after = status_of(cluster, workload, name)
+            assert after["phase"] == "Paused"
+            assert (after["history"], after["stable"]) == (before["history"], before["stable"])
+        finally:
+            scoped.stop()
+        # The operator's identity may write status (the running operator did all along; here once more by hand).
+        patch_status(cluster, release.user, workload, name, {"message": "written as the operator"})
+        assert status_of(cluster, workload, name)["message"] == "written as the operator"
+    finally:
+        release.uninstall()

@@ -25,8 +25,9 @@ SYSTEM_NAMESPACE = "modeldeploy-system"
 def installed(cluster: Cluster, crd: None) -> Iterator[None]:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "manifests"))
     yield
-    for kind in ("clusterrolebinding/modeldeploy", "clusterrole/modeldeploy"):
-        cluster.kubectl("delete", kind, "--ignore-not-found", check=False)
+    # The status policy first: left behind, it would refuse the status writes of every other operator identity.
+    for name in ("status-policy.yaml", "rbac.yaml"):
+        cluster.kubectl("delete", "-f", str(REPO_ROOT / "manifests" / name), "--ignore-not-found", check=False)
     # Waited for: the next install must not meet a namespace that is still terminating.
     cluster.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--timeout=60s", check=False)
 
@@ -53,6 +54,13 @@ def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
     try:
         roll_out_and_promote(cluster, namespace, "rbac", by="the service-account operator")
         assert limited.failures(namespace) == []
+        # Its status writes pass the status policy; anyone else's change to status (but commands) is refused.
+        forged = json.dumps({"status": {"phase": "Degraded"}})
+        refused = cluster.kubectl(
+            "patch", "mdep", "rbac", "-n", namespace, "--subresource=status", "--type=merge", "-p", forged, check=False
+        )
+        assert refused.returncode != 0
+        assert "status belongs to the modeldeploy operator" in refused.stderr, refused.stderr
         # The identity can do what the operator needs and no more.
         can_i = cluster.kubectl(
             "auth",

@@ -11,11 +11,28 @@ import yaml
 from tests.unit.helm import CHART, REPO_ROOT, helm
 
 Manifest = dict[str, Any]
-CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+CLUSTER_SCOPED = {
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Namespace",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
+# Cluster-scoped by nature, in either watch mode: the CRD, the status policy and the user roles.
+CLUSTER_WIDE_IN_EVERY_MODE = [
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "ClusterRole",
+    "ClusterRole",
+]
+OPERATOR = "system:serviceaccount:ops:md-modeldeploy"
 # Exactly what the operator calls, nothing more (see kube.py).
 EXPECTED_RULES = [
     {"apiGroups": ["modeldeploy.io"], "resources": ["modeldeployments"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["modeldeploy.io"], "resources": ["modeldeployments/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["modeldeploy.io"], "resources": ["modeldeployments/finalizers"], "verbs": ["update"]},
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
@@ -57,9 +74,9 @@ def test_chart_metadata_and_lint() -> None:
 def test_default_install_is_cluster_wide_with_exactly_the_operators_rules() -> None:
     docs = template()
     assert sorted(doc["kind"] for doc in docs) == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+        [*CLUSTER_WIDE_IN_EVERY_MODE, "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
     )
-    role = only(docs, "ClusterRole")
+    [role] = [doc for doc in docs if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] == "md-modeldeploy"]
     assert role["metadata"]["name"] == "md-modeldeploy"
     assert role["rules"] == EXPECTED_RULES
     binding = only(docs, "ClusterRoleBinding")
@@ -77,10 +94,10 @@ def test_default_install_is_cluster_wide_with_exactly_the_operators_rules() -> N
     }
 
 
-def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped_but_the_crd() -> None:
+def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped_but_what_is_by_nature() -> None:
     docs = template("watch.namespaces={team-a,team-b}")
     cluster_scoped = [doc["kind"] for doc in docs if doc["kind"] in CLUSTER_SCOPED]
-    assert cluster_scoped == ["CustomResourceDefinition"]
+    assert sorted(cluster_scoped) == sorted(CLUSTER_WIDE_IN_EVERY_MODE)
     roles = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "Role"}
     bindings = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "RoleBinding"}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
@@ -92,7 +109,9 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped_but
         ]
     args = container(docs)["args"]
     assert [arg for arg in args if arg.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
-    without_crd = template("watch.namespaces={team-a}", "crds.enabled=false")
+    without_crd = template(
+        "watch.namespaces={team-a}", "crds.enabled=false", "statusPolicy.enabled=false", "userRoles.enabled=false"
+    )
     assert [doc["kind"] for doc in without_crd if doc["kind"] in CLUSTER_SCOPED] == []
 
 
@@ -162,6 +181,92 @@ def test_by_default_a_spec_may_name_only_the_operators_own_prometheus() -> None:
     assert env(template())["MODELDEPLOY_PROMETHEUS_ALLOWED_URLS"] == ""
     allowed = env(template("analysis.allowedPrometheusURLs={http://127.0.0.1:*}"))
     assert allowed["MODELDEPLOY_PROMETHEUS_ALLOWED_URLS"] == "http://127.0.0.1:*"
+
+
+def test_status_policy_lets_only_the_operator_change_status_but_commands() -> None:
+    docs = template()
+    policy = only(docs, "ValidatingAdmissionPolicy")
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert policy["metadata"]["name"] == "md-modeldeploy-status"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {
+            "apiGroups": ["modeldeploy.io"],
+            "apiVersions": ["*"],
+            "operations": ["UPDATE"],
+            "resources": ["modeldeployments", "modeldeployments/status"],
+        }
+    ]
+    # The operator's identity is the chart's ServiceAccount, and its writes are never evaluated.
+    [condition] = spec["matchConditions"]
+    assert condition["expression"] == f'request.userInfo.username != "{OPERATOR}"'
+    [validation] = spec["validations"]
+    assert "'commands'" in validation["expression"]
+    assert OPERATOR in validation["message"]
+    assert "status.commands" in validation["message"]
+    binding = only(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": "md-modeldeploy-status", "validationActions": ["Deny"]}
+
+    named = template("serviceAccount.name=operator")
+    assert (
+        "system:serviceaccount:ops:operator"
+        in only(named, "ValidatingAdmissionPolicy")["spec"]["validations"][0]["message"]
+    )
+    assert not [doc for doc in template("statusPolicy.enabled=false") if "AdmissionPolicy" in doc["kind"]]
+
+
+def test_without_the_status_policy_the_install_notes_warn() -> None:
+    notes = (CHART / "templates/NOTES.txt").read_text()
+    assert "{{- if not .Values.statusPolicy.enabled }}" in notes
+    assert "WARNING: statusPolicy.enabled is false" in notes
+
+
+def test_namespaced_status_policy_binds_only_the_watched_namespaces() -> None:
+    binding = only(template("watch.namespaces={team-a,team-b}"), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+            ]
+        }
+    }
+
+
+def test_user_roles_are_aggregated_into_the_built_in_ones() -> None:
+    roles = {doc["metadata"]["name"]: doc for doc in template() if doc["kind"] == "ClusterRole"}
+    edit, view = roles["md-modeldeploy-edit"], roles["md-modeldeploy-view"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k: v for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        f"{aggregate}admin": "true",
+        f"{aggregate}edit": "true",
+    }
+    assert {k: v for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        f"{aggregate}view": "true"
+    }
+    assert edit["rules"] == [
+        {
+            "apiGroups": ["modeldeploy.io"],
+            "resources": ["modeldeployments"],
+            "verbs": ["create", "update", "patch", "delete", "get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["modeldeploy.io"],
+            "resources": ["modeldeployments/status"],
+            "verbs": ["get", "patch", "update"],
+        },
+    ]
+    assert view["rules"] == [
+        {
+            "apiGroups": ["modeldeploy.io"],
+            "resources": ["modeldeployments", "modeldeployments/status"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    unaggregated = [doc for doc in template("userRoles.aggregate=false") if doc["kind"] == "ClusterRole"]
+    assert not any(aggregate in key for doc in unaggregated for key in doc["metadata"]["labels"])
+    names = {doc["metadata"]["name"] for doc in template("userRoles.enabled=false") if doc["kind"] == "ClusterRole"}
+    assert names == {"md-modeldeploy"}
 
 
 def test_crd_comes_from_the_generated_file_with_the_keep_policy() -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from tests.unit.helm import REPO_ROOT, require_helm
 
-RENDERED = ("namespace.yaml", "rbac.yaml", "operator.yaml")
+RENDERED = ("namespace.yaml", "rbac.yaml", "operator.yaml", "status-policy.yaml")
 
 
 def render(out: Path) -> None:
@@ -53,6 +53,10 @@ def test_the_plain_install_has_what_kubectl_apply_needs() -> None:
         ("ServiceAccount", "modeldeploy"),
         ("ClusterRole", "modeldeploy"),
         ("ClusterRoleBinding", "modeldeploy"),
+        ("ClusterRole", "modeldeploy-edit"),
+        ("ClusterRole", "modeldeploy-view"),
+        ("ValidatingAdmissionPolicy", "modeldeploy-status"),
+        ("ValidatingAdmissionPolicyBinding", "modeldeploy-status"),
         ("Deployment", "modeldeploy"),
         ("Service", "modeldeploy-metrics"),
     }

@@ -48,6 +48,11 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments/status]
   verbs: [get, patch]
+# Children carry an owner reference with blockOwnerDeletion; the OwnerReferencesPermissionEnforcement admission
+# plugin (OpenShift, hardened clusters) lets only who may update the owner's finalizers set it.
+- apiGroups: [modeldeploy.io]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
 # The children: server-side apply creates and updates (create + patch); old revisions are deleted.
 - apiGroups: [apps]
   resources: [deployments]
