@@ -48,6 +48,9 @@ class FakeCluster:
         self.events: list[RecordedEvent] = []
         self.fail_next: dict[str, ApiError] = {}
         """Method name -> the error its next call raises (once), as the API server would answer."""
+        self.reads: Counter[str] = Counter()
+        self.foreign: set[tuple[str, str, str]] = set()
+        """Objects someone else made (add_foreign): applying onto one without force is a 409 Conflict."""
         self._version = 100
 
     # --- what tests set up and read ----------------------------------------------------------------------------
@@ -90,6 +93,18 @@ class FakeCluster:
         body["status"] = copy.deepcopy(status)
         body["metadata"]["resourceVersion"] = self._next_version()
 
+    def add_foreign(self, manifest: Manifest) -> Manifest:
+        """An object someone else made, with whatever labels and owners it has. The Store sees it only if the
+        watches would (labelled as ours, with a controller owner reference to a ModelDeployment)."""
+        body = copy.deepcopy(manifest)
+        metadata = body["metadata"]
+        metadata.setdefault("generation", 1)
+        metadata["resourceVersion"] = self._next_version()
+        key = (body["kind"], metadata["namespace"], metadata["name"])
+        self.objects[key] = body
+        self.foreign.add(key)
+        return copy.deepcopy(body)
+
     def resource(self, key: Key) -> Manifest:
         return self.objects[(api.KIND, *key)]
 
@@ -116,12 +131,21 @@ class FakeCluster:
 
     # --- ClusterWriter ------------------------------------------------------------------------------------------
 
-    def apply(self, manifest: Manifest) -> Manifest:
+    def get_child(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        self._fail("get_child")
+        self.reads[f"get {kind}"] += 1
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
         self._fail("apply")
         kind, metadata = manifest["kind"], manifest["metadata"]
         self.writes[f"apply {kind}"] += 1
         key = (kind, metadata["namespace"], metadata["name"])
         current = self.objects.get(key)
+        if current is not None and key in self.foreign and not force:
+            # Another field manager set these fields to other values; only force would take them.
+            raise ApiError(409, "Conflict", f'{{"message": "Apply failed with conflicts on {kind} {key[2]}"}}')
         if current is None:
             body = copy.deepcopy(manifest)
             body["metadata"]["generation"] = 1

@@ -76,6 +76,30 @@ def test_apply_is_a_forced_server_side_apply_under_our_field_manager(
     assert caplog.messages == ['Applied Deployment namespace="ns" name="web-r1"']
 
 
+def test_apply_without_force_creates_and_a_conflict_is_an_api_error(kube: Kube, server: FakeApiServer) -> None:
+    message = 'Apply failed with 1 conflict: conflict with "kubectl-create": .spec.replicas'
+    server.reply = lambda request: (409, status_body(409, message, "Conflict"))
+    with pytest.raises(ApiError) as raised:
+        kube.apply(deployment(), force=False)
+    [request] = server.requests
+    assert request.query == {"fieldManager": "modeldeploy"}
+    assert raised.value.status == 409
+    assert kube.writes == {"apply Deployment": 1}
+
+
+def test_get_child_reads_any_object_of_that_name_and_none_when_there_is_none(kube: Kube, server: FakeApiServer) -> None:
+    found = {"apiVersion": "v1", "metadata": {"name": "web-canary", "namespace": "ns"}}
+    server.reply = lambda request: (200, found)
+    assert kube.get_child("Service", "ns", "web-canary") == {"kind": "Service", **found}
+    assert (server.requests[0].method, server.requests[0].path) == ("GET", "/api/v1/namespaces/ns/services/web-canary")
+    server.reply = lambda request: (404, status_body(404, 'services "web-canary" not found', "NotFound"))
+    assert kube.get_child("Service", "ns", "web-canary") is None
+    server.reply = lambda request: (403, status_body(403, "forbidden", "Forbidden"))
+    with pytest.raises(ApiError):
+        kube.get_child("Deployment", "ns", "web-r1")
+    assert kube.writes == {}
+
+
 def test_apply_of_a_service(kube: Kube, server: FakeApiServer) -> None:
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"}}
     kube.apply(service)

@@ -34,7 +34,9 @@ class ClusterWriter(Protocol):
     """The writes a pass may make: what modeldeploy.kube.client.Kube offers, and an in-memory fake in the unit tests.
     Every method returns the object as the API server answered it, so the Store holds our own writes at once."""
 
-    def apply(self, manifest: Manifest) -> Manifest: ...
+    def get_child(self, kind: str, namespace: str, name: str) -> Manifest | None: ...
+
+    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest: ...
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> Manifest: ...
 
@@ -118,6 +120,89 @@ def serving_revision(children: Children, resource: api.ModelDeployment) -> str |
     selector = (service.get("spec") or {}).get("selector") or {}
     revision = selector.get(builders.LABEL_REVISION)
     return revision if isinstance(revision, str) and revision else None
+
+
+CHILD_CONFLICT = "ChildConflict"
+CONFLICT_RECHECK_SECONDS = 30.0
+"""How often a resource that stands back from another object's name looks again: that object is not watched."""
+
+
+def claim_children(
+    kube: ClusterWriter, store: Store, children: Children, wanted: list[Manifest], uid: str
+) -> list[Manifest]:
+    """The objects that hold names of children this pass wants to write and are not this resource's (by the uid of
+    their controller owner reference); [] when every name is free or this resource's own.
+
+    The Store holds only what the watches show (labelled as ours, controlled by a ModelDeployment of this name), so
+    a name it lacks is read once from the API server: an unlabelled Service or another owner's Deployment exists all
+    the same, and applying onto it would take it over. What the read finds and this resource owns (say, before the
+    watches caught up after a restart) goes into the Store and into `children`."""
+    taken = []
+    for manifest in wanted:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        known = children.of_kind(kind)
+        current = known.get(name)
+        if current is None:
+            current = kube.get_child(kind, manifest["metadata"]["namespace"], name)
+            if current is None:
+                continue
+            if owned_by(current, uid):
+                store.put_child(current)
+                known[name] = current
+                continue
+        if not owned_by(current, uid):
+            taken.append(current)
+    return taken
+
+
+def _held_by(child: Manifest, resource: api.ModelDeployment) -> str:
+    """`Service/x-canary (controlled by Deployment/y)`: the object and its controller, as a person would look for it."""
+    references = child["metadata"].get("ownerReferences") or []
+    controller = next((ref for ref in references if isinstance(ref, dict) and ref.get("controller")), None)
+    if controller is None:
+        owner = "no controller"
+    elif controller.get("kind") == api.KIND and controller.get("name") == builders.resource_name(resource):
+        owner = "an earlier ModelDeployment of this name"
+    else:
+        owner = f"controlled by {controller.get('kind')}/{controller.get('name')}"
+    return f"{child['kind']}/{child['metadata']['name']} ({owner})"
+
+
+def _stand_back(
+    kube: ClusterWriter,
+    store: Store,
+    parent: Manifest,
+    resource: api.ModelDeployment,
+    taken: list[Manifest],
+    events: list[rollout.Event],
+    now: datetime,
+) -> float:
+    """A pass that writes no child at all, since a name it needs is taken: Degraded ChildConflict and not Ready, the
+    rest of status as it was (nothing the planner decided was carried out), and a look again later."""
+    namespace, name = key_of(parent)
+    objects = ", ".join(_held_by(child, resource) for child in taken)
+    exists = "exists and is" if len(taken) == 1 else "exist and are"
+    message = analysis.cap_message(
+        f"{objects} {exists} not this ModelDeployment's: no child is written until the name is free"
+    )
+    generation = int(parent["metadata"].get("generation", 0))
+    conditions = resource.status.conditions
+    for kind, value in ((api.ConditionType.DEGRADED, True), (api.ConditionType.READY, False)):
+        conditions = set_condition(conditions, kind, value, CHILD_CONFLICT, message, generation=generation, now=now)
+    status = resource.status.model_copy(
+        update={
+            "observedGeneration": generation,
+            "phase": str(api.Phase.DEGRADED),
+            "message": message,
+            "conditions": conditions,
+        }
+    )
+    log.warning('Child conflict namespace="%s" name="%s" message="%s"', namespace, name, message)
+    # The repairs' Events (if any) go out with the write that records them, as in a pass that carries on.
+    if _write_status(kube, store, parent, status, force=bool(events)):
+        for event in [*events, rollout.Event("Warning", CHILD_CONFLICT, message)]:
+            kube.post_event(parent, event.type, event.reason, event.message)
+    return CONFLICT_RECHECK_SECONDS
 
 
 def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
@@ -261,28 +346,41 @@ def reconcile(
         serving=serving,
     )
 
+    stable = plan.status.stable
+    assert stable is not None  # the planner always names a serving revision
+    canary_revision = plan.status.canary.revision if plan.status.canary else stable.revision
+    services = builders.build_services(resource, stable.revision, canary_revision)
+    applied = None
+    if plan.apply_revision is not None:
+        replicas = plan.replicas[plan.apply_revision]
+        applied = builders.build_deployment(resource, plan.apply_revision, replicas, config)
+    uid = str(parent["metadata"].get("uid", ""))
+    conflicts = claim_children(kube, store, children, [*services, *([applied] if applied else [])], uid)
+    if conflicts:
+        return _stand_back(kube, store, parent, resource, conflicts, [repair.event() for repair in repairs], now)
+    # Only this resource's own Deployments are scaled or deleted: a predecessor's (same name, another uid) is left
+    # to garbage collection.
+    owned = {name: body for name, body in children.deployments.items() if owned_by(body, uid)}
+
     for revision, replicas in plan.replicas.items():
         deployment_name = builders.deployment_name(resource, revision)
-        current = children.deployments.get(deployment_name)
+        current = owned.get(deployment_name)
         if revision == plan.apply_revision:
-            manifest = builders.build_deployment(resource, revision, replicas, config)
-            if current is None or not contains(current, manifest):
-                store.put_child(kube.apply(manifest))
+            assert applied is not None
+            if current is None or not contains(current, applied):
+                store.put_child(kube.apply(applied, force=current is not None))
         elif current is not None and current["spec"].get("replicas") != replicas:
             store.put_child(kube.scale_deployment(namespace, deployment_name, replicas))
-    for deployment_name, deployment in children.deployments.items():
+    for deployment_name, deployment in owned.items():
         labelled = (deployment["metadata"].get("labels") or {}).get(builders.LABEL_REVISION)
         if labelled not in plan.replicas:
             kube.delete_deployment(namespace, deployment_name)
             store.remove_child(deployment)
 
-    stable = plan.status.stable
-    assert stable is not None  # the planner always names a serving revision
-    canary_revision = plan.status.canary.revision if plan.status.canary else stable.revision
-    for service in builders.build_services(resource, stable.revision, canary_revision):
+    for service in services:
         current = children.services.get(service["metadata"]["name"])
         if current is None or not contains(current, service):
-            store.put_child(kube.apply(service))
+            store.put_child(kube.apply(service, force=current is not None))
 
     status, events = plan.status, plan.events
     if refused is not None:

@@ -178,20 +178,28 @@ class Kube:
         path = f"{prefix}/namespaces/{_segment(namespace)}/{plural}"
         return path if name is None else f"{path}/{_segment(name)}"
 
-    def apply(self, manifest: Manifest) -> Manifest:
-        """Server-side apply under our field manager. Forced: the operator owns its children outright."""
+    def get_child(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        """A Deployment or Service by name, None when there is none: whatever it is labelled and whoever owns it."""
+        try:
+            return {"kind": kind, **self._request("GET", self._child_path(kind, namespace, name))}
+        except ApiError as error:
+            if error.status == HTTPStatus.NOT_FOUND:
+                return None
+            raise
+
+    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
+        """Server-side apply under our field manager. Forced onto the children the operator owns, which it owns
+        outright; without force when it creates one, so that an object someone made meanwhile is a 409 Conflict
+        rather than taken over."""
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         path = self._child_path(kind, namespace, name)
         self._count("apply", kind)
-        result = self._request(
-            "PATCH",
-            path,
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=manifest,
-            content_type=APPLY_CONTENT_TYPE,
-        )
+        query = {"fieldManager": FIELD_MANAGER}
+        if force:
+            query["force"] = "true"
+        result = self._request("PATCH", path, query=query, body=manifest, content_type=APPLY_CONTENT_TYPE)
         log.info("Applied %s %s", kind, _kv(namespace=namespace, name=name))
         return result
 
