@@ -230,7 +230,7 @@ def test_restricted_security_context(make_resource: ResourceFactory, config: Ope
     assert security["readOnlyRootFilesystem"] is True
     # A read-only root needs a writable /tmp.
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}} in pod["volumes"]
 
 
 @pytest.mark.parametrize(

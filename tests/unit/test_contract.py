@@ -38,6 +38,8 @@ CONTRACT: list[tuple[str, str, str]] = [
     ("artifact URI variable", "MODEL_URI", runtime_config.ENV_MODEL_URI),
     ("model format variable", "MODEL_FORMAT", runtime_config.ENV_MODEL_FORMAT),
     ("artifact checksum variable", "MODEL_SHA256", runtime_config.ENV_MODEL_SHA256),
+    ("download size limit variable", builders.ENV_MAX_BYTES, runtime_config.ENV_MODEL_MAX_BYTES),
+    ("HTTP header variables' prefix", builders.HTTP_HEADER_ENV_PREFIX, runtime_config.HTTP_HEADER_ENV_PREFIX),
     ("volume claims' mount root", builders.PVC_MOUNT_ROOT, str(runtime_config.DEFAULT_PVC_ROOT)),
     ("request counter", measure.REQUESTS, runtime_metrics.REQUESTS_TOTAL),
     ("latency histogram buckets", measure.DURATION_BUCKETS, f"{runtime_metrics.REQUEST_DURATION_SECONDS}_bucket"),

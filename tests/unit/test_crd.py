@@ -191,6 +191,7 @@ def test_defaults_the_api_server_applies(schema: dict[str, Any]) -> None:
         "protocol": "seldon",
         "port": 9000,
         "metricsPort": 6000,
+        "cacheSizeLimit": "4Gi",
         "resources": {},
     }
     assert find(schema, "spec.runtime.resources")["default"] == {}
@@ -319,8 +320,10 @@ def test_cel_rules_are_present(schema: dict[str, Any]) -> None:
     assert rules_at(schema, "") == [f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}"]
     assert rules_at(schema, "spec.runtime") == ["self.port != self.metricsPort"]
     assert any("oldSelf.name" in rule for rule in rules_at(schema, "spec.model"))
-    [uri_rule] = rules_at(schema, "spec.model.uri")
-    assert all(f"{scheme}" in uri_rule for scheme in api.URI_SCHEMES)
+    scheme_rule, userinfo_rule = rules_at(schema, "spec.model.uri")
+    assert all(f"{scheme}" in scheme_rule for scheme in api.URI_SCHEMES)
+    assert "@" in userinfo_rule
+    assert any("httpHeadersSecret" in rule for rule in rules_at(schema, "spec.model"))
     [env_rule] = rules_at(schema, "spec.runtime.env.*.name")
     assert all(f'"{name}"' in env_rule for name in api.CONTRACT_ENV)
     for path, node in walk(schema):

@@ -31,6 +31,12 @@ REVISION_LENGTH = 10
 MAX_NAME_LENGTH = 63 - 1 - REVISION_LENGTH
 
 URI_SCHEMES = ("file", "pvc", "http", "https", "s3", "gs")
+# scheme://user[:password]@host: credentials in a URI land in the Deployment's env, in logs and in status.
+URI_USERINFO_PATTERN = "^[A-Za-z][-A-Za-z0-9+.]*://[^/?#]*@"
+URI_USERINFO_MESSAGE = (
+    "spec.model.uri must not hold user info (user:password@): put HTTP credentials in a Secret named by "
+    "spec.model.httpHeadersSecret"
+)
 # Label values: at most 63 characters, alphanumerics at both ends, '-', '_' and '.' inside.
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -79,6 +85,10 @@ class ModelSpec(_Model):
                 "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
                 "spec.model.name is immutable: create a new ModelDeployment to serve another model",
             ),
+            (
+                "!has(self.httpHeadersSecret) || self.uri.startsWith('http://') || self.uri.startsWith('https://')",
+                "spec.model.httpHeadersSecret applies to http:// and https:// URIs only",
+            ),
         )
     )
 
@@ -122,6 +132,7 @@ class ModelSpec(_Model):
                     "self.matches('^(" + "|".join(URI_SCHEMES) + ")://.+')",
                     "spec.model.uri must start with one of " + ", ".join(s + "://" for s in URI_SCHEMES),
                 ),
+                (f"!self.matches('{URI_USERINFO_PATTERN}')", URI_USERINFO_MESSAGE),
             ),
         ),
     ]
@@ -144,6 +155,29 @@ class ModelSpec(_Model):
             ),
         ),
     ]
+    httpHeadersSecret: Annotated[
+        str | None,
+        Field(
+            default=None,
+            min_length=1,
+            max_length=253,
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+            description=(
+                "Name of a Secret in the resource's namespace whose keys are HTTP header names and whose values "
+                "are sent as those headers when the runtime downloads an http(s) artifact, e.g. "
+                "{Authorization: Bearer ...}. Credentials go here, never in spec.model.uri. The pods read it "
+                "through envFrom (prefix MODEL_HTTP_HEADER_); its values are never copied into the Deployment."
+            ),
+        ),
+    ]
+
+    @field_validator("uri")
+    @classmethod
+    def _no_user_info(cls, uri: str) -> str:
+        # The admission rule's twin, for objects stored before it existed.
+        if re.match(URI_USERINFO_PATTERN, uri):
+            raise ValueError(URI_USERINFO_MESSAGE)
+        return uri
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,9 +214,10 @@ MAX_POD_AFFINITY_TERMS = 4
 MAX_MATCH_LABELS = 8
 MAX_MATCH_EXPRESSIONS = 4
 MAX_SELECTOR_VALUES = 8
-MAX_NODE_SELECTOR_VALUES = 16
+MAX_NODE_SELECTOR_VALUES = 8
 MAX_NAMESPACES = 8
 MAX_LABEL_KEYS = 4
+ENV_VALUE_LENGTH = 2048
 
 
 def _quantity(value: int | str) -> int | str:
@@ -346,7 +381,7 @@ class EnvVar(_Model):
             ),
         ),
     ]
-    value: Annotated[str | None, Field(default=None, max_length=4096, description="A literal value.")]
+    value: Annotated[str | None, Field(default=None, max_length=ENV_VALUE_LENGTH, description="A literal value.")]
     valueFrom: Annotated[
         EnvVarSource | None,
         Field(
@@ -678,6 +713,12 @@ class Affinity(_Model):
     ]
 
 
+# The model cache's emptyDir: whole bytes with one suffix at most, so the builder can write it in the canonical form
+# the API server returns (no re-apply every pass).
+CACHE_SIZE_PATTERN = r"^[1-9][0-9]{0,15}([KMGTPE]i|[kMGTPE])?$"
+DEFAULT_CACHE_SIZE_LIMIT = "4Gi"
+
+
 class RuntimeSpec(_Model):
     """How the model is served. Every field has a default from the operator's configuration."""
 
@@ -722,6 +763,21 @@ class RuntimeSpec(_Model):
             ge=1024,
             le=65535,
             description="Container port of the runtime's Prometheus metrics (1024-65535, not equal to port).",
+        ),
+    ]
+    cacheSizeLimit: Annotated[
+        str,
+        Field(
+            default=DEFAULT_CACHE_SIZE_LIMIT,
+            max_length=24,
+            pattern=CACHE_SIZE_PATTERN,
+            description=(
+                "sizeLimit of the pods' writable emptyDir (/tmp), which holds the downloaded artifact: a whole "
+                "number of bytes with an optional suffix (Ki, Mi, Gi, Ti, or k, M, G, T), e.g. 4Gi. The runtime "
+                "refuses a download larger than this less 64Mi of room for its own files (MODEL_MAX_BYTES, unless "
+                "spec.runtime.env sets it). Artifacts on a volume (pvc://, file://) are read in place and need none "
+                "of it."
+            ),
         ),
     ]
     args: Annotated[
@@ -1351,6 +1407,19 @@ class AnalysisStatus(_Status):
     metrics: list[MetricStatus] = Field(default_factory=list, description="Per metric, in spec order.")
 
 
+class ArtifactStatus(_Status):
+    """Whether the artifact of the spec's revision is pinned by a digest."""
+
+    revision: Annotated[str, Field(description="The revision of the spec this describes.")]
+    version: Annotated[str, Field(description="Its spec.model.version.")] = ""
+    verified: Annotated[
+        bool,
+        Field(description="spec.model.sha256 is set: the runtime serves only the artifact with that digest."),
+    ] = False
+    reason: Annotated[str, Field(description="Verified, Unverified or UnverifiedArtifact (code runs on load).")] = ""
+    message: Annotated[str, Field(description="What that means, for a person.")] = ""
+
+
 class ModelDeploymentStatus(_Status):
     """Observed state, written by the operator. Argo CD and `kubectl wait` read it."""
 
@@ -1383,6 +1452,10 @@ class ModelDeploymentStatus(_Status):
     analysis: Annotated[
         AnalysisStatus | None,
         Field(description="Metric analysis of the latest canary: its phase, counts and recent measurements."),
+    ] = None
+    artifact: Annotated[
+        ArtifactStatus | None,
+        Field(description="Whether the spec's artifact is pinned by spec.model.sha256; see UnverifiedArtifact."),
     ] = None
     url: Annotated[str, Field(description="In-cluster address of the model's Service.")] = ""
     history: list[HistoryEntry] = Field(

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from modeldeploy.api import models as api
+from modeldeploy.api.quantity import parse_quantity
 from modeldeploy.config import OperatorConfig
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -26,6 +27,13 @@ MANAGED_BY = "modeldeploy"
 COMPONENT = "model-server"
 CONTAINER_NAME = "model-server"
 PVC_MOUNT_ROOT = "/mnt/models"
+# The runtime's download limit and header variables (runtime/README.md).
+ENV_MAX_BYTES = "MODEL_MAX_BYTES"
+HTTP_HEADER_ENV_PREFIX = "MODEL_HTTP_HEADER_"
+# Room left in the cache volume for what the runtime writes beside the artifact (its metrics files).
+CACHE_HEADROOM_BYTES = 64 * 1024**2
+_BINARY_SUFFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+_DECIMAL_SUFFIXES = ("", "k", "M", "G", "T", "P", "E")
 
 Manifest = dict[str, Any]
 
@@ -68,6 +76,30 @@ def runtime_image(resource: api.ModelDeployment, config: OperatorConfig) -> str:
     return resource.spec.runtime.image or config.runtime_images[str(resource.spec.model.format)]
 
 
+def size_bytes(quantity: str) -> int:
+    """Bytes of a cacheSizeLimit (a whole number with one suffix at most, api.CACHE_SIZE_PATTERN)."""
+    return int(parse_quantity(quantity))
+
+
+def canonical_size(quantity: str) -> str:
+    """The form the API server stores a quantity in, so that what we read back compares equal: binary amounts
+    with the largest binary suffix that keeps a whole number, decimal ones likewise (4096Mi is 4Gi, 5000M is 5G)."""
+    amount = size_bytes(quantity)
+    binary = quantity.endswith("i")
+    base, suffixes = (1024, _BINARY_SUFFIXES) if binary else (1000, _DECIMAL_SUFFIXES)
+    power = 0
+    while amount % base == 0 and power < len(suffixes) - 1:
+        amount //= base
+        power += 1
+    return f"{amount}{suffixes[power]}"
+
+
+def max_download_bytes(cache_size_limit: str) -> int:
+    """MODEL_MAX_BYTES for a cache volume of that size: all of it but some room for the runtime's other files."""
+    limit = size_bytes(cache_size_limit)
+    return max(limit - min(CACHE_HEADROOM_BYTES, limit // 2), 1)
+
+
 def _probe_paths(protocol: str) -> tuple[str, str]:
     """(readiness path, liveness path) of the protocol's health endpoints."""
     if protocol == api.Protocol.V2:
@@ -95,6 +127,9 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
         {"name": "PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "value": str(runtime.port)},
         {"name": "PREDICTIVE_UNIT_METRICS_SERVICE_PORT", "value": str(runtime.metricsPort)},
     ]
+    if ENV_MAX_BYTES not in {var.name for var in runtime.env}:
+        # The download limit follows the volume it lands on, unless the user chose one.
+        env.append({"name": ENV_MAX_BYTES, "value": str(max_download_bytes(runtime.cacheSizeLimit))})
     env.extend(var.model_dump(exclude_none=True) for var in runtime.env)
     # The API server drops empty values; leaving them out keeps what we build equal to what we read back.
     for var in env:
@@ -106,7 +141,8 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
         for kind, amounts in runtime.resources.model_dump(exclude_none=True).items()
     }
     volume_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    # A sizeLimit, so that a model (or anything else) filling /tmp evicts its own pod, not the node's other pods.
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": canonical_size(runtime.cacheSizeLimit)}}]
     claim = _pvc_claim(spec.model.uri)
     if claim:
         volume_mounts.append({"name": "model-store", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
@@ -136,6 +172,12 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
         },
         "resources": resources,
         "volumeMounts": volume_mounts,
+        # Header credentials by reference: the Deployment names the Secret, the kubelet fills the values in.
+        **(
+            {"envFrom": [{"prefix": HTTP_HEADER_ENV_PREFIX, "secretRef": {"name": spec.model.httpHeadersSecret}}]}
+            if spec.model.httpHeadersSecret
+            else {}
+        ),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},

@@ -19,7 +19,7 @@ from modeldeploy.analysis.prometheus import PrometheusClient
 from modeldeploy.api import models as api
 from modeldeploy.api.quantity import parse_quantity
 from modeldeploy.api.times import format_time
-from modeldeploy.children import builders
+from modeldeploy.children import builders, verification
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
@@ -393,12 +393,24 @@ def reconcile(
         changed = phase_change_event(resource.status, status)
         if changed is not None:
             events.append(changed)
+    status, events = with_artifact(resource, desired_revision, status, events)
     # The repairs go out with the status write that records them, once: the next pass reads the repaired status.
     events = [repair.event() for repair in repairs] + events
     if _write_status(kube, store, parent, status, force=bool(repairs)):
         for event in events:
             kube.post_event(parent, event.type, event.reason, event.message)
     return plan.requeue_after
+
+
+def with_artifact(
+    resource: api.ModelDeployment, revision: str, status: api.ModelDeploymentStatus, events: list[rollout.Event]
+) -> tuple[api.ModelDeploymentStatus, list[rollout.Event]]:
+    """status.artifact for the spec's revision, and a Warning Event the first time it would run unpinned code."""
+    artifact = verification.artifact_status(resource, revision)
+    warning = verification.unverified_warning(resource.status.artifact, artifact)
+    if warning is not None:
+        events = [*events, rollout.Event("Warning", verification.UNVERIFIED_ARTIFACT, warning)]
+    return status.model_copy(update={"artifact": artifact}), events
 
 
 def measure(
