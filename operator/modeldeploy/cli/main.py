@@ -8,6 +8,7 @@ import sys
 
 import prometheus_client
 
+from modeldeploy import redaction
 from modeldeploy.cli.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
 from modeldeploy.kube.client import Kube
 from modeldeploy.kube.config import current_namespace, load_settings
@@ -21,6 +22,8 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
+    # On kopf's handlers, so that every line (ours, kopf's, a library's) is masked: spec URIs may be signed URLs.
+    redaction.install()
     logging.getLogger("modeldeploy").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         # kopf logs every watch-event handler call; our own logs say what changed.
