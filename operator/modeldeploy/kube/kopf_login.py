@@ -1,11 +1,10 @@
-"""kopf as the operator uses it: imported without the Kubernetes client libraries, logging in from our settings.
+"""kopf as the operator uses it: logging in from our own settings, through one login handler only.
 
-kopf looks for the client libraries (`kubernetes`, `kubernetes_asyncio`, `pykube`) twice: when it is imported (to
-recognise their model objects, which the operator never hands to it) and when its default registry is created (to
-log in through them). Either look imports `kubernetes`, ~30 MiB of resident memory the operator does not need: it
-talks to the API server through kube/client.py, and kopf logs in through the handler in main.py. So kopf is imported
-here, and given a plain registry without those fallback logins, while the libraries cannot be imported; afterwards
-they import normally again. Nothing in the operator imports them: kube/config.py reads every kubeconfig itself.
+The operator needs no Kubernetes client library: it talks to the API server through kube/client.py and reads
+kubeconfigs itself (kube/config.py), and the package declares none, so kopf finds none to import. kopf's default
+registry would still add a fallback login through such a library wherever one happens to be installed beside the
+operator; a plain registry has none, so main.py's login handler is the only way in, with the same settings as
+kube/client.py.
 
 Import kopf from here (`from modeldeploy.kube.kopf_login import kopf`), never directly, in the operator's modules.
 """
@@ -13,53 +12,19 @@ Import kopf from here (`from modeldeploy.kube.kopf_login import kopf`), never di
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
-import importlib.abc
-import importlib.machinery
 import ssl
-import sys
 import urllib.parse
-from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
+
+import kopf
 
 from modeldeploy.kube.config import ConnectionSettings, Credentials, KubeconfigError
 
-CLIENT_LIBRARIES = ("kubernetes", "kubernetes_asyncio", "pykube")
-
 __all__ = ["connection_info", "kopf"]
 
-
-class _ClientLibrariesRefused(importlib.abc.MetaPathFinder):
-    """A finder in front of all others that answers the client libraries' names as "not installed"."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname.split(".", 1)[0] in CLIENT_LIBRARIES:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden from kopf)", name=fullname)
-        return None
-
-
-@contextlib.contextmanager
-def _client_libraries_hidden() -> Iterator[None]:
-    # A library imported before (by tests, say) stays in sys.modules and is seen anyway; nothing to gain then.
-    finder = _ClientLibrariesRefused()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-
-
-with _client_libraries_hidden():
-    import kopf
-
-    # kopf's own default registry would probe for the libraries again when first used; a plain one does not, and
-    # has no fallback logins at all: main.py's login handler is the only way in.
-    kopf.set_default_registry(kopf.OperatorRegistry())
+kopf.set_default_registry(kopf.OperatorRegistry())
 
 
 def connection_info(settings: ConnectionSettings) -> kopf.ConnectionInfo:
