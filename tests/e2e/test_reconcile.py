@@ -390,8 +390,8 @@ def test_survives_operator_sigkill_and_apiserver_restart(
 def test_the_running_operator_never_imports_the_kubernetes_package(
     cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    """kube.py talks to the API server and main.py logs kopf in without the client package (~30 MiB of memory less):
-    after kopf's login and watches, a reconcile's writes and Events and a clean stop, it is still not imported."""
+    """kube/client.py talks to the API server and main.py logs kopf in without a client package (~30 MiB of memory
+    less): after kopf's login and watches, a reconcile's writes and Events and a clean stop, none was imported."""
     operator.stop()  # only the operator under test acts on the namespace
     modules = tmp_path / "modules.json"
     clients = ("kubernetes", "kubernetes_asyncio", "pykube")
