@@ -475,11 +475,23 @@ class _BoundedWriter:
     def __init__(self, out: BinaryIO, budget: _Budget) -> None:
         self._out = out
         self._budget = budget
+        self._written = 0
 
     def write(self, data: bytes) -> int:
         self._budget.remaining()
         self._budget.add(len(data))
+        self._written += len(data)
         return self._out.write(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # The client starts over (a transcoded object served whole after a retry): so does the count.
+        if (offset, whence) != (0, os.SEEK_SET):
+            raise OSError("only a rewind to the start is supported")
+        self._budget.add(-self._written)
+        self._written = 0
+        self._out.seek(0)
+        self._out.truncate()
+        return 0
 
     def flush(self) -> None:
         self._out.flush()

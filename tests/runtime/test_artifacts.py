@@ -698,3 +698,24 @@ def test_s3_reads_unsigned_when_asked(tmp_path: Path, fake_s3: str, monkeypatch:
     assert path.read_bytes() == b"model"
     assert _Misbehaving.seen
     assert all("Authorization" not in headers for headers in _Misbehaving.seen)
+
+
+def test_gcs_starting_over_counts_from_zero(
+    tmp_path: Path, gcs: type[_FakeGcsClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def twice(self: _FakeBlob, stream: Any, timeout: object = None) -> None:
+        # As the client does when a transcoded object comes back whole after a retry: rewind, then all again.
+        stream.write(self._store[self.name])
+        stream.seek(0)
+        stream.write(self._store[self.name])
+
+    monkeypatch.setattr(_FakeBlob, "download_to_file", twice)
+
+    path = fetch_artifact(
+        parse_model_uri("gs://models/iris/model.joblib", PVC_ROOT),
+        tmp_path,
+        expected_sha256=None,
+        limits=DownloadLimits(max_bytes=len(b"gcs object")),
+    )
+
+    assert path.read_bytes() == b"gcs object"
