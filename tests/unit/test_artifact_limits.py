@@ -3,9 +3,11 @@ download limit, header credentials by reference, and status.artifact with its Un
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modeldeploy.api import models as api
 from modeldeploy.children import builders, verification
@@ -74,6 +76,14 @@ def test_an_explicit_max_bytes_wins(make_resource: ResourceFactory, config: Oper
 def test_the_cache_size_makes_a_new_revision(make_resource: ResourceFactory, config: OperatorConfig) -> None:
     default = builders.revision_of(make_resource(), config)
     assert builders.revision_of(make_resource({"runtime": {"cacheSizeLimit": "8Gi"}}), config) != default
+
+
+def test_literal_header_variables_are_refused_at_admission() -> None:
+    crd = yaml.safe_load((Path(__file__).parents[2] / "crds" / "modeldeployment.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    env_item = spec["properties"]["runtime"]["properties"]["env"]["items"]
+    rules = [rule["rule"] for rule in env_item["x-kubernetes-validations"]]
+    assert "!self.name.startsWith('MODEL_HTTP_HEADER_') || !has(self.value) || self.value == ''" in rules
 
 
 def test_header_credentials_come_from_the_secret_by_reference(

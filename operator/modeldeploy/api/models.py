@@ -41,6 +41,8 @@ URI_USERINFO_MESSAGE = (
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 SHA256_PATTERN = r"^([a-f0-9]{64})?$"
+# The runtime sends variables of this prefix as HTTP headers of its downloads: credentials, so never literal values.
+HTTP_HEADER_ENV_PREFIX = "MODEL_HTTP_HEADER_"
 # Variables of the serving-container contract; the operator sets them, so a user's env may not.
 CONTRACT_ENV = (
     "MODEL_NAME",
@@ -361,6 +363,11 @@ class EnvVar(_Model):
             (
                 "!has(self.valueFrom) || !has(self.value) || self.value == ''",
                 "an environment variable sets value or valueFrom, not both",
+            ),
+            (
+                f"!self.name.startsWith('{HTTP_HEADER_ENV_PREFIX}') || !has(self.value) || self.value == ''",
+                f"spec.runtime.env: {HTTP_HEADER_ENV_PREFIX}* variables carry credentials: take them from a Secret "
+                "(valueFrom.secretKeyRef, or spec.model.httpHeadersSecret), not a literal value in the spec",
             ),
         )
     )

@@ -29,7 +29,7 @@ CONTAINER_NAME = "model-server"
 PVC_MOUNT_ROOT = "/mnt/models"
 # The runtime's download limit and header variables (runtime/README.md).
 ENV_MAX_BYTES = "MODEL_MAX_BYTES"
-HTTP_HEADER_ENV_PREFIX = "MODEL_HTTP_HEADER_"
+HTTP_HEADER_ENV_PREFIX = api.HTTP_HEADER_ENV_PREFIX
 # Room left in the cache volume for what the runtime writes beside the artifact (its metrics files).
 CACHE_HEADROOM_BYTES = 64 * 1024**2
 _BINARY_SUFFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
