@@ -11,6 +11,7 @@ import yaml
 
 from modeldeploy.api import models as api
 from modeldeploy.children import builders, verification
+from modeldeploy.cli.commands import render_status
 from modeldeploy.config import OperatorConfig
 
 from .conftest import ResourceFactory
@@ -173,3 +174,14 @@ def test_a_pinned_artifact_is_verified_without_an_event(config: OperatorConfig) 
     assert harness.status["artifact"]["verified"] is True
     assert harness.status["artifact"]["reason"] == "Verified"
     assert not [e for e in harness.cluster.events if e.reason == "UnverifiedArtifact"]
+
+
+def test_kubectl_mdep_status_says_when_the_artifact_is_not_pinned(config: OperatorConfig) -> None:
+    harness = Harness(config)
+    harness.settle()
+    text = render_status(harness.cluster.resource(harness.key))
+    assert "Artifact:    UnverifiedArtifact: 1.0.0: format sklearn runs code from the artifact" in text
+
+    pinned = Harness(config, spec={**SPEC, "model": {**SPEC["model"], "sha256": SHA}})
+    pinned.settle()
+    assert "Artifact:" not in render_status(pinned.cluster.resource(pinned.key))

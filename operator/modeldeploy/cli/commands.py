@@ -93,6 +93,9 @@ def render_status(body: dict[str, Any], now: datetime | None = None) -> str:
         ready = f"{canary.readyReplicas}/{canary.replicas}"
         weight = f"{canary.actualWeight}% (desired {canary.desiredWeight}%)"
         lines.append(f"  {'canary':8}{canary.version:12}{canary.revision:13}{ready:9}{weight}")
+    if status.artifact is not None and not status.artifact.verified:
+        # Said only when it needs saying: the artifact is not pinned by spec.model.sha256.
+        lines.append(f"Artifact:    {status.artifact.reason}: {status.artifact.message}")
     lines.extend(_analysis_lines(status.analysis))
     lines.append(f"Waiting for: {_waiting_for(resource, now)}")
     if status.history:
