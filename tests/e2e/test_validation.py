@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import yaml
 
 from modeldeploy.api import models as api
 from modeldeploy_testkit.cluster import Cluster
+from modeldeploy_testkit.operator_process import OperatorProcess
 from modeldeploy_testkit.waiting import wait_until
+from tests import largest_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crd")]
 
@@ -65,6 +68,17 @@ def assert_refused(result: Any, *expected: str) -> None:
 
 
 TOO_LONG_NAME = "m" * (api.MAX_NAME_LENGTH + 1)
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+NODE_TERM = f"spec.runtime.affinity.nodeAffinity.{REQUIRED}.nodeSelectorTerms[0]"
+HOST = {"topologyKey": "kubernetes.io/hostname"}
+SECRET = {"name": "store", "key": "token"}
+
+
+def node_terms(*requirements: dict[str, Any]) -> dict[str, Any]:
+    """An affinity whose one required node selector term holds `requirements`."""
+    return {"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [{"matchExpressions": list(requirements)}]}}}
+
 
 INVALID = [
     pytest.param(
@@ -250,6 +264,236 @@ INVALID = [
         id="resource-quantity-not-int-or-string",
     ),
     pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"key": "gpu", "operator": "Maybe"}]),
+        ["spec.runtime.tolerations[0].operator", "Unsupported value"],
+        id="toleration-operator",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoRun"}]),
+        ["spec.runtime.tolerations[0].effect", "Unsupported value"],
+        id="toleration-effect",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]),
+        ["spec.runtime.tolerations[0]", "tolerationSeconds applies only to effect NoExecute"],
+        id="toleration-seconds-without-no-execute",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"operator": "Equal", "value": "x"}]),
+        ["spec.runtime.tolerations[0]", "a toleration without a key must have operator Exists"],
+        id="toleration-without-key",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"key": "gpu", "operator": "Exists", "value": "x"}]),
+        ["spec.runtime.tolerations[0]", "a toleration with operator Exists must not set a value"],
+        id="toleration-exists-with-value",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"key": "gpu", "operator": "Exists"}] * 33),
+        ["spec.runtime.tolerations", "must have at most 32 items"],
+        id="too-many-tolerations",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__tolerations=[{"key": "k" * 318, "operator": "Exists"}]),
+        ["spec.runtime.tolerations[0].key", "Too long"],
+        id="toleration-key-too-long",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"nodeAffinity": {REQUIRED: [{"matchExpressions": []}]}}),
+        [f"spec.runtime.affinity.nodeAffinity.{REQUIRED}"],
+        id="affinity-list-for-object",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"nodeAffinity": {"required": {"nodeSelectorTerms": []}}}),
+        [".spec.runtime.affinity.nodeAffinity.required: field not declared in schema"],
+        id="affinity-unknown-field",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"podAffinity": {REQUIRED: [{"labelSelector": {}}]}}),
+        [f"spec.runtime.affinity.podAffinity.{REQUIRED}[0].topologyKey", "Required value"],
+        id="affinity-without-topology-key",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": []}}}),
+        [f"spec.runtime.affinity.nodeAffinity.{REQUIRED}.nodeSelectorTerms", "should have at least 1 items"],
+        id="affinity-no-node-selector-terms",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL, spec__runtime__affinity={"podAntiAffinity": {PREFERRED: [{"weight": 0, "podAffinityTerm": HOST}]}}
+        ),
+        [f"spec.runtime.affinity.podAntiAffinity.{PREFERRED}[0].weight", "greater than or equal to 1"],
+        id="weight-zero",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"nodeAffinity": {PREFERRED: [{"weight": 101, "preference": {}}]}}),
+        [f"spec.runtime.affinity.nodeAffinity.{PREFERRED}[0].weight", "less than or equal to 100"],
+        id="weight-over-100-in-affinity",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity=node_terms({"key": "zone", "operator": "Like", "values": ["a"]})),
+        [f"{NODE_TERM}.matchExpressions[0].operator", "Unsupported value"],
+        id="node-selector-operator",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity=node_terms({"key": "zone", "operator": "In"})),
+        [f"{NODE_TERM}.matchExpressions[0]", "values must be set when operator is In or NotIn"],
+        id="node-selector-in-without-values",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity=node_terms({"key": "zone", "operator": "Exists", "values": ["a"]})),
+        [f"{NODE_TERM}.matchExpressions[0]", "values must be empty when operator is Exists or DoesNotExist"],
+        id="node-selector-exists-with-values",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity=node_terms({"key": "cores", "operator": "Gt", "values": ["many"]})),
+        [f"{NODE_TERM}.matchExpressions[0]", "operator Gt or Lt takes exactly one value, an integer"],
+        id="node-selector-gt-not-integer",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity=node_terms({"key": "bad key", "operator": "Exists"})),
+        [f"{NODE_TERM}.matchExpressions[0].key", "should match"],
+        id="node-selector-key-not-a-label",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__runtime__affinity={
+                "nodeAffinity": {
+                    REQUIRED: {
+                        "nodeSelectorTerms": [
+                            {"matchFields": [{"key": "spec.unschedulable", "operator": "In", "values": ["x"]}]}
+                        ]
+                    }
+                }
+            },
+        ),
+        [f"{NODE_TERM}.matchFields[0].key", "Unsupported value"],
+        id="node-field-not-name",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__runtime__affinity={
+                "podAffinity": {
+                    REQUIRED: [{**HOST, "labelSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]}}]
+                }
+            },
+        ),
+        [f"spec.runtime.affinity.podAffinity.{REQUIRED}[0].labelSelector.matchExpressions[0]", "values must be set"],
+        id="label-selector-in-without-values",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__runtime__affinity={
+                "podAffinity": {REQUIRED: [{**HOST, "labelSelector": {"matchLabels": {"app": "a b"}}}]}
+            },
+        ),
+        [f"spec.runtime.affinity.podAffinity.{REQUIRED}[0].labelSelector.matchLabels.app", "should match"],
+        id="label-selector-value-not-a-label",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"podAffinity": {REQUIRED: [HOST] * 5}}),
+        [f"spec.runtime.affinity.podAffinity.{REQUIRED}", "must have at most 4 items"],
+        id="too-many-pod-affinity-terms",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__affinity={"podAffinity": {REQUIRED: [{**HOST, "matchLabelKeys": ["app"]}]}}),
+        [
+            f"spec.runtime.affinity.podAffinity.{REQUIRED}[0]",
+            "matchLabelKeys and mismatchLabelKeys need a labelSelector",
+        ],
+        id="match-label-keys-without-selector",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__runtime__env=[{"name": "A", "valueFrom": {"secretKeyRef": SECRET, "configMapKeyRef": SECRET}}],
+        ),
+        ["spec.runtime.env[0].valueFrom", "valueFrom must set exactly one of configMapKeyRef, secretKeyRef"],
+        id="value-from-two-sources",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__env=[{"name": "A", "valueFrom": {}}]),
+        ["spec.runtime.env[0].valueFrom", "valueFrom must set exactly one of configMapKeyRef, secretKeyRef"],
+        id="value-from-no-source",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__env=[{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": SECRET}}]),
+        ["spec.runtime.env[0]", "an environment variable sets value or valueFrom, not both"],
+        id="value-and-value-from",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__env=[{"name": "A", "valueFrom": {"secretKeyRef": {"name": "store"}}}]),
+        ["spec.runtime.env[0].valueFrom.secretKeyRef.key", "Required value"],
+        id="secret-key-ref-without-key",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL, spec__runtime__env=[{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers"}}}]
+        ),
+        ["spec.runtime.env[0].valueFrom.fieldRef.fieldPath", "should match"],
+        id="field-ref-path",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL, spec__runtime__env=[{"name": "A", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}}]
+        ),
+        ["spec.runtime.env[0].valueFrom.resourceFieldRef.resource", "should match"],
+        id="resource-field-ref-resource",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__env=[{"name": "A", "value": "v" * (api.ENV_VALUE_LENGTH + 1)}]),
+        ["spec.runtime.env[0].value", "Too long"],
+        id="env-value-too-long",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__env=[{"name": f"V{index}"} for index in range(129)]),
+        ["spec.runtime.env", "must have at most 128 items"],
+        id="too-many-env",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"requests": {"cpu": "lots"}}),
+        ["spec.runtime.resources.requests.cpu", "should match"],
+        id="quantity-does-not-parse",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"limits": {"memory": "-1Gi"}}),
+        ["spec.runtime.resources.limits.memory", "should match"],
+        id="quantity-negative",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"limits": {"cpu": -1}}),
+        ["spec.runtime.resources.limits.cpu", "greater than or equal to 0"],
+        id="quantity-negative-integer",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"limits": {f"example.com/r{index}": 1 for index in range(17)}}),
+        ["spec.runtime.resources.limits", "must have at most 16 items"],
+        id="too-many-resources",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"claims": [{"name": "gpu"}]}),
+        [".spec.runtime.resources.claims: field not declared in schema"],
+        id="resource-claims",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__nodeSelector={f"pool-{index}": "a" for index in range(17)}),
+        ["spec.runtime.nodeSelector", "must have at most 16 items"],
+        id="too-many-node-selector-labels",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__nodeSelector={"pool": "p" * 64}),
+        ["spec.runtime.nodeSelector.pool", "Too long"],
+        id="node-selector-value-too-long",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"pause": {"duration": "1234567s"}}]}),
+        ["spec.rollout.steps[0].pause.duration", "Too long"],
+        id="duration-too-long",
+    ),
+    pytest.param(
         with_metrics({"name": "m", "builtin": "successRate", "min": 0.9, "query": "up"}),
         ["spec.rollout.analysis.metrics[0]", "each analysis metric sets exactly one of builtin or query"],
         id="analysis-builtin-and-query",
@@ -407,3 +651,72 @@ def test_explain_describes_the_fields(cluster: Cluster) -> None:
     assert "The model version to serve and where its artifact lives." in text
     for field in ("name", "version", "uri", "format", "sha256"):
         assert f"  {field}\t" in text or f"  {field} " in text, text
+
+
+def test_largest_spec_is_accepted_unchanged(cluster: Cluster, namespace: str) -> None:
+    """Every bound at its maximum passes the CRD's schema and rules, and nothing sent is pruned or changed."""
+    manifest = largest_spec.largest_manifest()
+    result = apply(cluster, namespace, json.dumps(manifest))
+    assert result.returncode == 0, result.stderr[-4000:]
+    stored = read(cluster, namespace, manifest["metadata"]["name"])["spec"]
+    assert as_sent(stored, manifest["spec"]) == manifest["spec"]
+
+
+def as_sent(stored: Any, sent: Any) -> Any:
+    """`stored` without the fields `sent` lacks (defaults of fields the manifest leaves out)."""
+    if isinstance(stored, dict) and isinstance(sent, dict):
+        return {key: as_sent(value, sent[key]) for key, value in stored.items() if key in sent}
+    return stored
+
+
+@pytest.fixture
+def largest_spec_node(cluster: Cluster) -> Iterator[str]:
+    """A fake node with what the largest spec's pods ask for (labels, extended resources, a taint), removed after."""
+    node = largest_spec.node_manifest()
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(node))
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", f"node/{largest_spec.NODE_NAME}", "--timeout=60s")
+        yield largest_spec.NODE_NAME
+    finally:
+        cluster.kubectl("delete", "node", largest_spec.NODE_NAME, "--wait=false", check=False)
+
+
+def test_largest_spec_goes_ready(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, largest_spec_node: str
+) -> None:
+    """The operator applies the largest spec's Deployment (no 422 from any field it passes through) and its pod
+    is scheduled by every constraint of it and becomes Ready."""
+    labels = [f"{key}={value}" for key, value in largest_spec.NAMESPACE_LABELS.items()]
+    cluster.kubectl("label", "namespace", namespace, *labels)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(largest_spec.neighbour_pod()))
+    manifest = largest_spec.largest_manifest()
+    name = manifest["metadata"]["name"]
+    result = apply(cluster, namespace, json.dumps(manifest))
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    def ready() -> dict[str, Any] | None:
+        status = read(cluster, namespace, name).get("status") or {}
+        conditions = {condition["type"]: condition for condition in status.get("conditions", [])}
+        return status if conditions.get("Ready", {}).get("status") == "True" else None
+
+    def explain() -> str:
+        status = read(cluster, namespace, name).get("status") or {}
+        pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+        return f"status: {json.dumps(status)[:2000]}\npods:\n{pods}"
+
+    try:
+        wait_until(ready, timeout=90, interval=1, what=f"{name} to be Ready")
+    except Exception as error:
+        raise AssertionError(explain()) from error
+    [deployment] = json.loads(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    runtime = manifest["spec"]["runtime"]
+    assert pod_spec["affinity"] == runtime["affinity"]
+    assert pod_spec["tolerations"] == runtime["tolerations"]
+    assert pod_spec["nodeSelector"] == runtime["nodeSelector"]
+    [container] = pod_spec["containers"]
+    assert container["env"][-len(runtime["env"]) :] == runtime["env"]
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={name}", "-o", "json").stdout
+    )["items"]
+    assert [pod["spec"]["nodeName"] for pod in pods] == [largest_spec_node]

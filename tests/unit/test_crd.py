@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 
 from modeldeploy.api import crdgen
 from modeldeploy.api import models as api
+from tests import largest_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [
@@ -373,3 +375,45 @@ def test_full_manifest_sets_every_spec_field() -> None:
 
     missing = list(unset(api.ModelDeploymentSpec, manifest["spec"], "spec"))
     assert not missing, f"tests/e2e/testdata/full.yaml should set every field; it lacks {missing}"
+
+
+# Strings whose longest valid value Kubernetes fixes below their maxLength: the one container's name, the
+# resources a resourceFieldRef may name, a divisor it stores in canonical form, a fieldPath around a label key,
+# and a cache size that must fit 64 bits.
+NOT_AT_MAX_LENGTH = {
+    "spec.runtime.cacheSizeLimit",
+    "spec.runtime.env[*].valueFrom.resourceFieldRef.containerName",
+    "spec.runtime.env[*].valueFrom.resourceFieldRef.resource",
+    "spec.runtime.env[*].valueFrom.resourceFieldRef.divisor",
+    "spec.runtime.env[*].valueFrom.fieldRef.fieldPath",
+}
+
+
+def saturation(value: Any, node: dict[str, Any], path: str) -> Iterator[str]:
+    """Paths (in schema terms) where `value` stays below a bound of `node`."""
+    if isinstance(value, list):
+        if len(value) != node["maxItems"]:
+            yield f"{path}: {len(value)} of {node['maxItems']} items"
+        for item in value:
+            yield from saturation(item, node["items"], f"{path}[*]")
+    elif isinstance(value, dict) and "additionalProperties" in node:
+        if len(value) != node["maxProperties"]:
+            yield f"{path}: {len(value)} of {node['maxProperties']} entries"
+        for item in value.values():
+            yield from saturation(item, node["additionalProperties"], f"{path}.*")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from saturation(item, node["properties"][key], f"{path}.{key}")
+    elif isinstance(value, str) and len(value) != node.get("maxLength", len(value)) and path not in NOT_AT_MAX_LENGTH:
+        yield f"{path}: {len(value)} of {node['maxLength']} characters"
+
+
+def test_largest_spec_saturates_every_bound_and_fits_one_object(schema: dict[str, Any]) -> None:
+    manifest = largest_spec.largest_manifest()
+    api.ModelDeployment.model_validate(manifest)
+    short = list(saturation(manifest["spec"], find(schema, "spec"), "spec"))
+    assert not short, "the largest spec leaves room:\n" + "\n".join(short)
+    # The pods, their ReplicaSet and Deployment carry it too; etcd takes at most 1.5 MiB per object, and the
+    # resource adds its status (under 48 KiB) to it.
+    size = len(json.dumps(manifest["spec"]))
+    assert size < 1024 * 1024, f"the largest spec takes {size} bytes"
