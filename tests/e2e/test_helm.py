@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_testkit.cluster import READY_IMAGE, Cluster, scratch_namespace
 from modeldeploy_testkit.operator_process import OperatorProcess
-from modeldeploy_testkit.resources import model_deployment, roll_out_and_promote, status_of, wait_for_status
+from modeldeploy_testkit.resources import get, model_deployment, roll_out_and_promote, status_of, wait_for_status
 from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir, script_value
 from modeldeploy_testkit.waiting import wait_until
 
@@ -354,6 +354,16 @@ def test_only_the_operator_writes_status_and_users_keep_the_commands(
     release = Release(helm, namespace, f"watch.namespaces={{{workload}}}")
     alice, bob, carol = (f"{person}-{workload}" for person in ("alice", "bob", "carol"))
     try:
+        # The API server type-checks the expressions against the CRD's schema: no warnings.
+        checked = wait_until(
+            lambda: (
+                (get(cluster, "validatingadmissionpolicy", f"{release.service_account}-status").get("status") or {})
+                or None
+            ),
+            timeout=30,
+            what="the status policy to be type-checked",
+        )
+        assert checked.get("typeChecking", {}).get("expressionWarnings") is None, checked
         edit_role = f"{release.service_account}-edit"
         cluster.kubectl(
             "create", "rolebinding", "alice", f"--clusterrole={edit_role}", f"--user={alice}", "-n", workload
