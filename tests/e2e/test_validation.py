@@ -474,6 +474,16 @@ INVALID = [
         id="too-many-resources",
     ),
     pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"requests": {"cpu": "1500m"}, "limits": {"cpu": 1}}),
+        ["spec.runtime.resources", "each request must be at most the limit of the same resource"],
+        id="request-over-limit",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__runtime__resources={"requests": {"memory": "1Gi"}, "limits": {"memory": 1073741823}}),
+        ["spec.runtime.resources", "each request must be at most the limit of the same resource"],
+        id="request-over-limit-in-bytes",
+    ),
+    pytest.param(
         edited(MINIMAL, spec__runtime__resources={"claims": [{"name": "gpu"}]}),
         [".spec.runtime.resources.claims: field not declared in schema"],
         id="resource-claims",

@@ -321,6 +321,8 @@ def test_cel_rules_are_present(schema: dict[str, Any]) -> None:
     assert schema["x-kubernetes-validations"] == api.ROOT_RULES
     assert rules_at(schema, "") == [f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}"]
     assert rules_at(schema, "spec.runtime") == ["self.port != self.metricsPort"]
+    [request_rule] = rules_at(schema, "spec.runtime.resources")
+    assert "quantity(string(self.requests[r])).compareTo" in request_rule
     assert any("oldSelf.name" in rule for rule in rules_at(schema, "spec.model"))
     scheme_rule, userinfo_rule = rules_at(schema, "spec.model.uri")
     assert all(f"{scheme}" in scheme_rule for scheme in api.URI_SCHEMES)

@@ -405,6 +405,16 @@ class ResourceRequirements(_Model):
     does not create, so any claim would be refused when the Deployment is applied.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.requests) || !has(self.limits) || self.requests.all(r, !(r in self.limits) || "
+                "quantity(string(self.requests[r])).compareTo(quantity(string(self.limits[r]))) <= 0)",
+                "spec.runtime.resources: each request must be at most the limit of the same resource",
+            ),
+        )
+    )
+
     limits: Annotated[
         dict[str, Quantity] | None,
         Field(
