@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modeldeploy.api.expressions import ExpressionError, compile_condition
 from modeldeploy.api.quantity import parse_quantity
@@ -244,6 +244,16 @@ LabelKey = Annotated[str, Field(min_length=1, max_length=QUALIFIED_NAME_LENGTH, 
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_OR_EMPTY_PATTERN)]
 
 
+# The admission rules' twins, for objects stored before the rules existed: the operator reads the spec with these
+# models, so such an object is Degraded with reason InvalidSpec naming the field, instead of failing on every
+# Deployment apply.
+
+
+def _refuse_unless(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
 class ConfigMapKeySelector(_Model):
     """A key of a ConfigMap in the resource's namespace (Kubernetes ConfigMapKeySelector)."""
 
@@ -354,6 +364,15 @@ class EnvVarSource(_Model):
         ResourceFieldSelector | None, Field(default=None, description="A request or limit of the container.")
     ]
 
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        sources = (self.configMapKeyRef, self.secretKeyRef, self.fieldRef, self.resourceFieldRef)
+        _refuse_unless(
+            sum(source is not None for source in sources) == 1,
+            "valueFrom must set exactly one of configMapKeyRef, secretKeyRef, fieldRef or resourceFieldRef",
+        )
+        return self
+
 
 class EnvVar(_Model):
     """A Kubernetes EnvVar. Secrets come through valueFrom.secretKeyRef, never as plain values in the spec."""
@@ -397,6 +416,13 @@ class EnvVar(_Model):
         ),
     ]
 
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        _refuse_unless(
+            self.valueFrom is None or not self.value, "an environment variable sets value or valueFrom, not both"
+        )
+        return self
+
 
 class ResourceRequirements(_Model):
     """Compute resources of the serving container (Kubernetes ResourceRequirements).
@@ -433,6 +459,16 @@ class ResourceRequirements(_Model):
             json_schema_extra={"additionalProperties": _QUANTITY_SCHEMA},
         ),
     ]
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourceRequirements:
+        limits = self.limits or {}
+        for resource, amount in (self.requests or {}).items():
+            _refuse_unless(
+                resource not in limits or parse_quantity(amount) <= parse_quantity(limits[resource]),
+                "spec.runtime.resources: each request must be at most the limit of the same resource",
+            )
+        return self
 
 
 class Toleration(_Model):
@@ -495,6 +531,21 @@ class Toleration(_Model):
         ),
     ]
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        _refuse_unless(
+            bool(self.key) or self.operator == "Exists",
+            "a toleration without a key must have operator Exists (it then tolerates every taint)",
+        )
+        _refuse_unless(
+            self.operator != "Exists" or not self.value, "a toleration with operator Exists must not set a value"
+        )
+        _refuse_unless(
+            self.tolerationSeconds is None or self.effect == "NoExecute",
+            "tolerationSeconds applies only to effect NoExecute",
+        )
+        return self
+
 
 class NodeSelectorOperator(StrEnum):
     IN = "In"
@@ -539,6 +590,20 @@ class NodeSelectorRequirement(_Model):
             description="Values for In and NotIn; one integer for Gt and Lt; none for Exists and DoesNotExist.",
         ),
     ]
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> NodeSelectorRequirement:
+        values = self.values or []
+        if self.operator in ("In", "NotIn"):
+            _refuse_unless(bool(values), "values must be set when operator is In or NotIn")
+        elif self.operator in ("Exists", "DoesNotExist"):
+            _refuse_unless(not values, "values must be empty when operator is Exists or DoesNotExist")
+        else:
+            _refuse_unless(
+                len(values) == 1 and re.fullmatch(r"[-+]?[0-9]+", values[0]) is not None,
+                "operator Gt or Lt takes exactly one value, an integer",
+            )
+        return self
 
 
 class NodeField(StrEnum):
@@ -636,6 +701,15 @@ class LabelSelectorRequirement(_Model):
         ),
     ]
 
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        values = self.values or []
+        if self.operator in ("In", "NotIn"):
+            _refuse_unless(bool(values), "values must be set when operator is In or NotIn")
+        elif self.operator in ("Exists", "DoesNotExist"):
+            _refuse_unless(not values, "values must be empty when operator is Exists or DoesNotExist")
+        return self
+
 
 class LabelSelector(_Model):
     """Objects whose labels match (Kubernetes LabelSelector): all of matchLabels and matchExpressions."""
@@ -696,6 +770,14 @@ class PodAffinityTerm(_Model):
             description="Label keys whose values, taken from the incoming pod, must differ (added to labelSelector).",
         ),
     ]
+
+    @model_validator(mode="after")
+    def _keys_need_selector(self) -> PodAffinityTerm:
+        _refuse_unless(
+            self.labelSelector is not None or not (self.matchLabelKeys or self.mismatchLabelKeys),
+            "matchLabelKeys and mismatchLabelKeys need a labelSelector",
+        )
+        return self
 
 
 class WeightedPodAffinityTerm(_Model):
