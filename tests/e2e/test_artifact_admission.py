@@ -4,6 +4,8 @@ only for http(s), a cache size that is a whole quantity, and the defaults the po
 from __future__ import annotations
 
 import copy
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,8 @@ import yaml
 
 from modeldeploy.api import models as api
 from modeldeploy_testkit.cluster import Cluster
+from modeldeploy_testkit.scripts import script_value
+from modeldeploy_testkit.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crd")]
 
@@ -91,3 +95,47 @@ def test_accepted_with_defaults(cluster: Cluster, namespace: str) -> None:
     spec = yaml.safe_load(stored)["spec"]
     assert spec["runtime"]["cacheSizeLimit"] == api.DEFAULT_CACHE_SIZE_LIMIT
     assert spec["model"]["httpHeadersSecret"] == "model-store"
+
+
+def test_a_cluster_can_require_sha256_for_formats_that_run_code(cluster: Cluster, namespace: str) -> None:
+    """The chart's artifact policy, rendered for sklearn and custom, applied to the real API server: an unpinned
+    sklearn artifact is refused naming spec.model.sha256; a pinned one and an unpinned ONNX one are accepted; an
+    update that leaves spec.model alone passes for a resource created before the policy."""
+    chart = Path(__file__).resolve().parents[2] / "helm" / "modeldeploy"
+    helm = subprocess.run(
+        [
+            str(Path(script_value("HELM_BIN")) / "helm"), "template", "md-e2e", str(chart),
+            "--namespace", "modeldeploy-system",
+            "--set", "artifactPolicy.requireSha256For={sklearn,custom}",
+            "--set", f"watch.namespaces={{{namespace}}}",
+            "--show-only", "templates/artifact-policy.yaml",
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    before = with_spec({"format": "sklearn"})
+    before["metadata"]["name"] = "before-policy"
+    assert apply(cluster, namespace, before).returncode == 0
+    cluster.kubectl("apply", "-f", "-", input=helm.stdout)
+    try:
+        unpinned = with_spec({"format": "sklearn"})
+
+        def refused() -> str | None:
+            result = apply(cluster, namespace, unpinned)
+            if result.returncode == 0:
+                cluster.kubectl("delete", "-n", namespace, "modeldeployment", "artifact", "--wait=false")
+                return None
+            return str(result.stderr)
+
+        message = wait_until(refused, timeout=30, interval=0.5, what="the artifact policy in force")
+        assert "spec.model.sha256 is required for format sklearn" in message
+        pinned = with_spec({"format": "sklearn", "sha256": "a" * 64})
+        assert apply(cluster, namespace, pinned).returncode == 0
+        onnx = with_spec({"format": "onnx", "uri": "https://models.example/fraud/1.0.0/model.onnx"})
+        onnx["metadata"]["name"] = "onnx"
+        assert apply(cluster, namespace, onnx).returncode == 0
+        relabelled = cluster.kubectl(
+            "label", "-n", namespace, "modeldeployment", "before-policy", "team=fraud", check=False
+        )
+        assert relabelled.returncode == 0, relabelled.stderr
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=helm.stdout)

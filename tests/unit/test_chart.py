@@ -336,3 +336,24 @@ def test_every_value_is_documented() -> None:
     docs = (REPO_ROOT / "docs/install.md").read_text()
     undocumented = [path for path in leaves(values) if f"`{path}`" not in docs]
     assert not undocumented, f"values missing from the table in docs/install.md: {undocumented}"
+
+
+def test_the_artifact_policy_is_rendered_only_for_listed_formats() -> None:
+    assert not [doc for doc in template() if doc["metadata"]["name"].endswith("-artifacts")]
+    docs = template("artifactPolicy.requireSha256For={sklearn,custom}", "watch.namespaces={team-a}")
+    policy = next(
+        doc
+        for doc in docs
+        if doc["kind"] == "ValidatingAdmissionPolicy" and doc["metadata"]["name"].endswith("-artifacts")
+    )
+    [validation] = policy["spec"]["validations"]
+    assert 'object.spec.model.format in ["sklearn","custom"]' in validation["expression"]
+    assert "spec.model.sha256 is required" in validation["messageExpression"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE", "UPDATE"]
+    binding = next(
+        doc
+        for doc in docs
+        if doc["kind"] == "ValidatingAdmissionPolicyBinding" and doc["metadata"]["name"].endswith("-artifacts")
+    )
+    assert binding["spec"]["policyName"] == "md-modeldeploy-artifacts"
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["team-a"]
