@@ -730,3 +730,22 @@ def test_largest_spec_goes_ready(
         cluster.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={name}", "-o", "json").stdout
     )["items"]
     assert [pod["spec"]["nodeName"] for pod in pods] == [largest_spec_node]
+
+
+@pytest.mark.parametrize(
+    ("field", "described"),
+    [
+        ("mdep.spec.runtime.tolerations", ["Taint key to tolerate.", "NoSchedule, PreferNoSchedule or NoExecute"]),
+        ("mdep.spec.runtime.env.valueFrom", ["exactly one of secretKeyRef", "A key of a Secret"]),
+        ("mdep.spec.runtime.affinity.podAntiAffinity", ["Pods to run away from", "Terms every pod must meet."]),
+        ("mdep.spec.runtime.resources", ["Resources the scheduler reserves for the container"]),
+    ],
+)
+def test_explain_describes_the_pass_through_fields(cluster: Cluster, field: str, described: list[str]) -> None:
+    def explained() -> str | None:
+        result = cluster.kubectl("explain", field, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    text = " ".join(wait_until(explained, timeout=30, interval=0.5, what=f"kubectl explain {field}").split())
+    for words in described:
+        assert words in text, text

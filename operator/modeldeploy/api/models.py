@@ -412,7 +412,9 @@ class EnvVar(_Model):
         EnvVarSource | None,
         Field(
             default=None,
-            description="A source for the value: one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef.",
+            description=(
+                "A source for the value: exactly one of secretKeyRef, configMapKeyRef, fieldRef or resourceFieldRef."
+            ),
         ),
     ]
 
