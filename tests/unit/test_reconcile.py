@@ -639,3 +639,47 @@ def test_an_address_not_allowed_gets_no_request(
     assert measurement["message"].startswith("not measured: spec.rollout.analysis.prometheus.address: ")
     assert condition(harness.status, "Degraded")["reason"] == "InvalidSpec"
     assert prometheus_server.asked[asked:] == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(
+            422,
+            '{"message": "Deployment.apps \\"fraud-detector-x\\" is invalid: spec.template.spec.containers[0]'
+            '.resources.requests: Invalid value: \\"2\\": must be less than or equal to cpu limit of 1"}',
+            id="invalid",
+        ),
+        pytest.param(
+            400,
+            '{"message": "admission webhook \\"policy.example\\" denied the request: images must be signed"}',
+            id="webhook-denial",
+        ),
+    ],
+)
+def test_a_child_the_api_server_refuses_is_degraded_with_its_reason(harness: Harness, status: int, body: str) -> None:
+    harness.cluster.fail_next["apply"] = ApiError(status, "Refused", body)
+    writes = harness.run()
+    assert writes == Counter({STATUS_WRITE: 1, "create Event": 1})
+    degraded = next(c for c in harness.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ChildRejected"
+    assert degraded["message"].startswith("the API server refused Deployment/fraud-detector-")
+    assert f"({status}): " in degraded["message"]
+    assert harness.status["phase"] == "Degraded"
+    assert [event.reason for event in harness.cluster.events] == ["ChildRejected"]
+    # Refused again on the next try: nothing new to say, nothing written.
+    harness.cluster.fail_next["apply"] = ApiError(status, "Refused", body)
+    assert harness.run(timedelta(minutes=1)) == Counter()
+    # Accepted once the cause is gone (a webhook's policy changed, a quota raised): the rollout carries on.
+    harness.run(timedelta(minutes=1))
+    harness.cluster.make_ready(harness.store)
+    harness.run()
+    assert harness.status["phase"] == "Healthy"
+    assert not any(c["type"] == "Degraded" and c["status"] == "True" for c in harness.status["conditions"])
+
+
+def test_a_refused_child_is_looked_at_again_after_a_minute(harness: Harness) -> None:
+    harness.cluster.fail_next["apply"] = ApiError(422, "Unprocessable Entity", '{"message": "invalid"}')
+    requeue = reconcile(harness.cluster, harness.store, harness.config, harness.key, harness.now, harness.querier)
+    assert requeue == 60.0

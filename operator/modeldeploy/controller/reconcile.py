@@ -22,6 +22,7 @@ from modeldeploy.api.times import format_time
 from modeldeploy.children import builders, verification
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
+from modeldeploy.kube.client import ApiError, status_message
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
 from modeldeploy.rollout.conditions import set_condition, sorted_conditions
@@ -179,16 +180,58 @@ def _stand_back(
 ) -> float:
     """A pass that writes no child at all, since a name it needs is taken: Degraded ChildConflict and not Ready, the
     rest of status as it was (nothing the planner decided was carried out), and a look again later."""
-    namespace, name = key_of(parent)
     objects = ", ".join(_held_by(child, resource) for child in taken)
     exists = "exists and is" if len(taken) == 1 else "exist and are"
-    message = analysis.cap_message(
-        f"{objects} {exists} not this ModelDeployment's: no child is written until the name is free"
-    )
+    message = f"{objects} {exists} not this ModelDeployment's: no child is written until the name is free"
+    _hold(kube, store, parent, resource, CHILD_CONFLICT, message, events, now)
+    return CONFLICT_RECHECK_SECONDS
+
+
+CHILD_REJECTED = "ChildRejected"
+REJECTED_RECHECK_SECONDS = 60.0
+"""How often a resource whose child the API server refused tries again: an admission webhook or a quota may change
+its mind with no event the operator watches; a spec change comes sooner, as its own event."""
+REJECTION_STATUSES = frozenset({400, 422})
+"""Answers that refuse the object itself (invalid, or denied by an admission webhook): retrying the same manifest
+with backoff would only repeat them, so status says why instead."""
+
+
+def _rejected(
+    kube: ClusterWriter,
+    store: Store,
+    parent: Manifest,
+    resource: api.ModelDeployment,
+    manifest: Manifest,
+    error: ApiError,
+    events: list[rollout.Event],
+    now: datetime,
+) -> float:
+    """The API server refused a child this pass built (a shape admission of the ModelDeployment could not check,
+    a webhook's policy): Degraded ChildRejected naming the child and the server's reason, the rest of status as it
+    was, and a try again later."""
+    child = f"{manifest['kind']}/{manifest['metadata']['name']}"
+    message = f"the API server refused {child} ({error.status}): {status_message(error.body)}"
+    _hold(kube, store, parent, resource, CHILD_REJECTED, message, events, now)
+    return REJECTED_RECHECK_SECONDS
+
+
+def _hold(
+    kube: ClusterWriter,
+    store: Store,
+    parent: Manifest,
+    resource: api.ModelDeployment,
+    reason: str,
+    message: str,
+    events: list[rollout.Event],
+    now: datetime,
+) -> None:
+    """Status as it was but Degraded and not Ready with `reason`, and a Warning Event with the write that says so."""
+    namespace, name = key_of(parent)
+    message = analysis.cap_message(message)
     generation = int(parent["metadata"].get("generation", 0))
     conditions = resource.status.conditions
     for kind, value in ((api.ConditionType.DEGRADED, True), (api.ConditionType.READY, False)):
-        conditions = set_condition(conditions, kind, value, CHILD_CONFLICT, message, generation=generation, now=now)
+        conditions = set_condition(conditions, kind, value, reason, message, generation=generation, now=now)
     status = resource.status.model_copy(
         update={
             "observedGeneration": generation,
@@ -197,12 +240,11 @@ def _stand_back(
             "conditions": conditions,
         }
     )
-    log.warning('Child conflict namespace="%s" name="%s" message="%s"', namespace, name, message)
+    log.warning('Holding namespace="%s" name="%s" reason="%s" message="%s"', namespace, name, reason, message)
     # The repairs' Events (if any) go out with the write that records them, as in a pass that carries on.
     if _write_status(kube, store, parent, status, force=bool(events)):
-        for event in [*events, rollout.Event("Warning", CHILD_CONFLICT, message)]:
+        for event in [*events, rollout.Event("Warning", reason, message)]:
             kube.post_event(parent, event.type, event.reason, event.message)
-    return CONFLICT_RECHECK_SECONDS
 
 
 def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
@@ -356,8 +398,9 @@ def reconcile(
         applied = builders.build_deployment(resource, plan.apply_revision, replicas, config)
     uid = str(parent["metadata"].get("uid", ""))
     conflicts = claim_children(kube, store, children, [*services, *([applied] if applied else [])], uid)
+    repair_events = [repair.event() for repair in repairs]
     if conflicts:
-        return _stand_back(kube, store, parent, resource, conflicts, [repair.event() for repair in repairs], now)
+        return _stand_back(kube, store, parent, resource, conflicts, repair_events, now)
     # Only this resource's own Deployments are scaled or deleted: a predecessor's (same name, another uid) is left
     # to garbage collection.
     owned = {name: body for name, body in children.deployments.items() if owned_by(body, uid)}
@@ -368,7 +411,12 @@ def reconcile(
         if revision == plan.apply_revision:
             assert applied is not None
             if current is None or not contains(current, applied):
-                store.put_child(kube.apply(applied, force=current is not None))
+                try:
+                    store.put_child(kube.apply(applied, force=current is not None))
+                except ApiError as error:
+                    if error.status not in REJECTION_STATUSES:
+                        raise
+                    return _rejected(kube, store, parent, resource, applied, error, repair_events, now)
         elif current is not None and current["spec"].get("replicas") != replicas:
             store.put_child(kube.scale_deployment(namespace, deployment_name, replicas))
     for deployment_name, deployment in owned.items():
@@ -380,7 +428,12 @@ def reconcile(
     for service in services:
         current = children.services.get(service["metadata"]["name"])
         if current is None or not contains(current, service):
-            store.put_child(kube.apply(service, force=current is not None))
+            try:
+                store.put_child(kube.apply(service, force=current is not None))
+            except ApiError as error:
+                if error.status not in REJECTION_STATUSES:
+                    raise
+                return _rejected(kube, store, parent, resource, service, error, repair_events, now)
 
     status, events = plan.status, plan.events
     if refused is not None:
@@ -395,7 +448,7 @@ def reconcile(
             events.append(changed)
     status, events = with_artifact(resource, desired_revision, status, events)
     # The repairs go out with the status write that records them, once: the next pass reads the repaired status.
-    events = [repair.event() for repair in repairs] + events
+    events = repair_events + events
     if _write_status(kube, store, parent, status, force=bool(repairs)):
         for event in events:
             kube.post_event(parent, event.type, event.reason, event.message)
