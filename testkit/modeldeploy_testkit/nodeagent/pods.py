@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import requests
 
@@ -32,11 +32,28 @@ from .containers import ConfigError, EnvResolver, Image, command_line, image_for
 from .network import PodNetwork, netns_pids
 from .probes import ProbeTiming, run_probe
 
-if TYPE_CHECKING:
-    from .agent import Agent
-
 Manifest = dict[str, Any]
 log = logging.getLogger("nodeagent.pods")
+
+
+class Node(Protocol):
+    """What a pod's worker needs from the agent that runs its node: the agent implements it, so this module does not
+    import the agent's."""
+
+    api: KubeAPI
+    resolver: EnvResolver
+    log_root: Path
+    host_ip: str
+    shutdown_grace: float
+
+    def save_state(self) -> None: ...
+
+    def event(self, pod: Manifest, kind: str, reason: str, message: str) -> None: ...
+
+    def worker_finished(self, worker: PodWorker) -> None: ...
+
+    def forget(self, uid: str) -> None: ...
+
 
 SHIM = Path(__file__).resolve().parent / "shim.py"
 IP_BINARY = shutil.which("ip") or "/usr/sbin/ip"
@@ -483,7 +500,7 @@ class ContainerRun:
 
 
 class PodWorker(threading.Thread):
-    def __init__(self, agent: Agent, pod: Manifest, record: Manifest) -> None:
+    def __init__(self, agent: Node, pod: Manifest, record: Manifest) -> None:
         metadata = pod["metadata"]
         super().__init__(name=f"pod-{metadata['namespace']}/{metadata['name']}", daemon=True)
         self.agent = agent
