@@ -663,11 +663,11 @@ def test_a_child_the_api_server_refuses_is_degraded_with_its_reason(harness: Har
     assert writes == Counter({STATUS_WRITE: 1, "create Event": 1})
     degraded = next(c for c in harness.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
-    assert degraded["reason"] == "ChildRejected"
+    assert degraded["reason"] == "ReconcileError"
     assert degraded["message"].startswith("the API server refused Deployment/fraud-detector-")
     assert f"({status}): " in degraded["message"]
     assert harness.status["phase"] == "Degraded"
-    assert [event.reason for event in harness.cluster.events] == ["ChildRejected"]
+    assert [event.reason for event in harness.cluster.events] == ["ReconcileError"]
     # Refused again on the next try: nothing new to say, nothing written.
     harness.cluster.fail_next["apply"] = ApiError(status, "Refused", body)
     assert harness.run(timedelta(minutes=1)) == Counter()
@@ -679,7 +679,17 @@ def test_a_child_the_api_server_refuses_is_degraded_with_its_reason(harness: Har
     assert not any(c["type"] == "Degraded" and c["status"] == "True" for c in harness.status["conditions"])
 
 
-def test_a_refused_child_is_looked_at_again_after_a_minute(harness: Harness) -> None:
+def test_a_refused_child_is_looked_at_again_after_five_minutes(harness: Harness) -> None:
     harness.cluster.fail_next["apply"] = ApiError(422, "Unprocessable Entity", '{"message": "invalid"}')
     requeue = reconcile(harness.cluster, harness.store, harness.config, harness.key, harness.now, harness.querier)
-    assert requeue == 60.0
+    assert requeue == 300.0
+
+
+def test_a_status_write_the_api_server_refuses_is_degraded_with_its_reason(harness: Harness) -> None:
+    harness.cluster.fail_next["patch_status"] = ApiError(422, "Unprocessable Entity", '{"message": "status too big"}')
+    requeue = reconcile(harness.cluster, harness.store, harness.config, harness.key, harness.now, harness.querier)
+    assert requeue == 300.0
+    degraded = next(c for c in harness.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ReconcileError"
+    assert degraded["message"] == "the API server refused the status write (422): status too big"
+    assert [event.reason for event in harness.cluster.events] == ["ReconcileError"]

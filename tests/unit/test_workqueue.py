@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
+import urllib3
 
-from modeldeploy.controller import queue as controller
-from modeldeploy.controller.queue import WorkQueue
+from modeldeploy.controller.queue import Backoff, WorkQueue
+from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS
 from modeldeploy.controller.store import Key
 from modeldeploy.kube.client import ApiError
 
@@ -201,7 +204,7 @@ def test_requeue_after_from_the_handler_runs_the_key_again() -> None:
             return 0.02 if recorder.calls[key] < 3 else None
 
         recorder = Recorder(behaviour)
-        queue = WorkQueue(recorder, workers=1)
+        queue = WorkQueue(recorder, workers=1, backoff=fast())
         queue.start()
         try:
             queue.add(A)
@@ -214,9 +217,18 @@ def test_requeue_after_from_the_handler_runs_the_key_again() -> None:
     run(scenario)
 
 
-def test_a_failing_handler_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller, "RETRY_DELAYS", (0.01, 0.02, 0.03))
+class Highest(random.Random):
+    """The top of every jitter range, so that delays are the backoff's ceilings."""
 
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def fast() -> Backoff:
+    return Backoff(base=0.01, cap=0.03, rng=Highest())
+
+
+def test_a_failing_handler_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         failures_left = {A: 4}
         delays: list[float] = []
@@ -227,7 +239,7 @@ def test_a_failing_handler_is_retried_with_backoff(monkeypatch: pytest.MonkeyPat
                 raise RuntimeError("boom")
 
         recorder = Recorder(behaviour)
-        queue = WorkQueue(recorder, workers=1)
+        queue = WorkQueue(recorder, workers=1, backoff=fast())
         original = queue.add_after
 
         def add_after(key: Key, delay: float) -> None:
@@ -240,12 +252,12 @@ def test_a_failing_handler_is_retried_with_backoff(monkeypatch: pytest.MonkeyPat
             queue.add(A)
             await recorder.wait_for(A, 5)
             # Backoff grows per consecutive failure and stays at the last delay.
-            assert delays == [0.01, 0.02, 0.03, 0.03]
+            assert delays == pytest.approx([0.01, 0.02, 0.03, 0.03])
             # A success resets it: the next failure waits the first delay again.
             failures_left[A] = 1
             queue.add(A)
             await recorder.wait_for(A, 7)
-            assert delays == [0.01, 0.02, 0.03, 0.03, 0.01]
+            assert delays == pytest.approx([0.01, 0.02, 0.03, 0.03, 0.01])
         finally:
             await queue.stop()
 
@@ -270,7 +282,6 @@ def test_forget_cancels_a_pending_retry() -> None:
 
 
 def test_a_namespace_being_deleted_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller, "RETRY_DELAYS", (0.01,))
     terminating = (
         '{"kind":"Status","status":"Failure","message":"deployments.apps \\"a\\" is forbidden: unable to create new '
         'content in namespace ns because it is being terminated","reason":"Forbidden","code":403}'
@@ -281,7 +292,7 @@ def test_a_namespace_being_deleted_is_not_retried(monkeypatch: pytest.MonkeyPatc
             raise ApiError(403, "Forbidden", terminating)
 
         recorder = Recorder(behaviour)
-        queue = WorkQueue(recorder, workers=1)
+        queue = WorkQueue(recorder, workers=1, backoff=fast())
         queue.start()
         try:
             queue.add(A)
@@ -295,19 +306,108 @@ def test_a_namespace_being_deleted_is_not_retried(monkeypatch: pytest.MonkeyPatc
 
 
 def test_other_forbidden_answers_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller, "RETRY_DELAYS", (0.01,))
 
     async def scenario() -> None:
         async def behaviour(key: Key) -> None:
             raise ApiError(403, "Forbidden", '{"message":"deployments.apps is forbidden: User cannot patch resource"}')
 
         recorder = Recorder(behaviour)
-        queue = WorkQueue(recorder, workers=1)
+        queue = WorkQueue(recorder, workers=1, backoff=fast())
         queue.start()
         try:
             queue.add(A)
             await recorder.wait_for(A, 3)
         finally:
             await queue.stop()
+
+    run(scenario)
+
+
+def test_backoff_is_jittered_capped_and_never_immediate() -> None:
+    backoff = Backoff(base=0.2, cap=60.0, rng=random.Random(7))
+    for failures in range(40):
+        ceiling = min(60.0, 0.2 * 2**failures)
+        delays = [backoff.delay(failures) for _ in range(20)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+    assert len({Backoff(rng=random.Random(seed)).delay(5) for seed in range(10)}) == 10, "spread, not in step"
+
+
+async def delays_after(error: Exception, monkeypatch: pytest.MonkeyPatch, passes: int = 1) -> list[float]:
+    """The delays the queue asks for after `passes` passes that fail with `error`."""
+    delays: list[float] = []
+
+    async def behaviour(key: Key) -> None:
+        raise error
+
+    recorder = Recorder(behaviour)
+    queue = WorkQueue(recorder, workers=1, backoff=fast())
+    monkeypatch.setattr(queue, "add_after", lambda key, delay: delays.append(delay))
+    queue.start()
+    try:
+        for count in range(1, passes + 1):
+            queue.add(A)
+            await recorder.wait_for(A, count)
+            while len(delays) < count:
+                await asyncio.sleep(0.001)
+    finally:
+        await queue.stop()
+    return delays
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiError(500, "Internal Server Error", '{"message": "etcd timeout"}'),
+        ApiError(503, "Service Unavailable", "{}"),
+        ApiError(429, "Too Many Requests", "{}"),
+        urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"),  # type: ignore[arg-type]
+        urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer")),
+        urllib3.exceptions.NewConnectionError(None, "Connection refused"),  # type: ignore[arg-type]
+    ],
+    ids=["500", "503", "429", "timeout", "reset", "refused"],
+)
+def test_transient_errors_back_off_with_one_line_and_no_traceback(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        with caplog.at_level(logging.WARNING, logger="modeldeploy.controller"):
+            delays = await delays_after(error, monkeypatch, passes=3)
+        assert delays == pytest.approx([0.01, 0.02, 0.03])
+        failed = [record for record in caplog.records if record.name == "modeldeploy.controller"]
+        assert len(failed) == 3
+        assert all(record.exc_info is None for record in failed)
+
+    run(scenario)
+
+
+def test_retry_after_is_honoured() -> None:
+    async def scenario() -> None:
+        monkeypatch = pytest.MonkeyPatch()
+        try:
+            delays = await delays_after(ApiError(429, "Too Many Requests", "{}", retry_after=7.0), monkeypatch)
+        finally:
+            monkeypatch.undo()
+        assert delays == [7.0]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_permanent_errors_are_looked_at_again_slowly(status: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        delays = await delays_after(ApiError(status, "Refused", '{"message": "no"}'), monkeypatch, passes=2)
+        assert delays == [ERROR_RECHECK_SECONDS, ERROR_RECHECK_SECONDS]
+
+    run(scenario)
+
+
+def test_an_unexpected_error_has_one_traceback_per_distinct_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        with caplog.at_level(logging.WARNING, logger="modeldeploy.controller"):
+            await delays_after(RuntimeError("boom"), monkeypatch, passes=3)
+        tracebacks = [record for record in caplog.records if record.exc_info is not None]
+        assert len(tracebacks) == 1
 
     run(scenario)

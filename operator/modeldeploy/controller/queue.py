@@ -3,34 +3,60 @@
 Watch events (of the resources and of their children) only mark a resource as needing a pass; workers run the
 passes, one at a time per resource, in threads because the API client (kube/client.py) is synchronous. Events
 that arrive while a pass runs coalesce into one more pass. Timed re-checks (deadlines) and retries after errors go
-through the same queue, with exponential backoff for errors.
+through the same queue. Errors are classified (kube/client.py): transient ones come back with jittered exponential
+backoff (at least what a Retry-After asks), permanent ones with a slow re-check, since reconcile() has already said
+why in status where it could.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from modeldeploy.analysis.measure import cap_message
 from modeldeploy.config import OperatorConfig
-from modeldeploy.controller.reconcile import reconcile
+from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS, reconcile
 from modeldeploy.controller.store import Key, Manifest, Store, key_of
-from modeldeploy.kube.client import ApiError, Kube, namespace_terminating
+from modeldeploy.kube.client import ApiError, Kube, namespace_terminating, permanent, status_message, transient
 from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
 
 log = logging.getLogger("modeldeploy.controller")
 
-RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+TRACEBACKS_PER_KEY = 16
+"""Distinct unexpected errors whose traceback is logged per resource; later ones get one line each."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with equal jitter: after n consecutive failures, a delay between half and all of
+    min(cap, base * 2**n). The jitter spreads the retries of resources that failed together (an API server
+    restart fails them all at once); the half that is kept means a retry never comes at once. `rng` is injectable
+    so that tests see fixed delays."""
+
+    base: float = 0.2
+    cap: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.cap, self.base * 2.0 ** min(failures, 32))
+        return float(ceiling / 2 + self.rng.uniform(0.0, ceiling / 2))
 
 
 class WorkQueue:
     """A de-duplicating queue of keys with delayed adds, in the manner of client-go's rate-limited work queue."""
 
-    def __init__(self, handle: Callable[[Key], Awaitable[float | None]], workers: int) -> None:
+    def __init__(
+        self, handle: Callable[[Key], Awaitable[float | None]], workers: int, backoff: Backoff | None = None
+    ) -> None:
         self._handle = handle
         self._workers = workers
+        self._backoff = backoff or Backoff()
+        self._reported: dict[Key, set[str]] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._processing: set[Key] = set()
@@ -67,6 +93,7 @@ class WorkQueue:
         if timer is not None:
             timer.cancel()
         self._failures.pop(key, None)
+        self._reported.pop(key, None)
 
     @property
     def depth(self) -> int:
@@ -97,21 +124,7 @@ class WorkQueue:
                     log.debug('Namespace terminating namespace="%s" name="%s"', key[0], key[1])
                     self._failures.pop(key, None)
                     continue
-                failures = self._failures.get(key, 0)
-                self._failures[key] = failures + 1
-                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
-                if isinstance(error, ApiError):
-                    log.warning(
-                        'Reconcile failed namespace="%s" name="%s" status=%s reason="%s" retry_in=%.1fs',
-                        key[0],
-                        key[1],
-                        error.status,
-                        error.reason,
-                        delay,
-                    )
-                else:
-                    log.exception('Reconcile failed namespace="%s" name="%s" retry_in=%.1fs', key[0], key[1], delay)
-                self.add_after(key, delay)
+                self.add_after(key, self._retry_delay(key, error))
             else:
                 self._failures.pop(key, None)
                 if requeue_after is not None:
@@ -121,6 +134,65 @@ class WorkQueue:
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+
+    def _retry_delay(self, key: Key, error: Exception) -> float:
+        """When to try `key` again after `error`, logged as one line (a traceback only for the unexpected)."""
+        namespace, name = key
+        if permanent(error):
+            assert isinstance(error, ApiError)
+            # The same writes would be refused again; what a person changes (the spec) comes sooner as an event.
+            self._failures.pop(key, None)
+            log.warning(
+                'Reconcile refused namespace="%s" name="%s" status=%s reason="%s" message="%s" retry_in=%.0fs',
+                namespace,
+                name,
+                error.status,
+                error.reason,
+                _refusal(error),
+                ERROR_RECHECK_SECONDS,
+            )
+            return ERROR_RECHECK_SECONDS
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = self._backoff.delay(failures)
+        if isinstance(error, ApiError):
+            if error.retry_after is not None:
+                delay = max(delay, error.retry_after)
+            log.warning(
+                'Reconcile failed namespace="%s" name="%s" status=%s reason="%s" retry_in=%.1fs',
+                namespace,
+                name,
+                error.status,
+                error.reason,
+                delay,
+            )
+        elif transient(error):
+            log.warning(
+                'Reconcile failed namespace="%s" name="%s" error="%s" retry_in=%.1fs',
+                namespace,
+                name,
+                type(error).__name__,
+                delay,
+            )
+        else:
+            signature = f"{type(error).__qualname__}: {error}"
+            reported = self._reported.setdefault(key, set())
+            if signature in reported or len(reported) >= TRACEBACKS_PER_KEY:
+                log.warning(
+                    'Reconcile failed namespace="%s" name="%s" error="%s" retry_in=%.1fs',
+                    namespace,
+                    name,
+                    signature,
+                    delay,
+                )
+            else:
+                reported.add(signature)
+                log.exception('Reconcile failed namespace="%s" name="%s" retry_in=%.1fs', namespace, name, delay)
+        return delay
+
+
+def _refusal(error: ApiError) -> str:
+    return cap_message(status_message(error.body))
 
 
 class Controller:

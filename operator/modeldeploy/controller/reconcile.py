@@ -22,7 +22,7 @@ from modeldeploy.api.times import format_time
 from modeldeploy.children import builders, verification
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
-from modeldeploy.kube.client import ApiError, status_message
+from modeldeploy.kube.client import ApiError, permanent, status_message
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
 from modeldeploy.rollout.conditions import set_condition, sorted_conditions
@@ -187,32 +187,51 @@ def _stand_back(
     return CONFLICT_RECHECK_SECONDS
 
 
-CHILD_REJECTED = "ChildRejected"
-REJECTED_RECHECK_SECONDS = 60.0
-"""How often a resource whose child the API server refused tries again: an admission webhook or a quota may change
-its mind with no event the operator watches; a spec change comes sooner, as its own event."""
-REJECTION_STATUSES = frozenset({400, 422})
-"""Answers that refuse the object itself (invalid, or denied by an admission webhook): retrying the same manifest
-with backoff would only repeat them, so status says why instead."""
+RECONCILE_ERROR = "ReconcileError"
+ERROR_RECHECK_SECONDS = 300.0
+"""How often a resource whose writes the API server refused (or whose children cannot be built) tries again: an
+admission webhook or a quota may change its mind with no event the operator watches; a spec change comes sooner,
+as its own event. Slow on purpose: the same writes are most likely refused again."""
 
 
-def _rejected(
+def _refused(
     kube: ClusterWriter,
     store: Store,
     parent: Manifest,
     resource: api.ModelDeployment,
-    manifest: Manifest,
+    what: str,
     error: ApiError,
     events: list[rollout.Event],
     now: datetime,
 ) -> float:
-    """The API server refused a child this pass built (a shape admission of the ModelDeployment could not check,
-    a webhook's policy): Degraded ChildRejected naming the child and the server's reason, the rest of status as it
-    was, and a try again later."""
-    child = f"{manifest['kind']}/{manifest['metadata']['name']}"
-    message = f"the API server refused {child} ({error.status}): {status_message(error.body)}"
-    _hold(kube, store, parent, resource, CHILD_REJECTED, message, events, now)
-    return REJECTED_RECHECK_SECONDS
+    """The API server refused a write of this pass for good (a child's shape admission of the ModelDeployment
+    could not check, a webhook's policy, a status too large): Degraded ReconcileError naming the write and the
+    server's reason, the rest of status as it was, and a try again later."""
+    message = f"the API server refused {what} ({error.status}): {status_message(error.body)}"
+    _hold(kube, store, parent, resource, RECONCILE_ERROR, message, events, now)
+    return ERROR_RECHECK_SECONDS
+
+
+def _unbuildable(
+    kube: ClusterWriter,
+    store: Store,
+    parent: Manifest,
+    resource: api.ModelDeployment,
+    error: Exception,
+    events: list[rollout.Event],
+    now: datetime,
+) -> float:
+    """The children cannot be built from a spec admission accepted (a gap between the CRD's rules and the
+    builders): Degraded ReconcileError with the builders' complaint, rather than a pass that fails forever."""
+    log.warning(
+        'Children not built namespace="%s" name="%s" error="%s: %s"',
+        *key_of(parent),
+        type(error).__name__,
+        error,
+    )
+    message = f"the children cannot be built from this spec: {type(error).__name__}: {error}"
+    _hold(kube, store, parent, resource, RECONCILE_ERROR, message, events, now)
+    return ERROR_RECHECK_SECONDS
 
 
 def _hold(
@@ -346,7 +365,10 @@ def reconcile(
         return None
     resource = resource.model_copy(update={"status": stored_status})
 
-    desired_revision = builders.revision_of(resource, config)
+    try:
+        desired_revision = builders.revision_of(resource, config)
+    except Exception as error:
+        return _unbuildable(kube, store, parent, resource, error, [], now)
     model = builders.model_name(resource)
     observed = observed_revisions(children, str(parent["metadata"].get("uid", "")))
     serving = serving_revision(children, resource)
@@ -391,49 +413,27 @@ def reconcile(
     stable = plan.status.stable
     assert stable is not None  # the planner always names a serving revision
     canary_revision = plan.status.canary.revision if plan.status.canary else stable.revision
-    services = builders.build_services(resource, stable.revision, canary_revision)
-    applied = None
-    if plan.apply_revision is not None:
-        replicas = plan.replicas[plan.apply_revision]
-        applied = builders.build_deployment(resource, plan.apply_revision, replicas, config)
+    repair_events = [repair.event() for repair in repairs]
+    try:
+        services = builders.build_services(resource, stable.revision, canary_revision)
+        applied = None
+        if plan.apply_revision is not None:
+            replicas = plan.replicas[plan.apply_revision]
+            applied = builders.build_deployment(resource, plan.apply_revision, replicas, config)
+    except Exception as error:
+        return _unbuildable(kube, store, parent, resource, error, repair_events, now)
     uid = str(parent["metadata"].get("uid", ""))
     conflicts = claim_children(kube, store, children, [*services, *([applied] if applied else [])], uid)
-    repair_events = [repair.event() for repair in repairs]
     if conflicts:
         return _stand_back(kube, store, parent, resource, conflicts, repair_events, now)
     # Only this resource's own Deployments are scaled or deleted: a predecessor's (same name, another uid) is left
     # to garbage collection.
     owned = {name: body for name, body in children.deployments.items() if owned_by(body, uid)}
 
-    for revision, replicas in plan.replicas.items():
-        deployment_name = builders.deployment_name(resource, revision)
-        current = owned.get(deployment_name)
-        if revision == plan.apply_revision:
-            assert applied is not None
-            if current is None or not contains(current, applied):
-                try:
-                    store.put_child(kube.apply(applied, force=current is not None))
-                except ApiError as error:
-                    if error.status not in REJECTION_STATUSES:
-                        raise
-                    return _rejected(kube, store, parent, resource, applied, error, repair_events, now)
-        elif current is not None and current["spec"].get("replicas") != replicas:
-            store.put_child(kube.scale_deployment(namespace, deployment_name, replicas))
-    for deployment_name, deployment in owned.items():
-        labelled = (deployment["metadata"].get("labels") or {}).get(builders.LABEL_REVISION)
-        if labelled not in plan.replicas:
-            kube.delete_deployment(namespace, deployment_name)
-            store.remove_child(deployment)
-
-    for service in services:
-        current = children.services.get(service["metadata"]["name"])
-        if current is None or not contains(current, service):
-            try:
-                store.put_child(kube.apply(service, force=current is not None))
-            except ApiError as error:
-                if error.status not in REJECTION_STATUSES:
-                    raise
-                return _rejected(kube, store, parent, resource, service, error, repair_events, now)
+    try:
+        _write_children(kube, store, resource, plan, applied, services, children, owned)
+    except _RefusedWriteError as refused_write:
+        return _refused(kube, store, parent, resource, refused_write.what, refused_write.error, repair_events, now)
 
     status, events = plan.status, plan.events
     if refused is not None:
@@ -449,10 +449,68 @@ def reconcile(
     status, events = with_artifact(resource, desired_revision, status, events)
     # The repairs go out with the status write that records them, once: the next pass reads the repaired status.
     events = repair_events + events
-    if _write_status(kube, store, parent, status, force=bool(repairs)):
+    try:
+        written = _write_status(kube, store, parent, status, force=bool(repairs))
+    except ApiError as error:
+        if not permanent(error):
+            raise
+        return _refused(kube, store, parent, resource, "the status write", error, repair_events, now)
+    if written:
         for event in events:
             kube.post_event(parent, event.type, event.reason, event.message)
     return plan.requeue_after
+
+
+class _RefusedWriteError(Exception):
+    """A child write the API server refused for good: `what` names it as status shows it."""
+
+    def __init__(self, what: str, error: ApiError) -> None:
+        super().__init__(what)
+        self.what = what
+        self.error = error
+
+
+def _write_children(
+    kube: ClusterWriter,
+    store: Store,
+    resource: api.ModelDeployment,
+    plan: rollout.Plan,
+    applied: Manifest | None,
+    services: list[Manifest],
+    children: Children,
+    owned: dict[str, Manifest],
+) -> None:
+    """Apply, scale and delete what differs from the Store. A permanent refusal is raised as _RefusedWriteError
+    naming the object; any other error ends the pass as it is (the queue retries it)."""
+    namespace = resource.metadata["namespace"]
+    what = ""
+    try:
+        for revision, replicas in plan.replicas.items():
+            deployment_name = builders.deployment_name(resource, revision)
+            current = owned.get(deployment_name)
+            what = f"Deployment/{deployment_name}"
+            if revision == plan.apply_revision:
+                assert applied is not None
+                if current is None or not contains(current, applied):
+                    store.put_child(kube.apply(applied, force=current is not None))
+            elif current is not None and current["spec"].get("replicas") != replicas:
+                what = f"the scale of Deployment/{deployment_name}"
+                store.put_child(kube.scale_deployment(namespace, deployment_name, replicas))
+        for deployment_name, deployment in owned.items():
+            labelled = (deployment["metadata"].get("labels") or {}).get(builders.LABEL_REVISION)
+            if labelled not in plan.replicas:
+                what = f"the deletion of Deployment/{deployment_name}"
+                kube.delete_deployment(namespace, deployment_name)
+                store.remove_child(deployment)
+        for service in services:
+            current = children.services.get(service["metadata"]["name"])
+            if current is None or not contains(current, service):
+                what = f"Service/{service['metadata']['name']}"
+                store.put_child(kube.apply(service, force=current is not None))
+    except ApiError as error:
+        if not permanent(error):
+            raise
+        raise _RefusedWriteError(what, error) from error
 
 
 def with_artifact(

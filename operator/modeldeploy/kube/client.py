@@ -47,13 +47,43 @@ RESOURCE_PREFIX = f"/apis/{api.GROUP}/{api.VERSION}"
 
 
 class ApiError(Exception):
-    """The API server answered with an error status. `body` is its answer as text (a Status object, as JSON)."""
+    """The API server answered with an error status. `body` is its answer as text (a Status object, as JSON);
+    `retry_after` the seconds of its Retry-After header, if it sent one (429, and some 5xx while it starts)."""
 
-    def __init__(self, status: int, reason: str, body: str) -> None:
+    def __init__(self, status: int, reason: str, body: str, retry_after: float | None = None) -> None:
         self.status = status
         self.reason = reason
         self.body = body
+        self.retry_after = retry_after
         super().__init__(f"({status}) {reason}: {status_message(body)}")
+
+
+PERMANENT_STATUSES = frozenset({400, 413, 422})
+"""Answers that refuse the request itself (invalid, too large, denied by an admission webhook): sent again
+unchanged, it is refused again, so retrying with backoff would only repeat them."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether the same request may well succeed a little later: the server was busy or unavailable (429, 5xx), or
+    the connection failed, was reset or timed out (urllib3's errors, as the pool raises them without retries)."""
+    if isinstance(error, ApiError):
+        return error.status == HTTPStatus.TOO_MANY_REQUESTS or error.status >= 500
+    return isinstance(error, urllib3.exceptions.HTTPError | TimeoutError | ConnectionError)
+
+
+def permanent(error: BaseException) -> bool:
+    return isinstance(error, ApiError) and error.status in PERMANENT_STATUSES
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds, the only form the API server sends; an HTTP date or garbage counts as absent."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 3600 else None
 
 
 def status_message(body: str) -> str:
@@ -165,7 +195,12 @@ class Kube:
             if response.status == HTTPStatus.UNAUTHORIZED:
                 self._credentials.rejected()
             reason = response.reason or _phrase(response.status)
-            raise ApiError(response.status, reason, response.data.decode(errors="replace"))
+            raise ApiError(
+                response.status,
+                reason,
+                response.data.decode(errors="replace"),
+                retry_after_seconds(response.headers.get("Retry-After")),
+            )
         if not response.data:
             return {}
         answer: Manifest = json.loads(response.data)
