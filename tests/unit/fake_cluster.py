@@ -105,6 +105,26 @@ class FakeCluster:
         self.foreign.add(key)
         return copy.deepcopy(body)
 
+    def delete_resource(self, key: Key) -> None:
+        """The resource deleted (and its children collected), with no watch event: as during a watch gap."""
+        self.objects.pop((api.KIND, *key), None)
+        uid = f"uid-{key[1]}"
+        for object_key, body in list(self.objects.items()):
+            references = body["metadata"].get("ownerReferences") or []
+            if object_key[1] == key[0] and any(ref.get("uid") == uid for ref in references):
+                del self.objects[object_key]
+        self._next_version()
+
+    def list_resource_versions(self, namespace: str) -> tuple[str, dict[str, str]]:
+        self._fail("list_resource_versions")
+        self.reads["list ModelDeployment"] += 1
+        items = {
+            name: str(body["metadata"]["resourceVersion"])
+            for (kind, ns, name), body in self.objects.items()
+            if kind == api.KIND and ns == namespace
+        }
+        return str(self._version), items
+
     def resource(self, key: Key) -> Manifest:
         return self.objects[(api.KIND, *key)]
 

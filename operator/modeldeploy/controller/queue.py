@@ -20,12 +20,18 @@ from datetime import UTC, datetime
 
 from modeldeploy.analysis.measure import cap_message
 from modeldeploy.config import OperatorConfig
-from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS, reconcile
+from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS, ResourceGone, reconcile
 from modeldeploy.controller.store import Key, Manifest, Store, key_of
 from modeldeploy.kube.client import ApiError, Kube, namespace_terminating, permanent, status_message, transient
 from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
 
 log = logging.getLogger("modeldeploy.controller")
+
+SWEEP_INTERVAL_SECONDS = 300.0
+"""How often the Store is compared with a list of the resources, for deletions no watch event reported."""
+RELIST_SETTLE_SECONDS = 5.0
+"""How long after the last listed object of a (re-)list the comparison runs: a re-list after a watch gap reports
+no DELETED for what went meanwhile, so it is checked at once rather than at the next interval."""
 
 TRACEBACKS_PER_KEY = 16
 """Distinct unexpected errors whose traceback is logged per resource; later ones get one line each."""
@@ -64,6 +70,7 @@ class WorkQueue:
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.stopped = False
 
     def add(self, key: Key) -> None:
         if key in self._processing:
@@ -103,6 +110,7 @@ class WorkQueue:
         self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-worker-{n}") for n in range(self._workers)]
 
     async def stop(self) -> None:
+        self.stopped = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -203,6 +211,8 @@ class Controller:
         self.config = config
         self.store = Store()
         self.queue = WorkQueue(self._reconcile, workers=config.workers)
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweeping: asyncio.Task[list[Key]] | None = None
 
     async def _reconcile(self, key: Key) -> float | None:
         started = time.perf_counter()
@@ -211,12 +221,60 @@ class Controller:
             result = await asyncio.to_thread(reconcile, self.kube, self.store, self.config, key, datetime.now(UTC))
             outcome = "success"
             return result
+        except ResourceGone as gone:
+            # Deleted while the watch did not say so (or not yet): nothing more to write for it, ever.
+            outcome = "success"
+            if self.store.forget(key, gone.resource_version):
+                self.queue.forget(key)
+                RESOURCES.forget(*key)
+                log.info('Resource gone namespace="%s" name="%s"', *key)
+            return None
         finally:
             RECONCILES.labels(outcome=outcome).inc()
             RECONCILE_DURATION.labels(outcome=outcome).observe(time.perf_counter() - started)
 
+    def _schedule_sweep(self, delay: float) -> None:
+        """Compare the Store with a list after `delay` seconds, replacing any comparison scheduled before."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # fed outside an event loop (a test of the Store's feed): no worker runs either
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_timer = loop.call_later(delay, self._start_sweep)
+
+    def _start_sweep(self) -> None:
+        self._sweep_timer = None
+        if self.queue.stopped:
+            return
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = asyncio.create_task(self.sweep(), name="store-sweep")
+        self._schedule_sweep(SWEEP_INTERVAL_SECONDS)
+
+    async def sweep(self) -> list[Key]:
+        """Drop from the Store (and the queue) every resource a list no longer shows: after a watch gap the re-list
+        reports no DELETED for what went meanwhile, and a resource kept would have its children applied again with
+        a dead owner, which garbage collection deletes, and so on. The lists run in a worker thread."""
+        dropped: list[Key] = []
+        for namespace in sorted(self.store.namespaces()):
+            try:
+                list_version, items = await asyncio.to_thread(self.kube.list_resource_versions, namespace)
+            except Exception as error:  # the next sweep tries again; the watches carry on meanwhile
+                log.warning('Resource list failed namespace="%s" error="%s"', namespace, error)
+                continue
+            for key, version in self.store.absent(namespace, set(items), list_version):
+                if self.store.forget(key, version):
+                    self.queue.forget(key)
+                    RESOURCES.forget(*key)
+                    dropped.append(key)
+                    log.info('Resource gone namespace="%s" name="%s" seen="list"', *key)
+        return dropped
+
     def observe_resource(self, event_type: str | None, body: Manifest) -> None:
         key = key_of(body)
+        if event_type is None or self._sweep_timer is None:
+            # kopf reports the objects of a (re-)list with no event type; the first event also starts the sweeps.
+            self._schedule_sweep(RELIST_SETTLE_SECONDS)
         if event_type == "DELETED":
             self.store.remove_parent(key)
             self.queue.forget(key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -46,6 +47,15 @@ class ClusterWriter(Protocol):
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest: ...
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None: ...
+
+
+class ResourceGone(Exception):  # noqa: N818 - a fact about the resource, not a failure of the pass
+    """The API server no longer has the resource (404 on its status write): its work ends here."""
+
+    def __init__(self, key: Key, resource_version: str | None) -> None:
+        super().__init__(f"{key[0]}/{key[1]} is gone")
+        self.key = key
+        self.resource_version = resource_version
 
 
 QuerierFactory = Callable[[str], analysis.Querier]
@@ -584,7 +594,12 @@ def _write_status(
     if not force and _status_dump(previous) == _status_dump(status):
         return False
     namespace, name = key_of(parent)
-    updated = kube.patch_status(namespace, name, _status_dump(status))
+    try:
+        updated = kube.patch_status(namespace, name, _status_dump(status))
+    except ApiError as error:
+        if error.status == HTTPStatus.NOT_FOUND:
+            raise ResourceGone((namespace, name), parent["metadata"].get("resourceVersion")) from error
+        raise
     store.put_parent(updated)
     if previous.phase != status.phase:
         log.info(

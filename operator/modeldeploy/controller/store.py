@@ -82,6 +82,37 @@ class Store:
         with self._lock:
             self._parents.pop(key, None)
 
+    def forget(self, key: Key, resource_version: str | None = None) -> bool:
+        """Drop a resource that is gone and everything seen of its children (garbage collection deletes them, and
+        a watch gap may never report it). With `resource_version`, only if the Store still holds that version:
+        a newer one means the resource was created again meanwhile."""
+        with self._lock:
+            current = self._parents.get(key)
+            if current is None:
+                return False
+            if resource_version is not None and current["metadata"].get("resourceVersion") != resource_version:
+                return False
+            del self._parents[key]
+            self._children.pop(key, None)
+            return True
+
+    def namespaces(self) -> set[str]:
+        with self._lock:
+            return {namespace for namespace, _ in self._parents}
+
+    def absent(self, namespace: str, listed: set[str], list_version: str) -> list[tuple[Key, str]]:
+        """Resources of `namespace` the Store holds that a list made at `list_version` no longer shows: gone during
+        a watch gap. One the Store holds at a newer version than the list (created after it) is not absent. Each
+        with the resourceVersion held, for forget()."""
+        with self._lock:
+            return [
+                (key, str(body["metadata"].get("resourceVersion", "")))
+                for key, body in self._parents.items()
+                if key[0] == namespace
+                and key[1] not in listed
+                and _newer_or_equal({"metadata": {"resourceVersion": list_version}}, body)
+            ]
+
     def put_child(self, body: Manifest) -> Key | None:
         key = owner_key(body)
         if key is None:

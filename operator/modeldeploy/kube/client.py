@@ -33,6 +33,7 @@ USER_AGENT = "modeldeploy/0.1.0"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
 JSON_CONTENT_TYPE = "application/json"
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 30.0
 
@@ -178,9 +179,10 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: object = None,
         content_type: str = JSON_CONTENT_TYPE,
+        accept: str = JSON_CONTENT_TYPE,
     ) -> Manifest:
         """One call; the decoded JSON answer, or ApiError for a status of 400 or more."""
-        headers = {"Accept": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
+        headers = {"Accept": accept, "User-Agent": USER_AGENT}
         pool, token = self._connection()
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -276,6 +278,20 @@ class Kube:
             if error.status == HTTPStatus.NOT_FOUND:
                 return None
             raise
+
+    def list_resource_versions(self, namespace: str) -> tuple[str, dict[str, str]]:
+        """The list's resourceVersion and each ModelDeployment's name and resourceVersion in `namespace`: metadata
+        only (a PartialObjectMetadataList), so the check for resources gone during a watch gap costs little."""
+        answer = self._request(
+            "GET",
+            f"{RESOURCE_PREFIX}/namespaces/{_segment(namespace)}/{api.PLURAL}",
+            accept=METADATA_LIST_ACCEPT,
+        )
+        items = {
+            str(item["metadata"]["name"]): str(item["metadata"].get("resourceVersion", ""))
+            for item in answer.get("items") or []
+        }
+        return str((answer.get("metadata") or {}).get("resourceVersion", "")), items
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest:
         """One merge patch of the status subresource; the spec is never written."""
