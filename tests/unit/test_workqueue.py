@@ -341,14 +341,19 @@ async def delays_after(error: Exception, monkeypatch: pytest.MonkeyPatch, passes
 
     recorder = Recorder(behaviour)
     queue = WorkQueue(recorder, workers=1, backoff=fast())
-    monkeypatch.setattr(queue, "add_after", lambda key, delay: delays.append(delay))
+    asked = asyncio.Event()
+
+    def add_after(key: Key, delay: float) -> None:
+        delays.append(delay)
+        asked.set()
+
+    monkeypatch.setattr(queue, "add_after", add_after)
     queue.start()
     try:
-        for count in range(1, passes + 1):
+        for _ in range(passes):
+            asked.clear()
             queue.add(A)
-            await recorder.wait_for(A, count)
-            while len(delays) < count:
-                await asyncio.sleep(0.001)
+            await asyncio.wait_for(asked.wait(), TIMEOUT)
     finally:
         await queue.stop()
     return delays
