@@ -51,6 +51,8 @@ class FakeCluster:
         self.reads: Counter[str] = Counter()
         self.foreign: set[tuple[str, str, str]] = set()
         """Objects someone else made (add_foreign): applying onto one without force is a 409 Conflict."""
+        self.conflicts = 0
+        """Status writes refused because they carried a resourceVersion that was no longer current."""
         self._version = 100
 
     # --- what tests set up and read ----------------------------------------------------------------------------
@@ -191,13 +193,25 @@ class FakeCluster:
         self.writes["delete Deployment"] += 1
         self.objects.pop(("Deployment", namespace, name), None)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest:
+    def get_resource(self, namespace: str, name: str) -> Manifest | None:
+        self._fail("get_resource")
+        self.reads["get ModelDeployment"] += 1
+        found = self.objects.get((api.KIND, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> Manifest:
         self._fail("patch_status")
         self.writes["patch ModelDeployment/status"] += 1
         key = (api.KIND, namespace, name)
         if key not in self.objects:
             raise ApiError(404, "Not Found", '{"message": "modeldeployments not found"}')
         body = self.objects[key]
+        if resource_version is not None and resource_version != body["metadata"]["resourceVersion"]:
+            # As the API server answers a merge patch that carries metadata.resourceVersion.
+            self.conflicts += 1
+            raise ApiError(409, "Conflict", '{"message": "the object has been modified; please apply your changes"}')
         body["status"] = merge_patch(body.get("status") or {}, status)
         body["metadata"]["resourceVersion"] = self._next_version()
         return copy.deepcopy(body)

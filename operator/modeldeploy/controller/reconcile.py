@@ -44,7 +44,11 @@ class ClusterWriter(Protocol):
 
     def delete_deployment(self, namespace: str, name: str) -> None: ...
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest: ...
+    def get_resource(self, namespace: str, name: str) -> Manifest | None: ...
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> Manifest: ...
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None: ...
 
@@ -347,6 +351,18 @@ def _refused_status(
     )
 
 
+CONFLICT_REPLANS = 3
+"""Passes re-planned at once after a status write refused as stale; past that the queue retries with backoff."""
+
+
+class _StaleError(Exception):
+    """The status write carried a resourceVersion that is no longer current: someone wrote the object since."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def reconcile(
     kube: ClusterWriter,
     store: Store,
@@ -358,8 +374,39 @@ def reconcile(
     """One level-based pass over one ModelDeployment. Returns seconds until a timed re-check, if one is due.
 
     Everything it depends on comes in: what was observed (the Store), the writer, the clock and the metrics querier,
-    so the whole pass runs in unit tests against in-memory fakes."""
+    so the whole pass runs in unit tests against in-memory fakes.
+
+    The status write is fenced by the resourceVersion the decision was made from. When it is refused (409), the
+    resource is read again into the Store and the pass is planned again at once from what is there now: another
+    writer's change (a command, a spec edit, another replica's status) is never overwritten by a stale decision,
+    and a conflict costs one read, not a trip through the backoff."""
     now = now or datetime.now(UTC)
+    for attempt in range(CONFLICT_REPLANS + 1):
+        try:
+            return _pass(kube, store, config, key, now, queriers)
+        except _StaleError as stale:
+            if attempt == CONFLICT_REPLANS:
+                raise stale.error from stale
+            fresh = kube.get_resource(*key)
+            if fresh is None:
+                raise ResourceGone(key, None) from stale
+            store.put_parent(fresh)
+            log.info(
+                'Status conflict, planning again namespace="%s" name="%s" resourceVersion="%s"',
+                *key,
+                fresh["metadata"].get("resourceVersion"),
+            )
+    raise AssertionError("unreachable")
+
+
+def _pass(
+    kube: ClusterWriter,
+    store: Store,
+    config: OperatorConfig,
+    key: Key,
+    now: datetime,
+    queriers: QuerierFactory,
+) -> float | None:
     parent, children = store.snapshot(key)
     if parent is None or parent["metadata"].get("deletionTimestamp"):
         return None  # Gone or going: garbage collection removes the children.
@@ -594,11 +641,14 @@ def _write_status(
     if not force and _status_dump(previous) == _status_dump(status):
         return False
     namespace, name = key_of(parent)
+    version = parent["metadata"].get("resourceVersion")
     try:
-        updated = kube.patch_status(namespace, name, _status_dump(status))
+        updated = kube.patch_status(namespace, name, _status_dump(status), resource_version=version)
     except ApiError as error:
         if error.status == HTTPStatus.NOT_FOUND:
-            raise ResourceGone((namespace, name), parent["metadata"].get("resourceVersion")) from error
+            raise ResourceGone((namespace, name), version) from error
+        if error.status == HTTPStatus.CONFLICT:
+            raise _StaleError(error) from error
         raise
     store.put_parent(updated)
     if previous.phase != status.phase:

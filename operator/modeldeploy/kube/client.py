@@ -293,14 +293,21 @@ class Kube:
         }
         return str((answer.get("metadata") or {}).get("resourceVersion", "")), items
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Manifest:
-        """One merge patch of the status subresource; the spec is never written."""
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> Manifest:
+        """One merge patch of the status subresource; the spec is never written. With `resource_version` (the
+        version the status was decided from) the write is fenced: the API server answers 409 Conflict if the object
+        changed since, so a decision made from a stale view never overwrites a newer write."""
         self._count("patch", "ModelDeployment/status")
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         # Merge patches replace lists whole, and a null removes a field: a track that ended is cleared.
         return self._request(
             "PATCH",
             self._resource_path(namespace, name) + "/status",
-            body={"status": status},
+            body=body,
             content_type=MERGE_CONTENT_TYPE,
         )
 
