@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 import urllib3
 
-from modeldeploy.kube.client import USER_AGENT, ApiError, Kube, namespace_terminating
+from modeldeploy.kube.client import (
+    USER_AGENT,
+    ApiError,
+    Kube,
+    namespace_terminating,
+    permanent,
+    retry_after_seconds,
+    transient,
+)
 from modeldeploy.kube.config import ConnectionSettings
 
 from .tls import SERVER_NAME, ConnectProxy, FakeApiServer, Pki, Recorded, server_tls
@@ -458,3 +466,62 @@ def test_a_proxy_and_tls_server_name_together(named_server: FakeApiServer, proxy
     assert Kube(settings, pool_size=1).get_resource("ns", "web") is not None
     # The tunnel goes to the server's address; only TLS inside it uses the name.
     assert proxy.tunnels == [(named_server.url.removeprefix("https://"), None)]
+
+
+def test_a_fenced_status_write_carries_the_resource_version(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (200, {"kind": "ModelDeployment", **request.json()})
+    kube.patch_status("ns", "web", {"phase": "Healthy"}, resource_version="1234")
+    assert server.requests[0].json() == {"metadata": {"resourceVersion": "1234"}, "status": {"phase": "Healthy"}}
+
+
+def test_the_resource_list_asks_for_metadata_only(kube: Kube, server: FakeApiServer) -> None:
+    answer = {
+        "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "900"},
+        "items": [{"metadata": {"name": "web", "resourceVersion": "850"}}],
+    }
+    server.reply = lambda request: (200, answer)
+    assert kube.list_resource_versions("ns") == ("900", {"web": "850"})
+    [request] = server.requests
+    assert request.path == "/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments"
+    assert request.headers["accept"] == "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+def test_retry_after_is_read_from_the_answer(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (429, status_body(429, "too many requests", "TooManyRequests"))
+    server.headers = {"Retry-After": "3"}
+    with pytest.raises(ApiError) as raised:
+        kube.scale_deployment("ns", "web-r1", 1)
+    assert raised.value.retry_after == 3.0
+    assert transient(raised.value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, None), ("2", 2.0), (" 10 ", 10.0), ("soon", None), ("-1", None)])
+def test_retry_after_seconds(value: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(value) == seconds
+
+
+@pytest.mark.parametrize(
+    ("error", "is_transient", "is_permanent"),
+    [
+        (ApiError(500, "Internal Server Error", "{}"), True, False),
+        (ApiError(504, "Gateway Timeout", "{}"), True, False),
+        (ApiError(429, "Too Many Requests", "{}"), True, False),
+        (ApiError(422, "Unprocessable Entity", "{}"), False, True),
+        (ApiError(413, "Request Entity Too Large", "{}"), False, True),
+        (ApiError(400, "Bad Request", "{}"), False, True),
+        (ApiError(409, "Conflict", "{}"), False, False),
+        (ApiError(403, "Forbidden", "{}"), False, False),
+        (urllib3.exceptions.ProtocolError("Connection aborted."), True, False),
+        (ValueError("bug"), False, False),
+    ],
+)
+def test_errors_are_classified(error: Exception, is_transient: bool, is_permanent: bool) -> None:
+    assert (transient(error), permanent(error)) == (is_transient, is_permanent)
+
+
+def test_a_refused_connection_is_transient() -> None:
+    kube = Kube(ConnectionSettings(server="http://127.0.0.1:9", token=TOKEN), pool_size=1)
+    with pytest.raises(urllib3.exceptions.HTTPError) as raised:
+        kube.get_resource("ns", "web")
+    assert transient(raised.value)

@@ -105,6 +105,8 @@ class FakeApiServer:
     tls: ssl.SSLContext | None = None
     reply: Callable[[Recorded], Reply] = echo
     requests: list[Recorded] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers sent with every answer (Retry-After, say)."""
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -137,6 +139,8 @@ class FakeApiServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in fake.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
