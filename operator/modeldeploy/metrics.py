@@ -27,6 +27,11 @@ ANALYSIS_MEASUREMENTS = Counter(
     "Canary analysis measurements taken, by builtin (or query) and phase.",
     ["metric_kind", "phase"],
 )
+LEADER = Gauge(
+    "modeldeploy_leader",
+    "1 while this replica holds the leader Lease and runs the controller, 0 while it stands by.",
+    ["identity"],
+)
 QUEUE_DEPTH = Gauge("modeldeploy_queue_depth", "Resources waiting for a reconcile pass.")
 
 # Per-resource series, labelled by namespace and name. They mirror each ModelDeployment's status as the watch shows

@@ -72,7 +72,14 @@ class Cluster:
             "kind": "Config",
             "clusters": [server],
             "users": [{"name": service_account, "user": {"token": token}}],
-            "contexts": [{"name": service_account, "context": {"cluster": server["name"], "user": service_account}}],
+            # The account's namespace as the context's, as a pod of the account has it: the operator keeps its
+            # leader-election Lease there.
+            "contexts": [
+                {
+                    "name": service_account,
+                    "context": {"cluster": server["name"], "user": service_account, "namespace": namespace},
+                }
+            ],
             "current-context": service_account,
         }
         path.write_text(yaml.safe_dump(config))

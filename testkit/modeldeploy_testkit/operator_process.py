@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,14 @@ class OperatorProcess:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
         namespaces: list[str] | None = None,
+        lease_name: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
+        """`lease_name`: the leader-election Lease to share with other processes; without it, each start takes a
+        fresh one, so that it leads at once even when a killed predecessor still holds its own."""
         self.cluster = cluster
+        self.lease_name = lease_name
+        self.extra_args = list(extra_args or [])
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.namespaces = list(namespaces or [])
@@ -49,13 +56,17 @@ class OperatorProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self) -> None:
+    def start(self, lead: bool | None = None) -> None:
+        """Start it and wait until it serves metrics, and until it leads when `lead` says so (by default when its
+        Lease is its own)."""
         if self.running:
             return
         command = [str(Path(sys.executable).parent / "modeldeploy"), "run"]
         for namespace in self.namespaces:
             command += ["--namespace", namespace]
         command += ["--metrics-bind-address", f"127.0.0.1:{self.metrics_port}"]
+        command += ["--leader-elect-lease-name", self.lease_name or f"modeldeploy-e2e-{uuid.uuid4().hex[:8]}"]
+        command += self.extra_args
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -77,6 +88,8 @@ class OperatorProcess:
             return self.metric("modeldeploy_queue_depth") is not None
 
         wait_until(serving, timeout=30, what="operator metrics")
+        if self.lease_name is None if lead is None else lead:
+            wait_until(lambda: serving() and self.leading(), timeout=30, what="the operator to lead")
 
     def stop(self) -> None:
         """SIGTERM and wait, as Kubernetes stops a pod."""
@@ -133,6 +146,17 @@ class OperatorProcess:
                 labels, _, value = line.rpartition(" ")
                 samples[labels[len(name) :] or "{}"] = float(value)
         return samples
+
+    def leading(self) -> bool:
+        """Whether it holds the Lease and runs the controller (its modeldeploy_leader gauge)."""
+        return any(value == 1.0 for value in self.metric_lines("modeldeploy_leader").values())
+
+    def identity(self) -> str | None:
+        """Its leader-election identity, from the gauge's label."""
+        for labels in self.metric_lines("modeldeploy_leader"):
+            if 'identity="' in labels:
+                return labels.split('identity="', 1)[1].split('"', 1)[0]
+        return None
 
     def reconciles(self) -> float:
         return self.metric("modeldeploy_reconcile_total", 'outcome="success"') or 0.0

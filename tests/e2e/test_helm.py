@@ -159,7 +159,16 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
     try:
         kinds = sorted(doc["kind"] for doc in release.manifest())
         assert kinds == sorted(
-            [*BY_NATURE, "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+            [
+                *BY_NATURE,
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",  # leader election's, in the release namespace
+                "RoleBinding",
+                "Deployment",
+                "Service",
+                "ServiceAccount",
+            ]
         )
         annotations = crd_annotations(cluster)
         assert annotations.get("helm.sh/resource-policy") == "keep"
@@ -178,6 +187,9 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         assert can_i(cluster, release, "delete", "services", "-n", "default") == "no"
         assert can_i(cluster, release, "get", "secrets", "-n", namespace) == "no"
         assert can_i(cluster, release, "list", "pods", "-n", "default") == "no"
+        # Its leader-election Lease, in its own namespace only.
+        assert can_i(cluster, release, "update", "leases.coordination.k8s.io", "-n", namespace) == "yes"
+        assert can_i(cluster, release, "update", "leases.coordination.k8s.io", "-n", "default") == "no"
 
         operator.stop()  # only the chart's identity may act during this test
         kubeconfig = cluster.token_kubeconfig(release.service_account, release.namespace, tmp_path / "kubeconfig")
@@ -245,7 +257,13 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         docs = release.manifest()
         assert sorted(doc["kind"] for doc in docs if doc["kind"] in CLUSTER_SCOPED) == BY_NATURE
         scoped_objects = {(doc["kind"], doc["metadata"]["namespace"]) for doc in docs if doc["kind"].startswith("Role")}
-        assert scoped_objects == {("Role", watched), ("RoleBinding", watched)}
+        # The watched namespace's, and leader election's in the release namespace.
+        assert scoped_objects == {
+            ("Role", watched),
+            ("RoleBinding", watched),
+            ("Role", namespace),
+            ("RoleBinding", namespace),
+        }
         [deployment] = [doc for doc in docs if doc["kind"] == "Deployment"]
         assert f"--namespace={watched}" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 

@@ -64,6 +64,31 @@ def env(docs: list[Manifest]) -> dict[str, str]:
     return {item["name"]: item["value"] for item in container(docs)["env"]}
 
 
+LEADER_ELECTION_KINDS = ["Role", "RoleBinding"]
+LEADER_ELECTION_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+]
+
+
+def leader_election(doc: Manifest) -> bool:
+    return bool(doc["metadata"]["name"] == "md-modeldeploy-leader-election")
+
+
+def assert_leader_election_rbac(docs: list[Manifest]) -> None:
+    """The Lease lives in the release namespace: a Role there in either watch mode, for leases only."""
+    [role] = [doc for doc in docs if doc["kind"] == "Role" and leader_election(doc)]
+    [binding] = [doc for doc in docs if doc["kind"] == "RoleBinding" and leader_election(doc)]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ops"
+    assert role["rules"] == LEADER_ELECTION_RULES
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "md-modeldeploy", "namespace": "ops"}]
+    assert "--leader-elect-namespace=ops" in container(docs)["args"]
+
+
 def test_chart_metadata_and_lint() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert (chart["apiVersion"], chart["version"], chart["appVersion"]) == ("v2", "0.1.0", "0.1.0")
@@ -74,8 +99,17 @@ def test_chart_metadata_and_lint() -> None:
 def test_default_install_is_cluster_wide_with_exactly_the_operators_rules() -> None:
     docs = template()
     assert sorted(doc["kind"] for doc in docs) == sorted(
-        [*CLUSTER_WIDE_IN_EVERY_MODE, "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+        [
+            *CLUSTER_WIDE_IN_EVERY_MODE,
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            *LEADER_ELECTION_KINDS,
+            "Deployment",
+            "Service",
+        ]
     )
+    assert_leader_election_rbac(docs)
     [role] = [doc for doc in docs if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] == "md-modeldeploy"]
     assert role["metadata"]["name"] == "md-modeldeploy"
     assert role["rules"] == EXPECTED_RULES
@@ -98,8 +132,11 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped_but
     docs = template("watch.namespaces={team-a,team-b}")
     cluster_scoped = [doc["kind"] for doc in docs if doc["kind"] in CLUSTER_SCOPED]
     assert sorted(cluster_scoped) == sorted(CLUSTER_WIDE_IN_EVERY_MODE)
-    roles = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "Role"}
-    bindings = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "RoleBinding"}
+    assert_leader_election_rbac(docs)
+    roles = {doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "Role" and not leader_election(doc)}
+    bindings = {
+        doc["metadata"]["namespace"]: doc for doc in docs if doc["kind"] == "RoleBinding" and not leader_election(doc)
+    }
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for namespace in ("team-a", "team-b"):
         assert roles[namespace]["rules"] == EXPECTED_RULES

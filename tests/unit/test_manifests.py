@@ -53,6 +53,8 @@ def test_the_plain_install_has_what_kubectl_apply_needs() -> None:
         ("ServiceAccount", "modeldeploy"),
         ("ClusterRole", "modeldeploy"),
         ("ClusterRoleBinding", "modeldeploy"),
+        ("Role", "modeldeploy-leader-election"),
+        ("RoleBinding", "modeldeploy-leader-election"),
         ("ClusterRole", "modeldeploy-edit"),
         ("ClusterRole", "modeldeploy-view"),
         ("ValidatingAdmissionPolicy", "modeldeploy-status"),

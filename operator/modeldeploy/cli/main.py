@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 import prometheus_client
 
 from modeldeploy import redaction
 from modeldeploy.cli.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
+from modeldeploy.kube import client as kube_client
 from modeldeploy.kube.client import Kube
 from modeldeploy.kube.config import current_namespace, load_settings
+from modeldeploy.kube.lease import (
+    DEFAULT_LEASE_NAME,
+    ElectionSettings,
+    KubeLeaseStore,
+    LeaderElection,
+    LeaderElector,
+    exit_now,
+    new_identity,
+)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,17 +42,78 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_bind_address:
         host, _, port = args.metrics_bind_address.rpartition(":")
         prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
+    identity = new_identity()
+    # Every request names the replica, so the API server's audit log shows which one wrote. Set before any client
+    # exists; the client reads it per request.
+    kube_client.USER_AGENT = f"{kube_client.USER_AGENT} ({identity})"
+    election = _elect(args, identity) if args.leader_elect else None
+    if args.leader_elect and election is None:
+        return 0  # stopped while standing by
     # Importing registers the handlers with kopf's default registry.
     import modeldeploy.main  # noqa: F401
 
     namespaces = args.namespace or []
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,
-        liveness_endpoint=args.health_endpoint or None,
-    )
+    try:
+        kopf.run(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            liveness_endpoint=args.health_endpoint or None,
+        )
+    finally:
+        # kopf has stopped the controller (its cleanup handler waits for the passes in flight): nothing writes any
+        # more, so the Lease can go to a standby now rather than when it expires.
+        if election is not None:
+            election.stop_and_release()
     return 0
+
+
+def _elect(args: argparse.Namespace, identity: str) -> LeaderElection | None:
+    """Stand by until this replica holds the Lease, then keep renewing it; None when stopped before leading.
+
+    Neither kopf nor the controller starts before: a standby makes no watch and no write but its Lease attempts.
+    Losing the Lease ends the process at once (exit code 1), so that it stops writing before the Lease can pass on.
+    """
+    settings = ElectionSettings(
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
+    )
+    namespace = args.leader_elect_namespace or current_namespace()
+    name = args.leader_elect_lease_name
+    store = KubeLeaseStore(Kube(load_settings(), pool_size=2), namespace, name)
+    election = LeaderElection(LeaderElector(store, name, namespace, identity, settings), on_lost=exit_now)
+    # Until kopf runs, SIGTERM (a pod being stopped) and SIGINT end the wait; kopf installs its own handlers later.
+    previous = {
+        number: signal.signal(number, lambda *_: election.stopping.set()) for number in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        if not election.acquire():
+            return None
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    election.start_renewing()
+    return election
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration in seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text!r}")
+    return value
 
 
 def _kube() -> Kube:
@@ -117,6 +189,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-bind-address",
         default=":8080",
         help="serve Prometheus metrics at HOST:PORT (default :8080; empty to disable)",
+    )
+    election = run.add_argument_group("leader election", "one replica leads (runs the controller), the others wait")
+    election.add_argument(
+        "--leader-elect",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="hold a Lease before doing anything (default true; --leader-elect=false for a single process)",
+    )
+    election.add_argument(
+        "--leader-elect-namespace",
+        default="",
+        help="the Lease's namespace (default: the kubeconfig context's, else the service account's, else default)",
+    )
+    election.add_argument("--leader-elect-lease-name", default=DEFAULT_LEASE_NAME, help="the Lease's name")
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a standby waits after the leader's last renewal before it takes over (default 15s)",
+    )
+    election.add_argument(
+        "--leader-elect-renew-deadline",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a leader keeps going without a renewal before it stops (default 10s)",
+    )
+    election.add_argument(
+        "--leader-elect-retry-period",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to renew, or to try to take the Lease (default 2s)",
     )
     run.set_defaults(func=_run)
     return parser
