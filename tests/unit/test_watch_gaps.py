@@ -8,7 +8,10 @@ import copy
 from collections import Counter
 from typing import cast
 
+import pytest
+
 from modeldeploy.config import OperatorConfig
+from modeldeploy.controller import queue as queue_module
 from modeldeploy.controller.queue import Controller
 from modeldeploy.controller.store import Store
 from modeldeploy.kube.client import ApiError, Kube
@@ -96,6 +99,27 @@ def test_a_failed_list_drops_nothing(config: OperatorConfig) -> None:
         assert await controller.sweep() == []
         assert controller.store.keys() == [key]
         assert await controller.sweep() == [key]
+        await controller.queue.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_relist_starts_the_comparison_by_itself(config: OperatorConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "RELIST_SETTLE_SECONDS", 0.01)
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        key = cluster.create_resource(SPEC)
+        gone = cluster.create_resource(SPEC, name="gone")
+        controller = controller_of(cluster, config)
+        listed(cluster, controller)
+        cluster.delete_resource(gone)
+        listed(cluster, controller)  # kopf's re-list: objects with no event type
+        for _ in range(200):
+            if controller.store.keys() == [key]:
+                break
+            await asyncio.sleep(0.01)
+        assert controller.store.keys() == [key]
         await controller.queue.stop()
 
     asyncio.run(scenario())
