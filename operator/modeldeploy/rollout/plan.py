@@ -54,17 +54,8 @@ def trusted(
     """`resource` with its status checked against what is observed (see trust.py), and what was repaired. plan()
     does the same itself; the reconciler calls this first because it reads status before planning (whether a
     measurement is due)."""
-    situation = Situation(
-        resource=resource,
-        desired=desired_revision,
-        observed=observed,
-        now=now,
-        model=model,
-        router=router or ReplicaRatioRouter(),
-        measurements={},
-        history_limit=history_limit,
-        retained=retained,
-        serving=serving,
+    situation = _situation(
+        resource, desired_revision, observed, now, model, router, {}, history_limit, retained, serving
     )
     status, repairs = check_status(situation)
     if not repairs:
@@ -89,17 +80,8 @@ def plan(
     """Decide the next state. Level-based: the same inputs always give the same plan. `measurements` are the
     analysis results of this pass, when one was due (see analysis.measurement_due); `serving` is the revision the
     Service `<name>-stable` selects, when the caller knows it."""
-    situation = Situation(
-        resource=resource,
-        desired=desired_revision,
-        observed=observed,
-        now=now,
-        model=model,
-        router=router or ReplicaRatioRouter(),
-        measurements=measurements or {},
-        history_limit=history_limit,
-        retained=retained,
-        serving=serving,
+    situation = _situation(
+        resource, desired_revision, observed, now, model, router, measurements or {}, history_limit, retained, serving
     )
     checked, repairs = check_status(situation)
     if repairs:
@@ -118,4 +100,30 @@ def plan(
         apply_revision=desired_revision if desired_revision in decision.replicas else None,
         events=events,
         requeue_after=decision.requeue_after,
+    )
+
+
+def _situation(
+    resource: api.ModelDeployment,
+    desired_revision: str,
+    observed: Mapping[str, ObservedRevision],
+    now: datetime,
+    model: str,
+    router: TrafficRouter | None,
+    measurements: Mapping[str, api.Measurement],
+    history_limit: int,
+    retained: int,
+    serving: str | None,
+) -> Situation:
+    return Situation(
+        resource=resource,
+        desired=desired_revision,
+        observed=observed,
+        now=now,
+        model=model,
+        router=router or ReplicaRatioRouter(),
+        measurements=measurements,
+        history_limit=history_limit,
+        retained=retained,
+        serving=serving,
     )
