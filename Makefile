@@ -90,6 +90,11 @@ fmt: install ## Format and fix what ruff can
 demo: install cluster-up ## Control plane + operator + an example rollout
 	$(SCRIPTS)/demo.sh
 
+.PHONY: chaos
+# Needs root for the node agent (R8's model servers); the soak (R10) alone takes 30 minutes.
+chaos: install cluster-up tools-prometheus ## The failure suite: every case, full size, a random seed; prints figures and goals
+	$(PY) -m modeldeploy_testkit.chaos
+
 .PHONY: bench-cluster
 bench-cluster: install cluster-up ## Baseline: warm cluster-up time and 1,000 bare Deployments until Available
 	$(PY) -m modeldeploy_testkit.bench cluster
