@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -220,6 +220,42 @@ def duplicate_children(api: KubeAPI, namespace: str) -> int:
     )
 
 
+def settled_duplicates(api: KubeAPI, namespace: str, timeout: float) -> int:
+    """duplicate_children once it is 0, or its count when the deadline passes: right after a promotion the old pods
+    are being deleted, which is not a duplicate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = duplicate_children(api, namespace)
+        if count == 0 or time.monotonic() > deadline:
+            return count
+        time.sleep(1.0)
+
+
+def lost_edits(api: KubeAPI, namespace: str, last_written: Mapping[str, str]) -> list[str]:
+    """Resources where the version last written to the spec was lost: the spec carries another one, or the status is
+    settled (this generation, Healthy, no canary) on another one. One not settled yet is not counted here: that is
+    wait_converged's figure."""
+    lost: list[str] = []
+    for name, version in last_written.items():
+        body = api.get(resources_path(namespace, name))
+        if body is None:
+            lost.append(f"{name}: gone (last written {version})")
+            continue
+        spec_version = ((body.get("spec") or {}).get("model") or {}).get("version")
+        status = body.get("status") or {}
+        stable = (status.get("stable") or {}).get("version")
+        settled = (
+            status.get("observedGeneration") == body["metadata"].get("generation")
+            and status.get("phase") == "Healthy"
+            and not status.get("canary")
+        )
+        if spec_version != version:
+            lost.append(f"{name}: spec says {spec_version}, last written {version}")
+        elif settled and stable != version:
+            lost.append(f"{name}: settled on {stable}, last written {version}")
+    return lost
+
+
 def wait_converged(api: KubeAPI, namespace: str, names: Iterable[str], timeout: float) -> dict[str, float]:
     """Poll until every named resource is converged (is_converged) or the deadline passes; when each first was,
     in seconds from the call. A resource missing from the answer is not converged."""
@@ -257,6 +293,7 @@ class LeadershipAudit:
     writes: int
     by_non_leader: list[str]
     unattributed: int  # operator writes whose user agent names no replica (kopf's): it is set to write none
+    holders: tuple[str, ...] = ()  # the replicas that held the Lease, in the order they took it
 
     @property
     def violations(self) -> int:
@@ -264,11 +301,19 @@ class LeadershipAudit:
 
 
 def leadership_audit(
-    audit: AuditLog, mark: AuditMark, lease_name: str, lease_namespace: str = LEASE_NAMESPACE
+    audit: AuditLog,
+    mark: AuditMark,
+    lease_name: str,
+    lease_namespace: str = LEASE_NAMESPACE,
+    namespaces: Collection[str] | None = None,
 ) -> LeadershipAudit:
     """Who led when: the last replica whose write of the Lease succeeded (create or update, 2xx, by completion
     time). A write (any verb but the Lease's own, any answer) by a replica at a moment another one held the Lease is
-    a write by a non-leader. Releases are successful writes too, after which the releasing replica writes nothing."""
+    a write by a non-leader. Releases are successful writes too, after which the releasing replica writes nothing
+    (the audit log keeps metadata only, so a release cannot be told from a renewal).
+
+    `namespaces`: judge only writes to objects in these (the case's), since other operators on the shared control
+    plane (another Lease, other namespaces) write too; their user agent looks the same."""
     events = list(audit.between(mark))
     lease_writes: list[tuple[datetime, str]] = []
     writes: list[tuple[datetime, str, str]] = []
@@ -276,13 +321,16 @@ def leadership_audit(
     for event in events:
         agent = str(event.get("userAgent", ""))
         reference = event.get("objectRef") or {}
+        is_lease = reference.get("resource") == "leases"
+        if namespaces is not None and not is_lease and reference.get("namespace") not in namespaces:
+            continue
         if agent.startswith(KOPF_USER_AGENT):
             unattributed += 1
             continue
         if not agent.startswith(OPERATOR_USER_AGENT):
             continue
         identity = _identity(agent)
-        if reference.get("resource") == "leases":
+        if is_lease:
             if reference.get("name") != lease_name or reference.get("namespace") != lease_namespace:
                 continue
             code = int((event.get("responseStatus") or {}).get("code") or 0)
@@ -292,6 +340,10 @@ def leadership_audit(
         where = f"{event.get('verb')} {reference.get('resource')} {reference.get('namespace')}/{reference.get('name')}"
         writes.append((_when(event, "requestReceivedTimestamp"), identity, where))
     lease_writes.sort()
+    holders: list[str] = []
+    for _, writer in lease_writes:
+        if not holders or holders[-1] != writer:
+            holders.append(writer)
     by_non_leader: list[str] = []
     for received, identity, where in writes:
         holder = ""
@@ -301,7 +353,7 @@ def leadership_audit(
             holder = writer
         if holder != identity:
             by_non_leader.append(f"{received.isoformat()} {identity or '?'} {where} (leader: {holder or 'none'})")
-    return LeadershipAudit(len(writes), by_non_leader, unattributed)
+    return LeadershipAudit(len(writes), by_non_leader, unattributed, tuple(holders))
 
 
 def audit_figure(result: LeadershipAudit) -> Figure:
