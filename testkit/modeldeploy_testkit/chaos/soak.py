@@ -1,0 +1,267 @@
+"""R10: a soak. Many ModelDeployments whose versions keep changing for a long time, under one operator process.
+
+Full size: 1,000 ModelDeployments of one replica for 30 minutes; every minute the version of a random 10 % of them
+changes (the choice from the run's seed). Short (`--short`, the e2e test): 50 for about a minute, a change every
+15 s. A developer can size the full run down with two environment variables (the short run ignores them):
+
+    MODELDEPLOY_CHAOS_SOAK_MINUTES=5 MODELDEPLOY_CHAOS_SOAK_COUNT=200 .venv/bin/python -m modeldeploy_testkit.chaos R10
+
+One operator process (`modeldeploy run`, leader election as by default, a Lease of its own) watches only the
+case's namespace. The pods are kwok's: the image modeldeploy.test/model-server:latest is Ready by itself. The
+rollout strategy is Immediate: a soak is about what hours of changes do to the operator (memory, lost edits,
+duplicates), not about canary steps, whose pauses would make each change last minutes and measure the steps'
+durations instead; R8 and the canary tests cover the steps.
+
+Figures: every resource converged to its last written version within a deadline after the last change; no
+duplicate children (Deployments scaled up, pods beyond spec.replicas); no lost spec edit (spec and serving
+version are the last written ones); the operator's resident memory (VmRSS, /proc/<pid>/status, every 30 s; every
+5 s in the short run) grows less than 10 % between minute 5 and the end (short: between 20 % and 100 % of the
+run, informational); no reconcile error (its modeldeploy_reconcile_total{outcome="error"} and its log); and the
+time from each version change to convergence, from a watch. The namespace is deleted at the end, and waited for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from modeldeploy_testkit.bench.common import delete_namespace, proc_status
+from modeldeploy_testkit.chaos.common import (
+    FIELD_MANAGER,
+    ChaosRun,
+    Figure,
+    converged_figure,
+    count_figure,
+    duplicate_children,
+    is_converged,
+    log,
+    model_deployment,
+    percent,
+    resources_path,
+    spread_figure,
+    wait_converged,
+)
+from modeldeploy_testkit.kubeapi import Manifest
+from modeldeploy_testkit.operator_process import OperatorProcess
+from modeldeploy_testkit.waiting import wait_until
+from modeldeploy_testkit.watches import CollectionWatch
+
+CASE = "R10"
+TITLE = "soak: versions changing every minute under one operator, memory and lost edits"
+
+MINUTES_VARIABLE = "MODELDEPLOY_CHAOS_SOAK_MINUTES"
+COUNT_VARIABLE = "MODELDEPLOY_CHAOS_SOAK_COUNT"
+REPLICAS = 1
+CHANGED_SHARE = 0.10
+THREADS = 16
+MEMORY_GROWTH_GOAL_PERCENT = 10.0
+# A version change is a new Deployment whose one kwok pod is Ready at once, then the old one scaled to zero.
+CONVERGE_GOAL_SECONDS = 60.0
+ERROR_LOG_MARKERS = ("Reconcile failed", "Traceback")
+
+
+@dataclass(frozen=True)
+class SoakSize:
+    count: int
+    seconds: float
+    change_every: float
+    sample_every: float
+    baseline_fraction: float  # where the memory baseline is taken, as a share of the run
+    settle_seconds: float  # the deadline to converge, after the first apply and after the last change
+
+
+def soak_size(short: bool) -> SoakSize:
+    if short:
+        return SoakSize(50, 60.0, 15.0, 5.0, 0.2, 120.0)
+    minutes = float(os.environ.get(MINUTES_VARIABLE) or 30)
+    count = int(os.environ.get(COUNT_VARIABLE) or 1000)
+    return SoakSize(count, minutes * 60, 60.0, 30.0, 5 / 30, max(300.0, 0.6 * count))
+
+
+@dataclass
+class Changes:
+    """What the case wrote, and when each change was first seen converged through the watch."""
+
+    written: dict[str, str] = field(default_factory=dict)  # name -> the last version written
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (version, written at)
+    converge_seconds: list[float] = field(default_factory=list)
+    superseded: int = 0  # changed again before the previous change converged
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, kind: str, body: Manifest) -> None:
+        if kind == "DELETED":
+            return
+        now = time.monotonic()
+        name = str(body["metadata"]["name"])
+        with self.lock:
+            waiting = self.pending.get(name)
+            version = ((body.get("spec") or {}).get("model") or {}).get("version")
+            if waiting is not None and version == waiting[0] and is_converged(body):
+                self.converge_seconds.append(now - waiting[1])
+                del self.pending[name]
+
+    def change(self, name: str, version: str) -> None:
+        with self.lock:
+            if name in self.pending:
+                self.superseded += 1
+            self.written[name] = version
+            self.pending[name] = (version, time.monotonic())
+
+
+def version_of(number: int) -> str:
+    return f"1.{number}.0"
+
+
+def run(run: ChaosRun) -> list[Figure]:
+    size = soak_size(run.short)
+    api = run.api
+    namespace = run.namespace("soak")
+    names = [f"soak-{index:04d}" for index in range(size.count)]
+    log(
+        f"{size.count} ModelDeployments (Immediate, {REPLICAS} replica), {size.seconds / 60:g} min, "
+        f"{CHANGED_SHARE:.0%} changed every {size.change_every:g} s, namespace {namespace}"
+    )
+    # Pods wait for the ServiceAccount controller's `default`; so does the case, before timing anything.
+    account = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
+    wait_until(lambda: api.get(account) is not None, timeout=60, what=f"the default ServiceAccount of {namespace}")
+    operator = OperatorProcess(run.cluster, run.directory / "operator-soak.log", namespaces=[namespace])
+    changes = Changes()
+    watch = CollectionWatch(api, resources_path(namespace), changes.observe, timeout_seconds=290)
+    collection = resources_path(namespace)
+    numbers = dict.fromkeys(names, 0)
+    try:
+        operator.start()
+        pid = operator.pid
+        assert pid is not None
+        log(f"operator pid {pid}, log {operator.log_path.name}")
+        watch.start()
+
+        def write(name: str) -> None:
+            version = version_of(numbers[name])
+            body = model_deployment(name, version, REPLICAS, {"strategy": "Immediate"})
+            changes.change(name, version)
+            api.apply(collection, body, FIELD_MANAGER)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="soak") as pool:
+            list(pool.map(write, names))
+            log(f"applied {size.count} in {time.monotonic() - started:.0f} s; waiting for them to converge")
+            first = wait_converged(api, namespace, names, size.settle_seconds)
+            log(f"  {len(first)}/{size.count} converged after {time.monotonic() - started:.0f} s")
+            with changes.lock:
+                # The first rollout is not a version change: its times are not in the figure.
+                changes.converge_seconds.clear()
+                changes.pending.clear()
+
+            samples: list[tuple[float, int]] = []  # (seconds into the soak, VmRSS KiB)
+            soak_started = time.monotonic()
+            next_change = soak_started + size.change_every
+            next_sample = soak_started
+            end = soak_started + size.seconds
+            rounds = 0
+            while True:
+                now = time.monotonic()
+                if now >= next_sample:
+                    rss = proc_status(pid).get("VmRSS")
+                    if rss is None:
+                        raise AssertionError(f"the operator (pid {pid}) is gone; see {operator.log_path}")
+                    samples.append((now - soak_started, rss))
+                    next_sample += size.sample_every
+                if now >= end:
+                    break
+                if now >= next_change:
+                    chosen = run.rng.sample(names, max(1, round(CHANGED_SHARE * size.count)))
+                    for name in chosen:
+                        numbers[name] += 1
+                    list(pool.map(write, chosen))
+                    rounds += 1
+                    with changes.lock:
+                        pending = len(changes.pending)
+                    log(
+                        f"  {now - soak_started:.0f} s: changed {len(chosen)} versions (round {rounds}); "
+                        f"{pending} not converged yet; RSS {samples[-1][1] / 1024:.1f} MiB"
+                    )
+                    next_change += size.change_every
+                # A clock: the next change or sample is due then, whatever the cluster does.
+                time.sleep(max(0.0, min(next_change, next_sample, end) - time.monotonic()))
+
+        log(f"last change done; waiting up to {size.settle_seconds:.0f} s for every resource to converge")
+        settle_started = time.monotonic()
+        done = wait_converged(api, namespace, names, size.settle_seconds)
+        settle = time.monotonic() - settle_started
+        with changes.lock:
+            unconverged_changes = len(changes.pending)
+            converge_seconds = list(changes.converge_seconds)
+            superseded = changes.superseded
+        duplicates = duplicate_children(api, namespace)
+        lost: list[str] = []
+        for body in api.list(collection)["items"]:
+            name = body["metadata"]["name"]
+            spec_version = body["spec"]["model"]["version"]
+            serving = ((body.get("status") or {}).get("stable") or {}).get("version")
+            if spec_version != changes.written[name] or serving != changes.written[name]:
+                lost.append(f"{name}: wrote {changes.written[name]}, spec {spec_version}, serving {serving}")
+        missing = set(names) - {body["metadata"]["name"] for body in api.list(collection)["items"]}
+        lost += [f"{name}: gone" for name in sorted(missing)]
+        errors_metric = operator.metric("modeldeploy_reconcile_total", 'outcome="error"') or 0.0
+        error_lines = [
+            line
+            for line in operator.log_path.read_text(errors="replace").splitlines()
+            if any(marker in line for marker in ERROR_LOG_MARKERS)
+        ]
+    finally:
+        watch.stop()
+        log(f"deleting namespace {namespace} and waiting until it is gone")
+        cleanup_seconds, gone = delete_namespace(api, namespace, timeout=size.settle_seconds * 2)
+        operator.stop()
+
+    return [
+        converged_figure(len(done), size.count, note=f"{settle:.0f} s after the last change, {rounds} rounds"),
+        count_figure("duplicate children", duplicates),
+        count_figure("lost spec edits", len(lost), note="; ".join(lost[:3])),
+        memory_figure(samples, size, run.short),
+        count_figure(
+            "reconcile errors",
+            int(errors_metric) + len(error_lines),
+            note=f"metric {errors_metric:g}, log lines {len(error_lines)}"
+            + (f": {error_lines[0][:150]}" if error_lines else ""),
+        ),
+        converge_figure(converge_seconds, unconverged_changes, superseded),
+        Figure(
+            "namespace deleted",
+            f"{cleanup_seconds:.0f} s" if gone else "still there",
+            f"gone within {size.settle_seconds * 2:.0f} s",
+            gone,
+        ),
+    ]
+
+
+def converge_figure(samples: list[float], unconverged: int, superseded: int) -> Figure:
+    figure = spread_figure("version change to converged", samples, CONVERGE_GOAL_SECONDS)
+    note = f"{superseded} changed again before converging" if superseded else ""
+    if unconverged:
+        note = f"{unconverged} never seen converged; {note}".rstrip("; ")
+    return Figure(figure.name, figure.value, figure.goal, figure.ok and not unconverged, note)
+
+
+def memory_figure(samples: list[tuple[float, int]], size: SoakSize, short: bool) -> Figure:
+    """Growth of VmRSS from the sample nearest `baseline_fraction` of the run to the last one."""
+    name = "operator memory growth (VmRSS)"
+    goal = f"< {MEMORY_GROWTH_GOAL_PERCENT:g} %" + (" (informational)" if short else "")
+    if len(samples) < 2:
+        return Figure(name, "too few samples", goal, short, f"{len(samples)} samples")
+    baseline_at = size.baseline_fraction * size.seconds
+    base_time, base = min(samples, key=lambda sample: abs(sample[0] - baseline_at))
+    end_time, last = samples[-1]
+    growth = percent(last - base, base)
+    peak = max(rss for _, rss in samples)
+    value = f"{growth:+.1f} %" if math.isfinite(growth) else "n/a"
+    note = (
+        f"{base / 1024:.1f} MiB at {base_time:.0f} s -> {last / 1024:.1f} MiB at {end_time:.0f} s; "
+        f"peak {peak / 1024:.1f} MiB; {len(samples)} samples"
+    )
+    return Figure(name, value, goal, short or growth < MEMORY_GROWTH_GOAL_PERCENT, note)
