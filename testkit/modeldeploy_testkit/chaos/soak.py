@@ -36,12 +36,13 @@ from modeldeploy_testkit.chaos.common import (
     Figure,
     converged_figure,
     count_figure,
-    duplicate_children,
     is_converged,
     log,
+    lost_edits,
     model_deployment,
     percent,
     resources_path,
+    settled_duplicates,
     spread_figure,
     wait_converged,
 )
@@ -197,16 +198,8 @@ def run(run: ChaosRun) -> list[Figure]:
             unconverged_changes = len(changes.pending)
             converge_seconds = list(changes.converge_seconds)
             superseded = changes.superseded
-        duplicates = duplicate_children(api, namespace)
-        lost: list[str] = []
-        for body in api.list(collection)["items"]:
-            name = body["metadata"]["name"]
-            spec_version = body["spec"]["model"]["version"]
-            serving = ((body.get("status") or {}).get("stable") or {}).get("version")
-            if spec_version != changes.written[name] or serving != changes.written[name]:
-                lost.append(f"{name}: wrote {changes.written[name]}, spec {spec_version}, serving {serving}")
-        missing = set(names) - {body["metadata"]["name"] for body in api.list(collection)["items"]}
-        lost += [f"{name}: gone" for name in sorted(missing)]
+        duplicates = settled_duplicates(api, namespace, timeout=60)
+        lost = lost_edits(api, namespace, changes.written)
         errors_metric = operator.metric("modeldeploy_reconcile_total", 'outcome="error"') or 0.0
         error_lines = [
             line
