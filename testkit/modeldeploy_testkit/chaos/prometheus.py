@@ -191,6 +191,7 @@ def run(run: ChaosRun) -> list[Figure]:
 
 def _run(run: ChaosRun, upstream: str) -> list[Figure]:
     size = r8_size(run.short)
+    run.cluster.install_crd()  # a fresh control plane has none yet; applying it again changes nothing
     faults = rounds_of(run, size)
     namespace = run.namespace("prometheus")
     api = run.api

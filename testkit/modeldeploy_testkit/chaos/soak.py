@@ -135,6 +135,7 @@ def version_of(number: int) -> str:
 
 def run(run: ChaosRun) -> list[Figure]:
     size = soak_size(run.short)
+    run.cluster.install_crd()  # a fresh control plane has none yet; applying it again changes nothing
     api = run.api
     namespace = run.namespace("soak")
     names = [f"soak-{index:04d}" for index in range(size.count)]
