@@ -45,6 +45,8 @@ class OperatorProcess:
         self.extra_env = extra_env or {}
         self.namespaces = list(namespaces or [])
         self.metrics_port = free_port()
+        # Its own health endpoint (/healthz, /readyz), which a standby serves too.
+        self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_offset = 0
 
@@ -65,6 +67,7 @@ class OperatorProcess:
         for namespace in self.namespaces:
             command += ["--namespace", namespace]
         command += ["--metrics-bind-address", f"127.0.0.1:{self.metrics_port}"]
+        command += ["--health-bind-address", f"127.0.0.1:{self.health_port}"]
         command += ["--leader-elect-lease-name", self.lease_name or f"modeldeploy-e2e-{uuid.uuid4().hex[:8]}"]
         command += self.extra_args
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -122,6 +125,11 @@ class OperatorProcess:
             if f'namespace="{namespace}"' in line
             and any(word in line.lower() for word in ("failed", "forbidden", "could not"))
         ]
+
+    def health(self, path: str) -> tuple[int, str] | None:
+        """The status and body of /healthz or /readyz, or None when nothing answers."""
+        answer = http_get(f"http://127.0.0.1:{self.health_port}{path}")
+        return (answer.status, answer.body.decode(errors="replace")) if answer is not None else None
 
     def metrics_text(self) -> str | None:
         answer = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")

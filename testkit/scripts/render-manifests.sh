@@ -34,4 +34,4 @@ render() {
 render namespace.yaml --set namespace.create=true --show-only templates/namespace.yaml
 render rbac.yaml --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml --show-only templates/user-roles.yaml
 render status-policy.yaml --show-only templates/status-policy.yaml
-render operator.yaml --show-only templates/deployment.yaml --show-only templates/service.yaml
+render operator.yaml --show-only templates/deployment.yaml --show-only templates/pdb.yaml --show-only templates/service.yaml

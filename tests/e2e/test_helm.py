@@ -146,6 +146,29 @@ def crd_annotations(cluster: Cluster) -> dict[str, str]:
     return annotations
 
 
+def assert_two_replicas_one_writer(cluster: Cluster, namespace: str, name: str, deployment: dict[str, Any]) -> None:
+    """The Deployment as applied: two replicas replaced one at a time, spread over nodes, probed on the operator's
+    own health endpoint; and a PodDisruptionBudget that keeps one through a drain."""
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    [preferred] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["weight"] == 100
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred["podAffinityTerm"]["labelSelector"] == {"matchLabels": selector}
+    [container] = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert any(arg.startswith("--health-bind-address=") for arg in container["args"])
+    budget = json.loads(cluster.kubectl("get", "pdb", name, "-n", namespace, "-o", "json").stdout)
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == {"matchLabels": selector}
+
+
 def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
     cluster: Cluster,
     crd: None,
@@ -166,6 +189,7 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
                 "Role",  # leader election's, in the release namespace
                 "RoleBinding",
                 "Deployment",
+                "PodDisruptionBudget",
                 "Service",
                 "ServiceAccount",
             ]
@@ -176,8 +200,8 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         deployment = json.loads(
             cluster.kubectl("get", "deployment", release.service_account, "-n", namespace, "-o", "json").stdout
         )
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        # Two replicas, one leading (pods on kwok's nodes do not run: the applied objects are what is checked).
+        assert_two_replicas_one_writer(cluster, namespace, release.service_account, deployment)
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
         # What the identity may do: its own resources everywhere, and nothing it does not use.
@@ -266,6 +290,11 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         }
         [deployment] = [doc for doc in docs if doc["kind"] == "Deployment"]
         assert f"--namespace={watched}" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        # The same two replicas and budget in namespaced mode.
+        assert deployment["spec"]["replicas"] == 2
+        [budget] = [doc for doc in docs if doc["kind"] == "PodDisruptionBudget"]
+        assert budget["metadata"]["namespace"] == namespace
+        assert budget["spec"]["maxUnavailable"] == 1
 
         # Allowed in the watched namespace, refused everywhere else.
         assert can_i(cluster, release, "list", "modeldeployments.modeldeploy.io", "-n", watched) == "yes"

@@ -106,6 +106,7 @@ def test_default_install_is_cluster_wide_with_exactly_the_operators_rules() -> N
             "ClusterRoleBinding",
             *LEADER_ELECTION_KINDS,
             "Deployment",
+            "PodDisruptionBudget",
             "Service",
         ]
     )
@@ -152,12 +153,16 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_scoped_but
     assert [doc["kind"] for doc in without_crd if doc["kind"] in CLUSTER_SCOPED] == []
 
 
-def test_operator_pod_is_one_restricted_replica_with_probes() -> None:
+def test_operator_pod_is_two_restricted_replicas_with_probes() -> None:
     docs = template()
     deployment = only(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 30
     assert pod["serviceAccountName"] == "md-modeldeploy"
     assert pod["securityContext"] == {
         "runAsNonRoot": True,
@@ -174,14 +179,62 @@ def test_operator_pod_is_one_restricted_replica_with_probes() -> None:
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
     }
-    assert "--health-endpoint=http://0.0.0.0:8081/healthz" in operator["args"]
+    assert "--health-bind-address=:8081" in operator["args"]
+    assert not any(arg.startswith("--health-endpoint") for arg in operator["args"])
     assert "--metrics-bind-address=:8080" in operator["args"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # The operator's own endpoint, which a standby serves too: kopf's would exist on the leader only.
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert operator["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {port["name"]: port["containerPort"] for port in operator["ports"]} == {"metrics": 8080, "health": 8081}
     service = only(docs, "Service")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_replicas_spread_over_nodes_and_a_budget_keeps_one_through_a_drain() -> None:
+    docs = template()
+    deployment = only(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["template"]["spec"]["affinity"] == {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": selector},
+                    },
+                }
+            ]
+        }
+    }
+    budget = only(docs, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["metadata"]["name"] == "md-modeldeploy"
+    assert budget["metadata"]["namespace"] == "ops"
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    assert only(template("podDisruptionBudget.maxUnavailable=50%"), "PodDisruptionBudget")["spec"][
+        "maxUnavailable"
+    ] == ("50%")
+    # Namespaced mode changes none of it.
+    assert only(template("watch.namespaces={team-a}"), "PodDisruptionBudget")["spec"] == budget["spec"]
+
+
+def test_one_replica_has_no_budget_and_a_given_affinity_replaces_the_default() -> None:
+    single = template("replicaCount=1")
+    deployment = only(single, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    # maxSurge 0: with one replica the old pod stops before the new one starts, as Recreate did.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert not [doc for doc in single if doc["kind"] == "PodDisruptionBudget"]
+    assert not [doc for doc in template("podDisruptionBudget.enabled=false") if doc["kind"] == "PodDisruptionBudget"]
+    term = "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+    docs = template(
+        f"{term}.matchExpressions[0].key=topology.kubernetes.io/zone",
+        f"{term}.matchExpressions[0].operator=Exists",
+    )
+    affinity = only(docs, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert list(affinity) == ["nodeAffinity"]
 
 
 def test_values_reach_the_operator() -> None:
@@ -344,6 +397,8 @@ def test_namespace_is_not_created_unless_asked() -> None:
         ("metrics.serviceMonitor.interval=often", "interval"),
         ("logformat=json", "logformat"),
         ("health.port=8080", "health.port"),
+        ("replicaCount=0", "replicaCount"),
+        ("podDisruptionBudget.maxUnavailable=0", "maxUnavailable"),
         ("analysis.allowedPrometheusURLs={prometheus:9090}", "allowedPrometheusURLs"),
         ("analysis.allowedPrometheusURLs={http://user@prometheus:9090}", "allowedPrometheusURLs"),
         ("analysis.allowedPrometheusURLs=http://prometheus:9090", "allowedPrometheusURLs"),

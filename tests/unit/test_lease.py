@@ -289,3 +289,84 @@ def test_a_failed_attempt_is_logged_not_raised() -> None:
 def test_settings_keep_client_go_s_order(duration: float, deadline: float, retry: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         ElectionSettings(lease_duration=duration, renew_deadline=deadline, retry_period=retry)
+
+
+def test_seconds_until_expiry_counts_from_when_the_lease_was_observed() -> None:
+    store, clock = FakeLeaseStore(), Clock()
+    candidate = elector(store, clock)
+    assert candidate.seconds_until_expiry() is None  # nothing observed yet
+    store.hold("other")
+    assert not candidate.try_acquire_or_renew()
+    assert candidate.seconds_until_expiry() == 15
+    clock.now += 14.25
+    assert candidate.seconds_until_expiry() == pytest.approx(0.75)
+    clock.now += 1
+    assert candidate.seconds_until_expiry() == pytest.approx(-0.25)
+    # Our own Lease, or one without a holder, has nothing to wait out.
+    store.hold("", duration=1)
+    assert candidate.try_acquire_or_renew()
+    assert candidate.seconds_until_expiry() is None
+
+
+def test_a_standby_waits_the_retry_period_or_until_the_observed_lease_expires() -> None:
+    store, clock = FakeLeaseStore(), Clock()
+    store.hold("other")
+    election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
+    assert not election._attempt()
+    assert election.next_wait() == SETTINGS.retry_period
+    clock.now += 14  # 1 s left: shorter than the retry period
+    assert election.next_wait() == pytest.approx(1.0)
+    clock.now += 0.99  # a tiny rest does not become a burst of requests
+    assert election.next_wait() == pytest.approx(0.05)
+    clock.now += 1  # expired, yet the attempt failed (a conflict, an error): back to the usual pace
+    assert election.next_wait() == SETTINGS.retry_period
+
+
+def test_acquire_takes_an_expired_lease_when_it_expires_not_a_retry_period_later() -> None:
+    """With the holder gone just after a renewal, client-go's standby takes over up to a retry period after the
+    expiry; this one wakes at the expiry."""
+    store, clock = FakeLeaseStore(), Clock()
+    store.hold("other")
+    election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
+    clock.now += 0.5  # an attempt out of step with the expiry: 0.5 + k * 2 never hits 15 exactly
+    waits: list[float] = []
+
+    def wait(timeout: float | None = None) -> bool:
+        assert timeout is not None
+        waits.append(timeout)
+        clock.now += timeout
+        return False
+
+    election.stopping.wait = wait  # type: ignore[method-assign]
+    first_seen = clock.now
+    assert election.acquire()
+    assert store.lease is not None
+    assert store.lease["spec"]["holderIdentity"] == "me"
+    assert clock.now - first_seen == pytest.approx(SETTINGS.lease_duration)
+    assert waits == [2.0] * 7 + [pytest.approx(1.0)]
+
+
+def test_a_standby_says_once_who_it_stands_by_for(caplog: pytest.LogCaptureFixture) -> None:
+    store, clock = FakeLeaseStore(), Clock()
+    store.hold("other")
+    election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
+    attempts = 0
+
+    def wait(timeout: float | None = None) -> bool:
+        nonlocal attempts
+        attempts += 1
+        clock.now += 1
+        if attempts == 3:
+            store.hold("another")
+        if attempts == 5:
+            election.stopping.set()
+        return election.stopping.is_set()
+
+    election.stopping.wait = wait  # type: ignore[method-assign]
+    with caplog.at_level("INFO", logger="modeldeploy.lease"):
+        assert not election.acquire()
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Standing by")]
+    assert lines == [
+        'Standing by namespace="ops" name="modeldeploy-operator" identity="me" holder="other"',
+        'Standing by namespace="ops" name="modeldeploy-operator" identity="me" holder="another"',
+    ]

@@ -60,6 +60,7 @@ def test_the_plain_install_has_what_kubectl_apply_needs() -> None:
         ("ValidatingAdmissionPolicy", "modeldeploy-status"),
         ("ValidatingAdmissionPolicyBinding", "modeldeploy-status"),
         ("Deployment", "modeldeploy"),
+        ("PodDisruptionBudget", "modeldeploy"),
         ("Service", "modeldeploy-metrics"),
     }
     [namespace] = load("namespace.yaml")

@@ -6,23 +6,29 @@ import argparse
 import logging
 import signal
 import sys
+import urllib.parse
+from collections.abc import Callable
 
 import prometheus_client
 
 from modeldeploy import redaction
 from modeldeploy.cli.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
+from modeldeploy.cli.health import HealthServer, parse_bind_address
 from modeldeploy.kube import client as kube_client
 from modeldeploy.kube.client import Kube
 from modeldeploy.kube.config import current_namespace, load_settings
 from modeldeploy.kube.lease import (
     DEFAULT_LEASE_NAME,
     ElectionSettings,
+    ElectionStatus,
     KubeLeaseStore,
     LeaderElection,
     LeaderElector,
     exit_now,
     new_identity,
 )
+
+log = logging.getLogger("modeldeploy.cli")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -46,8 +52,12 @@ def _run(args: argparse.Namespace) -> int:
     # Every request names the replica, so the API server's audit log shows which one wrote. Set before any client
     # exists; the client reads it per request.
     kube_client.USER_AGENT = f"{kube_client.USER_AGENT} ({identity})"
-    election = _elect(args, identity) if args.leader_elect else None
-    if args.leader_elect and election is None:
+    election = _election(args, identity) if args.leader_elect else None
+    if args.health_bind_address:
+        host, port = parse_bind_address(args.health_bind_address)
+        # Before the wait for the Lease: a standby must answer its probes too, or it is never live nor Ready.
+        HealthServer(host, port, election.status if election is not None else _single(identity)).start()
+    if election is not None and not _lead(election):
         return 0  # stopped while standing by
     # Importing registers the handlers with kopf's default registry.
     import modeldeploy.main  # noqa: F401
@@ -58,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
-            liveness_endpoint=args.health_endpoint or None,
+            liveness_endpoint=_kopf_liveness_endpoint(args),
         )
     finally:
         # kopf has stopped the controller (its cleanup handler waits for the passes in flight): nothing writes any
@@ -68,10 +78,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _elect(args: argparse.Namespace, identity: str) -> LeaderElection | None:
-    """Stand by until this replica holds the Lease, then keep renewing it; None when stopped before leading.
+def _kopf_liveness_endpoint(args: argparse.Namespace) -> str | None:
+    """kopf's liveness URL (--health-endpoint), unless it is on the port of our own health server.
 
-    Neither kopf nor the controller starts before: a standby makes no watch and no write but its Lease attempts.
+    Manifests from before --health-bind-address ask kopf's endpoint on :8081, which is now our default: there our
+    /healthz answers instead (on a standby too), rather than two servers failing to share the port.
+    """
+    endpoint: str = args.health_endpoint
+    if not endpoint or not args.health_bind_address:
+        return endpoint or None
+    if urllib.parse.urlsplit(endpoint).port != parse_bind_address(args.health_bind_address)[1]:
+        return endpoint
+    log.warning(
+        "Not serving kopf's liveness: its port is the health server's %s",
+        f'health_endpoint="{endpoint}" health_bind_address="{args.health_bind_address}"',
+    )
+    return None
+
+
+def _single(identity: str) -> Callable[[], ElectionStatus]:
+    """Without leader election the one process leads, and there is no Lease whose holder it could name."""
+    status = ElectionStatus(role="leader", identity=identity, holder=None)
+    return lambda: status
+
+
+def _election(args: argparse.Namespace, identity: str) -> LeaderElection:
+    """The election on the Lease of the settings; nothing is asked of the API server yet.
+
     Losing the Lease ends the process at once (exit code 1), so that it stops writing before the Lease can pass on.
     """
     settings = ElectionSettings(
@@ -82,19 +115,26 @@ def _elect(args: argparse.Namespace, identity: str) -> LeaderElection | None:
     namespace = args.leader_elect_namespace or current_namespace()
     name = args.leader_elect_lease_name
     store = KubeLeaseStore(Kube(load_settings(), pool_size=2), namespace, name)
-    election = LeaderElection(LeaderElector(store, name, namespace, identity, settings), on_lost=exit_now)
+    return LeaderElection(LeaderElector(store, name, namespace, identity, settings), on_lost=exit_now)
+
+
+def _lead(election: LeaderElection) -> bool:
+    """Stand by until this replica holds the Lease, then keep renewing it; False when stopped before leading.
+
+    Neither kopf nor the controller starts before: a standby makes no watch and no write but its Lease attempts.
+    """
     # Until kopf runs, SIGTERM (a pod being stopped) and SIGINT end the wait; kopf installs its own handlers later.
     previous = {
         number: signal.signal(number, lambda *_: election.stopping.set()) for number in (signal.SIGTERM, signal.SIGINT)
     }
     try:
         if not election.acquire():
-            return None
+            return False
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
     election.start_renewing()
-    return election
+    return True
 
 
 def _flag(text: str) -> bool:
@@ -181,9 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument(
+        "--health-bind-address",
+        default=":8081",
+        help="serve /healthz (liveness) and /readyz (readiness, names the role) at HOST:PORT, on the leader and on "
+        "a standby (default :8081; empty to disable)",
+    )
+    run.add_argument(
         "--health-endpoint",
         default="",
-        help="serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz (off by default)",
+        help="also serve kopf's liveness at this URL, leader only, e.g. http://0.0.0.0:8082/healthz (off by default; "
+        "kept for compatibility, --health-bind-address replaces it)",
     )
     run.add_argument(
         "--metrics-bind-address",

@@ -200,6 +200,18 @@ class LeaderElector:
         self.renewed_at = now
         return True
 
+    def seconds_until_expiry(self) -> float | None:
+        """Seconds until the Lease as last observed expires for us (negative once it has); None when it has no other
+        holder, i.e. when there is nothing to wait out."""
+        if self._observed is None:
+            return None
+        spec = self._observed.get("spec") or {}
+        holder = str(spec.get("holderIdentity") or "")
+        if not holder or holder == self.identity:
+            return None
+        duration = float(spec.get("leaseDurationSeconds") or self.settings.lease_duration)
+        return self._observed_at + duration - self.clock()
+
     def renew_expired(self) -> bool:
         """True when a leader has gone longer than the renew deadline without a successful renewal."""
         return self.renewed_at is not None and self.clock() - self.renewed_at > self.settings.renew_deadline
@@ -225,6 +237,21 @@ class LeaderElector:
         return True
 
 
+# The shortest wait between two attempts of a standby: it wakes when the observed Lease expires, and a tiny remaining
+# time must not become a burst of requests.
+MIN_RETRY_WAIT = 0.05
+
+
+@dataclass(frozen=True)
+class ElectionStatus:
+    """What the health endpoint says about this replica's part in the election."""
+
+    role: str  # "leader" or "standby"
+    identity: str
+    holder: str | None  # the holder as last observed ("" for none); None without leader election
+    problem: str | None = None  # why the election loop is not working, or None when it is
+
+
 class LeaderElection:
     """The process's side of the election: wait to lead, then keep renewing in a thread and call `on_lost` (which
     must stop every write, e.g. by exiting) when the renew deadline passes or someone else holds the Lease."""
@@ -235,6 +262,9 @@ class LeaderElection:
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
+        # When the last attempt ended (succeeded or failed): a standby whose loop is stuck (a request that hangs, a
+        # dead thread) stops attempting, and its liveness says so. Counted from now until the first attempt ends.
+        self.attempted_at = elector.clock()
         LEADER.labels(identity=elector.identity).set(0)
 
     def _attempt(self) -> bool:
@@ -244,14 +274,50 @@ class LeaderElection:
             # Any failure (the API server away, a timeout) is a failed attempt; the deadline decides what it costs.
             log.warning("Lease attempt failed %s", _kv(identity=self.elector.identity, error=error))
             return False
+        finally:
+            self.attempted_at = self.elector.clock()
+
+    def next_wait(self) -> float:
+        """How long a standby waits after a failed attempt: the retry period, or less when the Lease it observed
+        expires sooner, so that it takes over when the Lease expires rather than up to a retry period later."""
+        retry = self.elector.settings.retry_period
+        remaining = self.elector.seconds_until_expiry()
+        if remaining is None or remaining <= 0:
+            # Nothing to wait out, or already expired and still not ours (a conflict, an error): the usual pace.
+            return retry
+        return min(retry, max(MIN_RETRY_WAIT, remaining))
+
+    def status(self) -> ElectionStatus:
+        """Role, observed holder and liveness, for the health endpoint (any thread may ask)."""
+        elector = self.elector
+        settings = elector.settings
+        now = elector.clock()
+        renewed_at = elector.renewed_at
+        problem = None
+        if renewed_at is not None:
+            # A leader past its renew deadline exits at once (the watchdog); this only covers the moment between.
+            if now - renewed_at > settings.renew_deadline:
+                problem = f"leader: lease not renewed for {now - renewed_at:.1f}s, past the renew deadline"
+        elif not self.stopping.is_set() and now - self.attempted_at > settings.lease_duration + settings.retry_period:
+            # A stopping process no longer attempts on purpose; a standby must, or it could never take over.
+            problem = f"standby: no lease attempt for {now - self.attempted_at:.1f}s"
+        return ElectionStatus(
+            role="leader" if renewed_at is not None else "standby",
+            identity=elector.identity,
+            holder=elector.holder,
+            problem=problem,
+        )
 
     def acquire(self) -> bool:
-        """Try every retry period until we lead (True) or `stopping` is set (False)."""
+        """Try until we lead (True) or `stopping` is set (False): every retry period, and once more as soon as the
+        observed Lease expires, so a standby takes over at most a retry period after the holder's last renewal plus
+        the lease duration (client-go waits up to a further retry period)."""
         elector = self.elector
         log.info(
             "Waiting to lead %s",
             _kv(namespace=elector.namespace, name=elector.name, identity=elector.identity),
         )
+        standing_by_for: str | None = None
         while not self.stopping.is_set():
             if self._attempt():
                 LEADER.labels(identity=elector.identity).set(1)
@@ -260,7 +326,16 @@ class LeaderElection:
                     _kv(namespace=elector.namespace, name=elector.name, identity=elector.identity),
                 )
                 return True
-            self.stopping.wait(elector.settings.retry_period)
+            if elector.holder and elector.holder != standing_by_for:
+                # Once per holder: says which replica leads, without a line every retry period.
+                standing_by_for = elector.holder
+                log.info(
+                    "Standing by %s",
+                    _kv(
+                        namespace=elector.namespace, name=elector.name, identity=elector.identity, holder=elector.holder
+                    ),
+                )
+            self.stopping.wait(self.next_wait())
         return False
 
     def start_renewing(self) -> None:
