@@ -192,16 +192,16 @@ def run(run: ChaosRun) -> list[Figure]:
                 if now >= end:
                     break
                 if now >= next_change:
+                    with changes.lock:
+                        pending = len(changes.pending)
                     chosen = run.rng.sample(names, max(1, round(CHANGED_SHARE * size.count)))
                     for name in chosen:
                         numbers[name] += 1
                     list(pool.map(write, chosen))
                     rounds += 1
-                    with changes.lock:
-                        pending = len(changes.pending)
                     log(
-                        f"  {now - soak_started:.0f} s: changed {len(chosen)} versions (round {rounds}); "
-                        f"{pending} not converged yet; RSS {samples[-1][1] / 1024:.1f} MiB"
+                        f"  {now - soak_started:.0f} s: changed {len(chosen)} versions (round {rounds}); before it "
+                        f"{pending} earlier changes were not converged yet; RSS {samples[-1][1] / 1024:.1f} MiB"
                     )
                     next_change += size.change_every
                 # A clock: the next change or sample is due then, whatever the cluster does.
@@ -236,8 +236,8 @@ def run(run: ChaosRun) -> list[Figure]:
         memory_figure(samples, size, run.short),
         count_figure(
             "reconcile errors",
-            int(errors_metric) + len(error_lines),
-            note=f"metric {errors_metric:g}, log lines {len(error_lines)}"
+            max(int(errors_metric), len(error_lines)),
+            note=f"failed reconciles {errors_metric:g} (its metric), error lines in its log {len(error_lines)}"
             + (f": {error_lines[0][:150]}" if error_lines else ""),
         ),
         converge_figure(converge_seconds, unconverged_changes, superseded),
