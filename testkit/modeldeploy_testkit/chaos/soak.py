@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import requests
+
 from modeldeploy_testkit.bench.common import delete_namespace, proc_status
 from modeldeploy_testkit.chaos.common import (
     FIELD_MANAGER,
@@ -47,7 +49,7 @@ from modeldeploy_testkit.chaos.common import (
     spread_figure,
     wait_converged,
 )
-from modeldeploy_testkit.kubeapi import KubeAPI, Manifest
+from modeldeploy_testkit.kubeapi import ApiError, KubeAPI, Manifest, resource_path
 from modeldeploy_testkit.operator_process import OperatorProcess
 from modeldeploy_testkit.waiting import wait_until
 from modeldeploy_testkit.watches import CollectionWatch
@@ -82,6 +84,13 @@ def soak_size(short: bool) -> SoakSize:
     minutes = float(os.environ.get(MINUTES_VARIABLE) or 30)
     count = int(os.environ.get(COUNT_VARIABLE) or 1000)
     return SoakSize(count, minutes * 60, 60.0, 30.0, 5 / 30, max(300.0, 0.6 * count))
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float  # into the soak
+    rss_kib: int  # the operator's VmRSS
+    deployments: int  # in the namespace (every revision kept, scaled up or not)
 
 
 @dataclass
@@ -129,6 +138,15 @@ def settle(api: KubeAPI, namespace: str, names: list[str], changes: Changes, tim
     return wait_converged(api, namespace, names, left)
 
 
+def count_of(api: KubeAPI, collection: str) -> int:
+    """How many objects a collection holds, from a list of one (the server counts the rest); -1 without an answer."""
+    try:
+        listing = api.get(collection, {"limit": "1"}) or {}
+    except (ApiError, requests.RequestException):
+        return -1
+    return len(listing.get("items") or []) + int((listing.get("metadata") or {}).get("remainingItemCount") or 0)
+
+
 def version_of(number: int) -> str:
     return f"1.{number}.0"
 
@@ -150,6 +168,7 @@ def run(run: ChaosRun) -> list[Figure]:
     changes = Changes()
     watch = CollectionWatch(api, resources_path(namespace), changes.observe, timeout_seconds=290)
     collection = resources_path(namespace)
+    deployments = resource_path("apps/v1", "deployments", namespace)
     numbers = dict.fromkeys(names, 0)
     try:
         operator.start()
@@ -175,7 +194,7 @@ def run(run: ChaosRun) -> list[Figure]:
                 changes.converge_seconds.clear()
                 changes.pending.clear()
 
-            samples: list[tuple[float, int]] = []  # (seconds into the soak, VmRSS KiB)
+            samples: list[Sample] = []
             soak_started = time.monotonic()
             next_change = soak_started + size.change_every
             next_sample = soak_started
@@ -187,7 +206,7 @@ def run(run: ChaosRun) -> list[Figure]:
                     rss = proc_status(pid).get("VmRSS")
                     if rss is None:
                         raise AssertionError(f"the operator (pid {pid}) is gone; see {operator.log_path}")
-                    samples.append((now - soak_started, rss))
+                    samples.append(Sample(now - soak_started, rss, count_of(api, deployments)))
                     next_sample += size.sample_every
                 if now >= end:
                     break
@@ -201,7 +220,7 @@ def run(run: ChaosRun) -> list[Figure]:
                     rounds += 1
                     log(
                         f"  {now - soak_started:.0f} s: changed {len(chosen)} versions (round {rounds}); before it "
-                        f"{pending} earlier changes were not converged yet; RSS {samples[-1][1] / 1024:.1f} MiB"
+                        f"{pending} earlier changes were not converged yet; RSS {samples[-1].rss_kib / 1024:.1f} MiB"
                     )
                     next_change += size.change_every
                 # A clock: the next change or sample is due then, whatever the cluster does.
@@ -258,20 +277,23 @@ def converge_figure(samples: list[float], unconverged: int, superseded: int) -> 
     return Figure(figure.name, figure.value, figure.goal, figure.ok and not unconverged, note)
 
 
-def memory_figure(samples: list[tuple[float, int]], size: SoakSize, short: bool) -> Figure:
-    """Growth of VmRSS from the sample nearest `baseline_fraction` of the run to the last one."""
+def memory_figure(samples: list[Sample], size: SoakSize, short: bool) -> Figure:
+    """Growth of VmRSS from the sample nearest `baseline_fraction` of the run to the last one. The note says how
+    many Deployments the namespace held at both (old revisions are kept, scaled to zero, so the operator's cache of
+    them grows with the changes: growth beside them is not necessarily a leak)."""
     name = "operator memory growth (VmRSS)"
     goal = f"< {MEMORY_GROWTH_GOAL_PERCENT:g} %" + (" (informational)" if short else "")
     if len(samples) < 2:
         return Figure(name, "too few samples", goal, short, f"{len(samples)} samples")
     baseline_at = size.baseline_fraction * size.seconds
-    base_time, base = min(samples, key=lambda sample: abs(sample[0] - baseline_at))
-    end_time, last = samples[-1]
-    growth = percent(last - base, base)
-    peak = max(rss for _, rss in samples)
+    base = min(samples, key=lambda sample: abs(sample.seconds - baseline_at))
+    last = samples[-1]
+    growth = percent(last.rss_kib - base.rss_kib, base.rss_kib)
+    peak = max(sample.rss_kib for sample in samples)
     value = f"{growth:+.1f} %" if math.isfinite(growth) else "n/a"
     note = (
-        f"{base / 1024:.1f} MiB at {base_time:.0f} s -> {last / 1024:.1f} MiB at {end_time:.0f} s; "
-        f"peak {peak / 1024:.1f} MiB; {len(samples)} samples"
+        f"{base.rss_kib / 1024:.1f} MiB at {base.seconds:.0f} s -> {last.rss_kib / 1024:.1f} MiB at "
+        f"{last.seconds:.0f} s; peak {peak / 1024:.1f} MiB; {len(samples)} samples; Deployments in the namespace "
+        f"{base.deployments} -> {last.deployments}"
     )
     return Figure(name, value, goal, short or growth < MEMORY_GROWTH_GOAL_PERCENT, note)
