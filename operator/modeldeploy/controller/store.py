@@ -2,11 +2,15 @@
 
 reconcile() reads its snapshot of one resource instead of asking the API server: a pass with nothing to change
 makes no API call at all, and a late watch event never undoes a newer write (resourceVersions are compared).
+
+Objects are held as compact JSON, not as dicts: a Deployment decoded into Python objects takes several times the
+memory of its JSON, the Store holds every child of every resource (old revisions included), and a pass decodes
+only the few objects of one resource. Decoding also gives each pass its own copy, as a deep copy did before.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +37,11 @@ def owner_key(child: Manifest) -> Key | None:
     return None
 
 
-def _newer_or_equal(candidate: Manifest, current: Manifest | None) -> bool:
-    """Whether `candidate` is at least as new as `current`, so a late watch event cannot undo a newer write."""
+def _newer_or_equal(new_version: str, current: _Packed | None) -> bool:
+    """Whether `new_version` is at least as new as `current`, so a late watch event cannot undo a newer write."""
     if current is None:
         return True
-    new_version = candidate["metadata"].get("resourceVersion", "")
-    old_version = current["metadata"].get("resourceVersion", "")
+    old_version = current.resource_version
     if new_version.isdigit() and old_version.isdigit():
         # Opaque by contract, but etcd's are increasing integers; anything else is taken as newer.
         return int(new_version) >= int(old_version)
@@ -54,6 +57,32 @@ class Children:
         return self.deployments if kind == "Deployment" else self.services
 
 
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    """One object as the Store holds it: its resourceVersion, to compare without decoding, and its JSON."""
+
+    resource_version: str
+    data: bytes
+
+    @classmethod
+    def of(cls, body: Manifest) -> _Packed:
+        version = str(body["metadata"].get("resourceVersion", ""))
+        return cls(version, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+
+    def body(self) -> Manifest:
+        decoded: Manifest = json.loads(self.data)
+        return decoded
+
+
+@dataclass
+class _PackedChildren:
+    deployments: dict[str, _Packed] = field(default_factory=dict)
+    services: dict[str, _Packed] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> dict[str, _Packed]:
+        return self.deployments if kind == "Deployment" else self.services
+
+
 def slim(body: Manifest) -> Manifest:
     """The object without metadata.managedFields, which the operator never reads: on a Deployment they are often
     larger than everything else, and the Store holds every child of every resource."""
@@ -64,19 +93,20 @@ def slim(body: Manifest) -> Manifest:
 
 
 class Store:
-    """What the operator has seen of its resources and their children (less their managedFields). Thread-safe."""
+    """What the operator has seen of its resources and their children (less their managedFields), as compact JSON.
+    Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._parents: dict[Key, Manifest] = {}
-        self._children: dict[Key, Children] = {}
+        self._parents: dict[Key, _Packed] = {}
+        self._children: dict[Key, _PackedChildren] = {}
 
     def put_parent(self, body: Manifest) -> None:
-        body = slim(body)
+        packed = _Packed.of(slim(body))
         key = key_of(body)
         with self._lock:
-            if _newer_or_equal(body, self._parents.get(key)):
-                self._parents[key] = body
+            if _newer_or_equal(packed.resource_version, self._parents.get(key)):
+                self._parents[key] = packed
 
     def remove_parent(self, key: Key) -> None:
         with self._lock:
@@ -90,7 +120,7 @@ class Store:
             current = self._parents.get(key)
             if current is None:
                 return False
-            if resource_version is not None and current["metadata"].get("resourceVersion") != resource_version:
+            if resource_version is not None and current.resource_version != resource_version:
                 return False
             del self._parents[key]
             self._children.pop(key, None)
@@ -106,23 +136,21 @@ class Store:
         with the resourceVersion held, for forget()."""
         with self._lock:
             return [
-                (key, str(body["metadata"].get("resourceVersion", "")))
-                for key, body in self._parents.items()
-                if key[0] == namespace
-                and key[1] not in listed
-                and _newer_or_equal({"metadata": {"resourceVersion": list_version}}, body)
+                (key, packed.resource_version)
+                for key, packed in self._parents.items()
+                if key[0] == namespace and key[1] not in listed and _newer_or_equal(list_version, packed)
             ]
 
     def put_child(self, body: Manifest) -> Key | None:
         key = owner_key(body)
         if key is None:
             return None
-        body = slim(body)
+        packed = _Packed.of(slim(body))
         name = body["metadata"]["name"]
         with self._lock:
-            existing = self._children.setdefault(key, Children()).of_kind(body["kind"])
-            if _newer_or_equal(body, existing.get(name)):
-                existing[name] = body
+            existing = self._children.setdefault(key, _PackedChildren()).of_kind(body["kind"])
+            if _newer_or_equal(packed.resource_version, existing.get(name)):
+                existing[name] = packed
         return key
 
     def remove_child(self, body: Manifest) -> Key | None:
@@ -136,10 +164,20 @@ class Store:
         return key
 
     def snapshot(self, key: Key) -> tuple[Manifest | None, Children]:
+        """The resource and its children as last seen, decoded: copies the pass may change."""
         with self._lock:
             parent = self._parents.get(key)
-            children = self._children.get(key, Children())
-            return copy.deepcopy(parent), Children(dict(children.deployments), dict(children.services))
+            children = self._children.get(key, _PackedChildren())
+            deployments = dict(children.deployments)
+            services = dict(children.services)
+        # Decoded outside the lock: the packed objects are immutable, and decoding is the slow part.
+        return (
+            parent.body() if parent is not None else None,
+            Children(
+                {name: packed.body() for name, packed in deployments.items()},
+                {name: packed.body() for name, packed in services.items()},
+            ),
+        )
 
     def keys(self) -> list[Key]:
         with self._lock:
