@@ -181,3 +181,44 @@ def test_a_name_taken_between_the_read_and_the_write_is_a_conflict_not_a_takeove
     assert cluster.objects[("Service", "models", f"{NAME}-stable")]["spec"]["selector"] == {"app": "someone-elses"}
     harness.run()
     assert f"Service/{NAME}-stable (no controller)" in harness.status["message"]
+
+
+def test_a_resource_created_again_during_a_watch_gap_takes_its_names_once_the_old_children_are_gone(
+    harness: Harness,
+) -> None:
+    """Deleted and created again while the watches were away: garbage collection removed the predecessor's children,
+    and a re-list reports no deletion. What the Store held of them is not a conflict: the new resource rolls out."""
+    harness.settle()
+    stale = {key: copy.deepcopy(body) for key, body in harness.cluster.objects.items() if key[0] != api.KIND}
+    for key in stale:
+        del harness.cluster.objects[key]
+    resource = harness.cluster.resource(harness.key)
+    resource["metadata"]["uid"] = "uid-second"
+    resource.pop("status")
+    harness.observe()
+    harness.settle()
+    assert harness.status["phase"] == "Healthy"
+    owners = {
+        body["metadata"]["ownerReferences"][0]["uid"]
+        for key, body in harness.cluster.objects.items()
+        if key[0] != api.KIND
+    }
+    assert owners == {"uid-second"}
+
+
+def test_a_stale_child_of_another_owner_in_the_store_is_read_again_before_it_is_called_a_conflict(
+    harness: Harness,
+) -> None:
+    """The Store may hold a child that is gone (its deletion fell into a watch gap): the name is free if the API
+    server says so, and the Store forgets the stale copy."""
+    harness.settle()
+    ours = harness.cluster.objects[("Service", "models", f"{NAME}-canary")]
+    stale = copy.deepcopy(ours)
+    stale["metadata"]["ownerReferences"][0]["uid"] = "uid-earlier"
+    stale["metadata"]["resourceVersion"] = str(int(ours["metadata"]["resourceVersion"]) + 1000)
+    harness.store.put_child(stale)
+    writes = harness.run()
+    assert not [write for write in writes if write.split()[0] in {"apply", "scale", "delete"}]
+    assert harness.status["phase"] == "Healthy"
+    _, children = harness.store.snapshot(harness.key)
+    assert children.services[f"{NAME}-canary"]["metadata"]["ownerReferences"][0]["uid"] != "uid-earlier"

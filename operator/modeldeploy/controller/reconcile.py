@@ -151,12 +151,19 @@ def claim_children(
     The Store holds only what the watches show (labelled as ours, controlled by a ModelDeployment of this name), so
     a name it lacks is read once from the API server: an unlabelled Service or another owner's Deployment exists all
     the same, and applying onto it would take it over. What the read finds and this resource owns (say, before the
-    watches caught up after a restart) goes into the Store and into `children`."""
+    watches caught up after a restart) goes into the Store and into `children`. So is a name the Store holds under
+    another owner: read again, since what the Store holds may be gone."""
     taken = []
     for manifest in wanted:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         known = children.of_kind(kind)
         current = known.get(name)
+        if current is not None and not owned_by(current, uid):
+            # Not ours as far as the Store knows; but it may be gone (deleted during a watch gap, which a re-list
+            # does not report) or a stale copy. A name is called taken only on what the API server says now.
+            store.remove_child(current)
+            del known[name]
+            current = None
         if current is None:
             current = kube.get_child(kind, manifest["metadata"]["namespace"], name)
             if current is None:
@@ -165,7 +172,6 @@ def claim_children(
                 store.put_child(current)
                 known[name] = current
                 continue
-        if not owned_by(current, uid):
             taken.append(current)
     return taken
 

@@ -100,17 +100,28 @@ class Store:
         self._lock = threading.Lock()
         self._parents: dict[Key, _Packed] = {}
         self._children: dict[Key, _PackedChildren] = {}
+        self._uids: dict[Key, str] = {}
 
     def put_parent(self, body: Manifest) -> None:
         packed = _Packed.of(slim(body))
         key = key_of(body)
+        uid = str(body["metadata"].get("uid", ""))
         with self._lock:
-            if _newer_or_equal(packed.resource_version, self._parents.get(key)):
-                self._parents[key] = packed
+            current = self._parents.get(key)
+            if not _newer_or_equal(packed.resource_version, current):
+                return
+            self._parents[key] = packed
+            if current is not None and self._uids.get(key) != uid:
+                # Deleted and created again: what the Store holds of the predecessor's children may be gone
+                # already (a watch gap reports no deletion). Its children that still exist come back with their
+                # next watch event; a pass reads by name any child it needs before it writes.
+                self._children.pop(key, None)
+            self._uids[key] = uid
 
     def remove_parent(self, key: Key) -> None:
         with self._lock:
             self._parents.pop(key, None)
+            self._uids.pop(key, None)
 
     def forget(self, key: Key, resource_version: str | None = None) -> bool:
         """Drop a resource that is gone and everything seen of its children (garbage collection deletes them, and
@@ -123,6 +134,7 @@ class Store:
             if resource_version is not None and current.resource_version != resource_version:
                 return False
             del self._parents[key]
+            self._uids.pop(key, None)
             self._children.pop(key, None)
             return True
 
