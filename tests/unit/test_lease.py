@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import urllib3
 
 from modeldeploy.kube.client import Manifest
 from modeldeploy.kube.lease import (
@@ -275,9 +276,20 @@ def test_acquire_waits_until_stopped() -> None:
     assert not election.acquire()
 
 
-def test_a_failed_attempt_is_logged_not_raised() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("unreachable"),
+        # What the client's pool raises while the API server restarts: not an OSError.
+        urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused"),  # type: ignore[arg-type]
+        urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+        urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out."),  # type: ignore[arg-type]
+    ],
+    ids=["oserror", "new-connection", "protocol", "read-timeout"],
+)
+def test_a_failed_attempt_is_logged_not_raised(error: Exception) -> None:
     store, clock = FakeLeaseStore(), Clock()
-    store.fail_with = OSError("unreachable")
+    store.fail_with = error
     election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
     assert not election._attempt()
 

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Protocol
 
+import urllib3
+
 from modeldeploy.api.times import format_time
 from modeldeploy.kube.client import ApiError, Kube, Manifest
 from modeldeploy.metrics import LEADER
@@ -228,7 +230,7 @@ class LeaderElector:
         }
         try:
             self.store.update(released)
-        except (LeaseConflictError, ApiError, OSError) as error:
+        except (LeaseConflictError, ApiError, OSError, urllib3.exceptions.HTTPError) as error:
             log.warning("Could not release the lease %s", _kv(identity=self.identity, error=error))
             return False
         finally:
@@ -270,8 +272,9 @@ class LeaderElection:
     def _attempt(self) -> bool:
         try:
             return self.elector.try_acquire_or_renew()
-        except (ApiError, OSError, ValueError) as error:
+        except (ApiError, OSError, ValueError, urllib3.exceptions.HTTPError) as error:
             # Any failure (the API server away, a timeout) is a failed attempt; the deadline decides what it costs.
+            # urllib3's connection errors are not OSErrors: the pool raises them as they are, without retries.
             log.warning("Lease attempt failed %s", _kv(identity=self.elector.identity, error=error))
             return False
         finally:
