@@ -12,6 +12,11 @@ rollout strategy is Immediate: a soak is about what hours of changes do to the o
 duplicates), not about canary steps, whose pauses would make each change last minutes and measure the steps'
 durations instead; R8 and the canary tests cover the steps.
 
+Before the clock starts, every resource changes version a few times (the warm-up), until what the operator keeps
+of it on purpose has its steady size: old revisions scaled to zero and history entries, both capped (the operator
+runs with MODELDEPLOY_RETAINED_REVISIONS=3 and MODELDEPLOY_HISTORY_LIMIT=3). Growth after that is what a soak is
+for: memory the operator should not hold.
+
 Figures: every resource converged to its last written version within a deadline after the last change; no
 duplicate children (Deployments scaled up, pods beyond spec.replicas); no lost spec edit (spec and serving
 version are the last written ones); the operator's resident memory (VmRSS, /proc/<pid>/status, every 30 s; every
@@ -66,6 +71,11 @@ MEMORY_GROWTH_GOAL_PERCENT = 10.0
 # A version change is a new Deployment whose one kwok pod is Ready at once, then the old one scaled to zero.
 CONVERGE_GOAL_SECONDS = 60.0
 ERROR_LOG_MARKERS = ("Reconcile failed", "Traceback")
+# What the operator keeps per resource is capped: old revisions (MODELDEPLOY_RETAINED_REVISIONS, scaled to zero) and
+# history entries (MODELDEPLOY_HISTORY_LIMIT). One more warm-up round than either cap fills both before the soak.
+RETAINED_REVISIONS = 3
+HISTORY_LIMIT = 3
+WARMUP_ROUNDS = max(RETAINED_REVISIONS, HISTORY_LIMIT) + 1
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,15 @@ def run(run: ChaosRun) -> list[Figure]:
     # Pods wait for the ServiceAccount controller's `default`; so does the case, before timing anything.
     account = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
     wait_until(lambda: api.get(account) is not None, timeout=60, what=f"the default ServiceAccount of {namespace}")
-    operator = OperatorProcess(run.cluster, run.directory / "operator-soak.log", namespaces=[namespace])
+    operator = OperatorProcess(
+        run.cluster,
+        run.directory / "operator-soak.log",
+        namespaces=[namespace],
+        extra_env={
+            "MODELDEPLOY_RETAINED_REVISIONS": str(RETAINED_REVISIONS),
+            "MODELDEPLOY_HISTORY_LIMIT": str(HISTORY_LIMIT),
+        },
+    )
     changes = Changes()
     watch = CollectionWatch(api, resources_path(namespace), changes.observe, timeout_seconds=290)
     collection = resources_path(namespace)
@@ -189,8 +207,20 @@ def run(run: ChaosRun) -> list[Figure]:
             log(f"applied {size.count} in {time.monotonic() - started:.0f} s; waiting for them to converge")
             first = settle(api, namespace, names, changes, size.settle_seconds)
             log(f"  {len(first)}/{size.count} converged after {time.monotonic() - started:.0f} s")
+            # Warm-up: every resource changes version until what the operator keeps of it has its steady size
+            # (old revisions kept scaled to zero, history entries, both capped). The soak then looks for growth
+            # that should not be there, not for state it keeps on purpose.
+            for warm_round in range(WARMUP_ROUNDS):
+                for name in names:
+                    numbers[name] += 1
+                list(pool.map(write, names))
+                warmed = settle(api, namespace, names, changes, size.settle_seconds)
+                log(
+                    f"  warm-up {warm_round + 1}/{WARMUP_ROUNDS}: {len(warmed)}/{size.count} converged after "
+                    f"{time.monotonic() - started:.0f} s; {count_of(api, deployments)} Deployments"
+                )
             with changes.lock:
-                # The first rollout is not a version change: its times are not in the figure.
+                # The first rollout and the warm-up are not the soak's changes: their times are not in the figure.
                 changes.converge_seconds.clear()
                 changes.pending.clear()
 
