@@ -39,6 +39,9 @@ class FakeLeaseStore:
         self.version = 0
         self.writes: list[Manifest] = []
         self.fail_with: Exception | None = None
+        self.watch_fails_with: Exception | None = None
+        self.watches: list[tuple[str | None, float]] = []
+        self.clock: Clock | None = None  # moved by a watch that times out, when set
 
     def _stamp(self, lease: Manifest) -> Manifest:
         self.version += 1
@@ -67,6 +70,18 @@ class FakeLeaseStore:
         if lease["metadata"].get("resourceVersion") != self.lease["metadata"]["resourceVersion"]:
             raise LeaseConflictError("the object has been modified")
         return self._stamp(lease)
+
+    def wait_for_change(self, resource_version: str | None, timeout: float) -> bool:
+        """A watch from `resource_version`: True at once when the Lease is newer, else (nothing changes while a
+        test waits) False after `timeout` of the test's clock, or the error set for watches."""
+        self.watches.append((resource_version, timeout))
+        if self.watch_fails_with is not None:
+            raise self.watch_fails_with
+        if self.lease is not None and self.lease["metadata"]["resourceVersion"] != resource_version:
+            return True
+        if self.clock is not None:
+            self.clock.now += timeout
+        return False
 
     def hold(self, holder: str, duration: int = 15, **spec: Any) -> None:
         """Someone else writes the Lease."""
@@ -382,3 +397,42 @@ def test_a_standby_says_once_who_it_stands_by_for(caplog: pytest.LogCaptureFixtu
         'Standing by namespace="ops" name="modeldeploy-operator" identity="me" holder="other"',
         'Standing by namespace="ops" name="modeldeploy-operator" identity="me" holder="another"',
     ]
+
+
+def test_a_standby_wakes_as_soon_as_the_lease_changes_not_at_its_next_retry() -> None:
+    """A graceful stop releases the Lease: the watch from the version last seen returns at once, and the standby
+    attempts again without waiting out its retry period."""
+    store, clock = FakeLeaseStore(), Clock()
+    store.hold("other")
+    election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
+    assert not election._attempt()
+    observed = election.elector.observed_version
+    store.hold("")  # released
+    started = time.monotonic()
+    election._wait(2.0)
+    assert time.monotonic() - started < 1.0
+    assert store.watches == [(observed, 2.0)]
+
+
+def test_a_standby_whose_watch_times_out_waits_no_longer_than_the_retry_period() -> None:
+    store, clock = FakeLeaseStore(), Clock()
+    store.clock = clock
+    store.hold("other")
+    election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
+    assert not election._attempt()
+    before = clock.now
+    started = time.monotonic()
+    election._wait(2.0)
+    assert clock.now - before == 2.0  # the watch's own timeout, on the test's clock
+    assert time.monotonic() - started < 1.0  # and nothing waited after it
+
+
+def test_a_failed_watch_falls_back_to_waiting_the_rest_of_the_time() -> None:
+    store, clock = FakeLeaseStore(), Clock()
+    store.hold("other")
+    store.watch_fails_with = urllib3.exceptions.ProtocolError("Connection aborted.")
+    election = LeaderElection(elector(store, clock), on_lost=lambda _: None)
+    assert not election._attempt()
+    started = time.monotonic()
+    election._wait(0.3)
+    assert time.monotonic() - started >= 0.25

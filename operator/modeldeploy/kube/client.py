@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import urllib.parse
 from collections import Counter
@@ -207,6 +208,38 @@ class Kube:
             return {}
         answer: Manifest = json.loads(response.data)
         return answer
+
+    def wait_for_event(self, path: str, query: Mapping[str, str], timeout: float) -> bool:
+        """Open a watch on `path` (query: its selectors and resourceVersion) and wait at most `timeout` seconds for
+        its first event: True when one came, whatever it says; False when the time passed without one. The stream
+        is closed either way: a caller that wants the object reads it."""
+        headers = {"Accept": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
+        pool, token = self._connection()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        seconds = max(1, math.ceil(timeout))
+        parameters = {**query, "watch": "1", "timeoutSeconds": str(seconds)}
+        url = self._base + path + "?" + urllib.parse.urlencode(parameters)
+        response = pool.request(
+            "GET",
+            url,
+            headers=headers,
+            preload_content=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+        )
+        try:
+            if response.status >= 400:
+                raise ApiError(response.status, response.reason or _phrase(response.status), response.data.decode())
+            try:
+                for chunk in response.stream(4096):
+                    if chunk.strip():
+                        return True
+            except urllib3.exceptions.ReadTimeoutError:
+                return False
+            return False
+        finally:
+            response.close()
 
     # --- children ---------------------------------------------------------------------------------------------
 
