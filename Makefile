@@ -91,7 +91,7 @@ demo: install cluster-up ## Control plane + operator + an example rollout
 	$(SCRIPTS)/demo.sh
 
 .PHONY: chaos
-# Needs root for the node agent (R8's model servers); the soak (R10) alone takes 30 minutes.
+# About an hour in all: the soak (R10) alone is 30 minutes after a warm-up. R8 starts Prometheus when none runs.
 chaos: install cluster-up tools-prometheus ## The failure suite: every case, full size, a random seed; prints figures and goals
 	$(PY) -m modeldeploy_testkit.chaos
 
