@@ -356,6 +356,24 @@ def leadership_audit(
     return LeadershipAudit(len(writes), by_non_leader, unattributed, tuple(holders))
 
 
+# Lines of an operator's log that say something failed: a pass, a measurement, or anything with a traceback.
+ERROR_LOG_MARKERS = ("Traceback", "Reconcile failed", "Measuring failed")
+
+
+def errors_figure(operator: OperatorProcess) -> Figure:
+    """Failed reconciles, by the operator's own metric and by the error lines of its log; the goal is none."""
+    failed = int(operator.metric("modeldeploy_reconcile_total", 'outcome="error"') or 0.0)
+    lines = [
+        line
+        for line in operator.log_path.read_text(errors="replace").splitlines()
+        if any(marker in line for marker in ERROR_LOG_MARKERS)
+    ]
+    note = f"failed reconciles {failed} (its metric), error lines in its log {len(lines)}"
+    return count_figure(
+        "reconcile errors", max(failed, len(lines)), note=note + (f": {lines[0][:150]}" if lines else "")
+    )
+
+
 def audit_figure(result: LeadershipAudit) -> Figure:
     note = "; ".join(result.by_non_leader[:3])
     if result.unattributed:

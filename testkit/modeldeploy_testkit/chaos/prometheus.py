@@ -38,6 +38,7 @@ from modeldeploy_testkit.chaos.common import (
     ChaosRun,
     Figure,
     count_figure,
+    errors_figure,
     is_converged,
     log,
     model_deployment,
@@ -65,7 +66,6 @@ NO_DATA = (NAN, EMPTY_RESULT)
 ROLLED_BACK = "rolled back"
 PAUSED = "paused"
 CONTROL = "healthy Prometheus, failing threshold"
-ERROR_LOG_MARKERS = ("Traceback", "Reconcile failed", "Measuring failed")
 
 
 @dataclass(frozen=True)
@@ -222,17 +222,12 @@ def _run(run: ChaosRun, upstream: str) -> list[Figure]:
             finally:
                 current.requests = dict(relay.requests)
                 relay.stop()
-        errors_metric = operator.metric("modeldeploy_reconcile_total", 'outcome="error"') or 0.0
-        error_lines = [
-            line
-            for line in operator.log_path.read_text(errors="replace").splitlines()
-            if any(marker in line for marker in ERROR_LOG_MARKERS)
-        ]
+        errors = errors_figure(operator)
     finally:
         watch.stop()
         run.cleanup(namespace)
         operator.stop()
-    return figures(rounds, observer, int(errors_metric), error_lines)
+    return figures(rounds, observer, errors)
 
 
 def play(run: ChaosRun, current: Round, size: R8Size, collection: str, observer: Observer) -> None:
@@ -307,7 +302,7 @@ def play(run: ChaosRun, current: Round, size: R8Size, collection: str, observer:
     log(f"  after the fault: {len(done)}/{len(current.names)} promoted {GOOD}")
 
 
-def figures(rounds: list[Round], observer: Observer, errors_metric: int, error_lines: list[str]) -> list[Figure]:
+def figures(rounds: list[Round], observer: Observer, errors: Figure) -> list[Figure]:
     result = [
         count_figure(
             "promoted on bad metrics", len(observer.promoted_on_bad), note="; ".join(observer.promoted_on_bad[:3])
@@ -341,14 +336,7 @@ def figures(rounds: list[Round], observer: Observer, errors_metric: int, error_l
             f"{recovered}/{total} promoted {GOOD}",
         )
     )
-    result.append(
-        count_figure(
-            "operator errors/tracebacks in its log",
-            max(errors_metric, len(error_lines)),
-            note=f"failed reconciles {errors_metric} (its metric), error lines in its log {len(error_lines)}"
-            + (f": {error_lines[0][:150]}" if error_lines else ""),
-        )
-    )
+    result.append(errors)
     for fault, reasons in sorted(observer.reasons.items()):
         seen = "; ".join(f"{count}x {shape}" for shape, count in reasons.most_common(3))
         result.append(Figure(f"reasons seen: {fault}", str(sum(reasons.values())), "(informational)", True, seen))

@@ -44,6 +44,7 @@ from modeldeploy_testkit.chaos.common import (
     Figure,
     converged_figure,
     count_figure,
+    errors_figure,
     is_converged,
     log,
     lost_edits,
@@ -70,7 +71,6 @@ THREADS = 16
 MEMORY_GROWTH_GOAL_PERCENT = 10.0
 # A version change is a new Deployment whose one kwok pod is Ready at once, then the old one scaled to zero.
 CONVERGE_GOAL_SECONDS = 60.0
-ERROR_LOG_MARKERS = ("Reconcile failed", "Traceback")
 # What the operator keeps per resource is capped: old revisions (MODELDEPLOY_RETAINED_REVISIONS, scaled to zero) and
 # history entries (MODELDEPLOY_HISTORY_LIMIT). One more warm-up round than either cap fills both before the soak.
 RETAINED_REVISIONS = 3
@@ -266,12 +266,7 @@ def run(run: ChaosRun) -> list[Figure]:
             superseded = changes.superseded
         duplicates = settled_duplicates(api, namespace, timeout=60)
         lost = lost_edits(api, namespace, changes.written)
-        errors_metric = operator.metric("modeldeploy_reconcile_total", 'outcome="error"') or 0.0
-        error_lines = [
-            line
-            for line in operator.log_path.read_text(errors="replace").splitlines()
-            if any(marker in line for marker in ERROR_LOG_MARKERS)
-        ]
+        errors = errors_figure(operator)
     finally:
         watch.stop()
         log(f"deleting namespace {namespace} and waiting until it is gone")
@@ -283,12 +278,7 @@ def run(run: ChaosRun) -> list[Figure]:
         count_figure("duplicate children", duplicates),
         count_figure("lost spec edits", len(lost), note="; ".join(lost[:3])),
         memory_figure(samples, size, run.short),
-        count_figure(
-            "reconcile errors",
-            max(int(errors_metric), len(error_lines)),
-            note=f"failed reconciles {errors_metric:g} (its metric), error lines in its log {len(error_lines)}"
-            + (f": {error_lines[0][:150]}" if error_lines else ""),
-        ),
+        errors,
         converge_figure(converge_seconds, unconverged_changes, superseded),
         Figure(
             "namespace deleted",
