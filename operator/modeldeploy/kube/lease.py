@@ -36,6 +36,9 @@ from modeldeploy.metrics import LEADER
 log = logging.getLogger("modeldeploy.lease")
 
 DEFAULT_LEASE_NAME = "modeldeploy-operator"
+# What a Lease request may raise when the API server is away or refuses: urllib3's connection errors are not
+# OSErrors (the pool raises them as they are, without retries).
+REQUEST_ERRORS = (ApiError, OSError, ValueError, urllib3.exceptions.HTTPError)
 LEASE_PREFIX = "/apis/coordination.k8s.io/v1"
 
 
@@ -290,9 +293,8 @@ class LeaderElection:
     def _attempt(self) -> bool:
         try:
             return self.elector.try_acquire_or_renew()
-        except (ApiError, OSError, ValueError, urllib3.exceptions.HTTPError) as error:
+        except REQUEST_ERRORS as error:
             # Any failure (the API server away, a timeout) is a failed attempt; the deadline decides what it costs.
-            # urllib3's connection errors are not OSErrors: the pool raises them as they are, without retries.
             log.warning("Lease attempt failed %s", _kv(identity=self.elector.identity, error=error))
             return False
         finally:
@@ -367,7 +369,7 @@ class LeaderElection:
         try:
             if self.elector.store.wait_for_change(self.elector.observed_version, seconds):
                 return
-        except (ApiError, OSError, ValueError, urllib3.exceptions.HTTPError) as error:
+        except REQUEST_ERRORS as error:
             log.debug("Lease watch failed %s", _kv(identity=self.elector.identity, error=error))
         self.stopping.wait(max(0.0, seconds - (self.elector.clock() - started)))
 
