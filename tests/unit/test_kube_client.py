@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3
 
+from modeldeploy.kube import client
 from modeldeploy.kube.client import (
     USER_AGENT,
     ApiError,
@@ -272,6 +273,28 @@ def test_writes_are_not_retried(kube: Kube, server: FakeApiServer) -> None:
     with pytest.raises(ApiError):
         kube.scale_deployment("ns", "web-r1", 1)
     assert len(server.requests) == 1
+
+
+def test_the_write_fence_stops_a_write_before_it_is_sent(
+    kube: Kube, server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse() -> None:
+        raise RuntimeError("not the leader")
+
+    monkeypatch.setattr(client, "WRITE_FENCE", refuse)
+    writes: list[Callable[[], object]] = [
+        lambda: kube.apply(deployment()),
+        lambda: kube.scale_deployment("ns", "web-r1", 1),
+        lambda: kube.delete_deployment("ns", "web-r1"),
+        lambda: kube.patch_status("ns", "web", {"phase": "Healthy"}),
+        lambda: kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Promoted", "done"),
+    ]
+    for write in writes:
+        with pytest.raises(RuntimeError, match="not the leader"):
+            write()
+    assert kube.get_resource("ns", "web") is not None  # reads are not fenced
+    assert [request.method for request in server.requests] == ["GET"]
+    assert sum(kube.writes.values()) == 0
 
 
 def test_proxy_settings_in_the_environment_are_ignored(server: FakeApiServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from modeldeploy.kube.lease import (
     LeaderElection,
     LeaderElector,
     LeaseConflictError,
+    NotLeadingError,
 )
 from modeldeploy.metrics import LEADER
 
@@ -255,6 +256,28 @@ def test_the_renewing_threads_call_on_lost_within_the_renew_deadline() -> None:
     assert lost.wait(timeout=5)
     assert time.monotonic() - failing_since < fast.lease_duration
     assert time.monotonic() - started > fast.renew_deadline
+
+
+def test_the_write_fence_lets_a_leader_write_until_its_renew_deadline_passes() -> None:
+    store, clock = FakeLeaseStore(), Clock()
+    lost: list[str] = []
+    election = LeaderElection(elector(store, clock), on_lost=lost.append)
+    with pytest.raises(NotLeadingError, match="not leading"):
+        election.fence()  # a standby never writes
+    lost.clear()
+    election.stopping.clear()
+    assert election.acquire()
+    clock.now += SETTINGS.renew_deadline
+    election.fence()  # renewed just within the deadline: the write may go
+    assert lost == []
+    # Frozen past the deadline (the renewing threads had no chance to run): the first write stops the process.
+    clock.now += 0.1
+    with pytest.raises(NotLeadingError, match="not renewed within 10s"):
+        election.fence()
+    assert lost == ["not renewed within 10s"]
+    with pytest.raises(NotLeadingError):
+        election.fence()  # and every write after it, with on_lost called once
+    assert lost == ["not renewed within 10s"]
 
 
 def test_release_on_shutdown_frees_the_lease_for_the_next_at_once() -> None:

@@ -57,8 +57,10 @@ def _run(args: argparse.Namespace) -> int:
         host, port = parse_bind_address(args.health_bind_address)
         # Before the wait for the Lease: a standby must answer its probes too, or it is never live nor Ready.
         HealthServer(host, port, election.status if election is not None else _single(identity)).start()
-    if election is not None and not _lead(election):
-        return 0  # stopped while standing by
+    if election is not None:
+        if not _lead(election):
+            return 0  # stopped while standing by
+        kube_client.WRITE_FENCE = election.fence
     # Importing registers the handlers with kopf's default registry.
     import modeldeploy.main  # noqa: F401
 

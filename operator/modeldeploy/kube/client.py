@@ -14,7 +14,7 @@ import math
 import threading
 import urllib.parse
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -31,6 +31,10 @@ from modeldeploy.metrics import API_WRITES
 log = logging.getLogger("modeldeploy.kube")
 
 USER_AGENT = "modeldeploy/0.1.0"
+# Asked before every write; it raises (or ends the process) to stop the write. The leader election sets it: a leader
+# that was frozen (SIGSTOP, a paused VM, a long GC pause) past its renew deadline must not send even one write when it
+# wakes, before its watchdog thread gets the chance to notice. None without leader election.
+WRITE_FENCE: Callable[[], None] | None = None
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
 JSON_CONTENT_TYPE = "application/json"
@@ -168,6 +172,10 @@ class Kube:
             return self._pool, credential.token
 
     def _count(self, verb: str, kind: str) -> None:
+        """Called by every write before it is sent: the fence may stop it, else it is counted."""
+        fence = WRITE_FENCE
+        if fence is not None:
+            fence()
         with self._lock:
             self.writes[f"{verb} {kind}"] += 1
         API_WRITES.labels(verb=verb, kind=kind).inc()

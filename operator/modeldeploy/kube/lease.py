@@ -46,6 +46,10 @@ class LeaseConflictError(Exception):
     """Someone else wrote the Lease (409) or created it first: our decision was made from a stale version."""
 
 
+class NotLeadingError(Exception):
+    """A write was stopped because this replica may no longer hold the Lease."""
+
+
 class LeaseStore(Protocol):
     """Where the Lease lives: the API server, or a fake in tests."""
 
@@ -387,6 +391,23 @@ class LeaderElection:
         LEADER.labels(identity=self.elector.identity).set(0)
         log.error("Lost leadership %s", _kv(identity=self.elector.identity, reason=reason))
         self.on_lost(reason)
+
+    def fence(self) -> None:
+        """The write fence (kube.client.WRITE_FENCE): raises NotLeadingError, after `on_lost`, unless this replica
+        renewed the Lease within the renew deadline. Checked against the monotonic clock, which runs on while the
+        process is stopped, so a leader that wakes after its Lease may have passed on stops before its first write
+        rather than when the watchdog thread next looks."""
+        elector = self.elector
+        if elector.renewed_at is None:
+            reason = "not leading"
+        elif elector.renew_expired():
+            reason = f"not renewed within {elector.settings.renew_deadline:g}s"
+        elif self.stopping.is_set():
+            reason = "stopping"
+        else:
+            return
+        self._lost(reason)
+        raise NotLeadingError(f"write refused: {reason}")
 
     def _renew_loop(self) -> None:
         elector = self.elector
