@@ -58,10 +58,11 @@ REPLICAS = 2
 STABLE, CANARY = "1.0.0", "2.0.0"
 INTERVAL_SECONDS = 3
 # The runtime's prediction histogram has no series until the first prediction (its request counters exist at zero
-# from the start), and increase() needs two scrapes of a series: predictionShift has data some 2-4 s after the
-# canary's first request, which comes up to a second after its pod is Ready. Without this delay the first
-# measurement, one 3 s interval after Ready, is often Inconclusive for that reason alone.
-INITIAL_DELAY = "4s"
+# from the start), and increase() needs two scrapes of a series. A new pod reaches Prometheus' scrape pools at most
+# every 5 s (its discovery manager sends target updates no more often), and the canary takes its first request up to
+# a second after it is Ready: the canary's data can be some 8 s late. Without this delay the first measurement, one
+# 3 s interval after Ready, is sometimes Inconclusive for that reason alone, and these tests allow no Inconclusive.
+INITIAL_DELAY = "8s"
 WINDOW = "10s"
 READY_TIMEOUT = 120.0
 CUSTOM_QUERY = (
@@ -132,6 +133,21 @@ def serve_stable(cluster: Cluster, namespace: str, artifact: Artifact, rollout: 
     apply(cluster, namespace, model_deployment(NAME, artifact, STABLE, REPLICAS, rollout))
     return wait_for_status(
         cluster, namespace, NAME, healthy(STABLE, REPLICAS), timeout=READY_TIMEOUT, what=f"{STABLE} Healthy"
+    )
+
+
+def wait_until_traffic_is_measured(prometheus: Prometheus, namespace: str) -> None:
+    """Before a rollout under traffic: Prometheus holds the stable's predictions, so a measurement that finds no data
+    can only be the canary's start-up, never a stable whose series had yet to be scraped twice."""
+    query = (
+        f'sum(increase(modeldeploy_model_prediction_value_count{{namespace="{namespace}", version="{STABLE}"}}'
+        f"[{WINDOW}]))"
+    )
+    wait_until(
+        lambda: any(float(sample["value"][1]) > 0 for sample in prometheus.query(query)),
+        timeout=60,
+        interval=0.5,
+        what=f"Prometheus to see the stable's predictions ({query})",
     )
 
 
@@ -467,6 +483,7 @@ def test_healthy_version_is_promoted_step_by_step_on_successful_measurements(
         SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic,
         StatusHistory(api, namespace, NAME) as history,
     ):
+        wait_until_traffic_is_measured(prometheus, namespace)
         rollout_started = time.time()
         roll_out(cluster, namespace, models.echo)  # the same model file: a new version that behaves the same
         final = wait_for_rollout(
@@ -564,6 +581,7 @@ def test_version_failing_a_fifth_of_requests_is_rolled_back_by_success_rate(
     steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "60s"}}]
     serve_stable(cluster, namespace, models.echo, rollout_with_analysis(prometheus.url, steps))
     with SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic:
+        wait_until_traffic_is_measured(prometheus, namespace)
         rollout_started = time.time()
         roll_out(cluster, namespace, models.flaky)
         canary_revision = canary_revision_of(cluster, namespace)
@@ -600,6 +618,7 @@ def test_version_with_shifted_predictions_is_rolled_back_by_prediction_shift(
     steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "60s"}}]
     serve_stable(cluster, namespace, models.echo, rollout_with_analysis(prometheus.url, steps))
     with SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic:
+        wait_until_traffic_is_measured(prometheus, namespace)
         rollout_started = time.time()
         roll_out(cluster, namespace, models.shifted)
         canary_revision = canary_revision_of(cluster, namespace)
@@ -709,6 +728,7 @@ def test_prometheus_outage_counts_errors_and_rolls_back_at_the_limit(
         rollout = rollout_with_analysis(forwarder.url, steps, consecutiveErrorLimit=limit)
         serve_stable(cluster, namespace, models.echo, rollout)
         with SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic:
+            wait_until_traffic_is_measured(prometheus, namespace)
             roll_out(cluster, namespace, models.echo)
             canary_revision = canary_revision_of(cluster, namespace)
             before = wait_for_rollout(
@@ -763,6 +783,7 @@ def test_restarted_operator_resumes_the_analysis_with_its_counts(
         SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic,
         StatusHistory(api, namespace, NAME) as history,
     ):
+        wait_until_traffic_is_measured(prometheus, namespace)
         roll_out(cluster, namespace, models.echo)
         before = wait_for_rollout(
             cluster,
