@@ -155,7 +155,7 @@ def test_a_patch_carries_the_series_first_and_last_time() -> None:
 
 def test_the_cache_forgets_the_least_recently_used() -> None:
     correlator = EventCorrelator(max_entries=2)
-    occurrences = [(n, WEB, reason, "m") for n, reason in enumerate(("A", "B", "A", "C", "A", "B"))]
+    occurrences: list[Occurrence] = [(n, WEB, reason, "m") for n, reason in enumerate(("A", "B", "A", "C", "A", "B"))]
     # A, used again before C came, stays; B, the least recent, made room for C and starts a new Event.
     assert run(occurrences, correlator) == [
         ("create", "a", 1),
