@@ -302,6 +302,9 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         assert can_i(cluster, release, "list", "modeldeployments.modeldeploy.io", "-n", other) == "no"
         assert can_i(cluster, release, "create", "deployments.apps", "-n", other) == "no"
         assert can_i(cluster, release, "create", "events", "-n", other) == "no"
+        # A repeated Event is a patch of the one it repeats.
+        assert can_i(cluster, release, "patch", "events", "-n", watched) == "yes"
+        assert can_i(cluster, release, "patch", "events", "-n", other) == "no"
         assert can_i(cluster, release, "list", "modeldeployments.modeldeploy.io", "--all-namespaces") == "no"
 
         kubeconfig = cluster.token_kubeconfig(release.service_account, release.namespace, tmp_path / "kubeconfig")

@@ -47,6 +47,20 @@ def test_a_service_and_a_deployment_of_a_childs_name_survive_untouched(cluster: 
     reasons = [event["reason"] for event in get(cluster, "events", "-n", namespace)["items"]]
     assert "ChildConflict" in reasons
 
+    def conflict_events() -> list[dict[str, Any]]:
+        items = get(cluster, "events", "-n", namespace)["items"]
+        return [event for event in items if event["reason"] == "ChildConflict"]
+
+    # The look again 30 s later finds the same conflict: counted on the same Event, not a new one.
+    wait_until(
+        lambda: any(event.get("count", 1) >= 2 for event in conflict_events()),
+        timeout=90,
+        interval=2,
+        what="the ChildConflict Event to count a retry",
+    )
+    [event] = conflict_events()
+    assert event["lastTimestamp"] > event["firstTimestamp"], event
+
     for (kind, name), before in theirs.items():
         after = get(cluster, kind, name, "-n", namespace)
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], f"{kind}/{name} changed"

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from modeldeploy.api import models as api
 from modeldeploy.controller.store import Key, Manifest, Store
 from modeldeploy.kube.client import ApiError
+from modeldeploy.kube.events import EventCorrelator, InvolvedObject
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ class FakeCluster:
         self.objects: dict[tuple[str, str, str], Manifest] = {}
         self.writes: Counter[str] = Counter()
         self.events: list[RecordedEvent] = []
+        """Every Event recorded, repeats included (see event_counts for the Event objects they make)."""
+        self.event_counts: dict[str, int] = {}
+        """Event objects by name, with their count."""
+        self.correlator = EventCorrelator()
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """The time Events are stamped with: a Harness sets its own."""
         self.fail_next: dict[str, ApiError] = {}
         """Method name -> the error its next call raises (once), as the API server would answer."""
         self.reads: Counter[str] = Counter()
@@ -217,5 +226,10 @@ class FakeCluster:
         return copy.deepcopy(body)
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None:
-        self.writes["create Event"] += 1
+        """Aggregated as Kube does it (the same EventCorrelator): a repeat is a patch of the Event it repeats."""
+        metadata = resource["metadata"]
+        involved = InvolvedObject(metadata["namespace"], metadata["name"], str(metadata.get("uid") or ""))
+        write = self.correlator.observe(involved, event_type, reason, message, self.clock())
+        self.writes["create Event" if write.create else "patch Event"] += 1
         self.events.append(RecordedEvent(event_type, reason, message))
+        self.event_counts[write.name] = write.count

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from modeldeploy.kube.client import (
     transient,
 )
 from modeldeploy.kube.config import ConnectionSettings
+from modeldeploy.kube.events import COMBINED_PREFIX, SIMILAR_LIMIT, EventCorrelator
 
 from .tls import SERVER_NAME, ConnectProxy, FakeApiServer, Pki, Recorded, server_tls
 
@@ -196,10 +199,12 @@ def test_post_event(kube: Kube, server: FakeApiServer) -> None:
     assert event["firstTimestamp"] == event["lastTimestamp"]
     assert event["firstTimestamp"].endswith("Z")
     del event["firstTimestamp"], event["lastTimestamp"]
+    name = event["metadata"]["name"]
+    assert re.fullmatch(r"web\.[0-9a-f]{16}", name), name
     assert event == {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": "web.", "namespace": "ns"},
+        "metadata": {"name": name, "namespace": "ns"},
         "involvedObject": {
             "apiVersion": "modeldeploy.io/v1alpha1",
             "kind": "ModelDeployment",
@@ -242,6 +247,128 @@ def test_an_event_in_a_terminating_namespace_is_only_a_debug_line(
     caplog.set_level(logging.DEBUG, logger="modeldeploy.kube")
     kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Created", "m")
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+WEB = {"metadata": {"name": "web", "namespace": "ns", "uid": "u-1", "resourceVersion": "42"}}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def recorder(server: FakeApiServer, clock: Clock) -> Kube:
+    """A client whose Events are stamped by a clock the test moves."""
+    return Kube(ConnectionSettings(server=server.url), pool_size=1, clock=clock)
+
+
+def test_a_repeated_event_is_counted_on_the_first_one(recorder: Kube, server: FakeApiServer, clock: Clock) -> None:
+    recorder.post_event(WEB, "Warning", "ChildConflict", "Service/web is not ours")
+    for _ in range(2):
+        clock.now += timedelta(seconds=30)
+        recorder.post_event(WEB, "Warning", "ChildConflict", "Service/web is not ours")
+    create, *patches = server.requests
+    name = create.json()["metadata"]["name"]
+    assert (create.method, create.json()["count"]) == ("POST", 1)
+    assert create.json()["firstTimestamp"] == create.json()["lastTimestamp"] == "2025-03-01T12:00:00Z"
+    assert [(p.method, p.path, p.headers["content-type"], p.json()) for p in patches] == [
+        (
+            "PATCH",
+            f"/api/v1/namespaces/ns/events/{name}",
+            "application/merge-patch+json",
+            {"count": count, "lastTimestamp": f"2025-03-01T12:0{minute}:{second}Z"},
+        )
+        for count, minute, second in ((2, 0, 30), (3, 1, "00"))
+    ]
+    assert recorder.writes == {"create Event": 1, "patch Event": 2}
+
+
+def test_a_repeat_of_an_expired_event_creates_it_again_with_its_count(
+    recorder: Kube, server: FakeApiServer, clock: Clock
+) -> None:
+    recorder.post_event(WEB, "Warning", "ReconcileError", "refused")
+    clock.now += timedelta(minutes=5)
+    recorder.post_event(WEB, "Warning", "ReconcileError", "refused")
+    gone = status_body(404, "not found", "NotFound")
+    server.reply = lambda request: (404, gone) if request.method == "PATCH" else (200, request.json())
+    clock.now += timedelta(minutes=5)
+    recorder.post_event(WEB, "Warning", "ReconcileError", "refused")
+    assert [request.method for request in server.requests] == ["POST", "PATCH", "PATCH", "POST"]
+    first, again = server.requests[0].json(), server.requests[-1].json()
+    assert again["metadata"] == first["metadata"]
+    assert (again["count"], again["firstTimestamp"], again["lastTimestamp"]) == (
+        3,
+        "2025-03-01T12:00:00Z",
+        "2025-03-01T12:10:00Z",
+    )
+    assert recorder.writes == {"create Event": 2, "patch Event": 2}
+
+
+def test_a_repeat_after_the_window_is_a_new_event(recorder: Kube, server: FakeApiServer, clock: Clock) -> None:
+    recorder.post_event(WEB, "Warning", "ReconcileError", "refused")
+    clock.now += timedelta(minutes=10, seconds=1)
+    recorder.post_event(WEB, "Warning", "ReconcileError", "refused")
+    first, second = (request.json() for request in server.requests)
+    assert [request.method for request in server.requests] == ["POST", "POST"]
+    assert first["metadata"]["name"] != second["metadata"]["name"]
+    assert second["count"] == 1
+
+
+def test_events_of_other_objects_reasons_or_messages_are_apart(recorder: Kube, server: FakeApiServer) -> None:
+    other = {"metadata": {"name": "web", "namespace": "ns", "uid": "u-2"}}  # deleted and created again
+    recorder.post_event(WEB, "Normal", "PhaseHealthy", "2/2 ready")
+    recorder.post_event(other, "Normal", "PhaseHealthy", "2/2 ready")
+    recorder.post_event(WEB, "Normal", "PhaseProgressing", "2/2 ready")
+    recorder.post_event(WEB, "Normal", "PhaseHealthy", "1/2 ready")
+    recorder.post_event(WEB, "Warning", "PhaseHealthy", "2/2 ready")
+    assert [request.method for request in server.requests] == ["POST"] * 5
+    assert len({request.json()["metadata"]["name"] for request in server.requests}) == 5
+
+
+def test_many_messages_of_one_reason_are_combined(recorder: Kube, server: FakeApiServer) -> None:
+    for n in range(SIMILAR_LIMIT + 1):
+        recorder.post_event(WEB, "Warning", "AnalysisMeasurementFailed", f"latency: {n} is above max 0.05")
+    own = server.requests[: SIMILAR_LIMIT - 1]
+    combined, repeat = server.requests[SIMILAR_LIMIT - 1 :]
+    assert [request.method for request in own] == ["POST"] * (SIMILAR_LIMIT - 1)
+    assert combined.method == "POST"
+    assert combined.json()["message"] == f"{COMBINED_PREFIX}latency: {SIMILAR_LIMIT - 1} is above max 0.05"
+    assert repeat.method == "PATCH"
+    assert repeat.path.endswith("/" + combined.json()["metadata"]["name"])
+    assert repeat.json() == {
+        "count": 2,
+        "lastTimestamp": combined.json()["lastTimestamp"],
+        "message": f"{COMBINED_PREFIX}latency: {SIMILAR_LIMIT} is above max 0.05",
+    }
+
+
+def test_the_event_cache_is_bounded(server: FakeApiServer, clock: Clock) -> None:
+    kube = Kube(ConnectionSettings(server=server.url), pool_size=1, clock=clock, events=EventCorrelator(max_entries=2))
+    for reason in ("A", "B", "C", "A"):
+        kube.post_event(WEB, "Normal", reason, "m")
+    # A was forgotten to make room for C: its repeat is a new Event.
+    assert [request.method for request in server.requests] == ["POST"] * 4
+
+
+def test_an_event_that_cannot_be_sent_is_logged_not_raised(
+    server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    kube = Kube(ConnectionSettings(server=server.url), pool_size=1)
+    server.stop()  # nothing listens any more: the connection is refused
+    caplog.set_level(logging.WARNING, logger="modeldeploy.kube")
+    kube.post_event(WEB, "Normal", "Promoted", "done")
+    [record] = caplog.records
+    assert record.getMessage().startswith('Could not record Event reason="Promoted" error="')
+    assert kube.writes == {"create Event": 1}
 
 
 def test_api_error_carries_status_reason_and_body(kube: Kube, server: FakeApiServer) -> None:

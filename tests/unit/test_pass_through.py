@@ -162,7 +162,7 @@ def test_a_stored_spec_with_two_value_sources_is_degraded_and_names_the_field(co
         "env": [{"name": "A", "valueFrom": {"secretKeyRef": SECRET, "fieldRef": {"fieldPath": "spec.nodeName"}}}]
     }
     harness = Harness(config, {**SPEC, "runtime": runtime})
-    assert harness.run() == Counter({STATUS_WRITE: 1})
+    assert harness.run() == Counter({STATUS_WRITE: 1, "create Event": 1})
     degraded = next(c for c in harness.status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidSpec"
     assert degraded["message"].startswith("spec.runtime.env.0.valueFrom: ")

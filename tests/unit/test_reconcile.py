@@ -27,7 +27,7 @@ from modeldeploy.controller.reconcile import QuerierFactory, reconcile
 from modeldeploy.controller.store import Key, Store
 from modeldeploy.kube.client import ApiError
 
-from .fake_cluster import FakeCluster
+from .fake_cluster import FakeCluster, RecordedEvent
 from .prometheus_server import MisbehavingPrometheus, misbehaving_prometheus
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -56,6 +56,7 @@ class Harness:
         self.config = config
         self.key: Key = self.cluster.create_resource(spec, name=name)
         self.now = START
+        self.cluster.clock = lambda: self.now
         self.queried: list[tuple[str, str]] = []
         self.answers: list[Sample] | QueryError = [Sample(labels={}, value=1.0)]
         self.queriers: QuerierFactory = self.querier
@@ -146,11 +147,17 @@ def test_a_whole_canary_writes_status_at_most_once_per_pass(harness: Harness) ->
         "PhaseProgressing",
         # The spec's sklearn model has no sha256: said once for the new revision.
         "UnverifiedArtifact",
+        "StepCompleted",
         "PhasePaused",
+        "StepCompleted",
         "PhaseProgressing",
         "Promoted",
         "PhaseHealthy",
     ]
+    steps = [event.message for event in harness.cluster.events if event.reason == "StepCompleted"]
+    assert steps == ["Step 1/2 of 2.0.0 completed (setWeight 50)", "Step 2/2 of 2.0.0 completed (pause 30s)"]
+    # Each transition is one Event of its own: nothing repeated, nothing patched.
+    assert sum(writes["patch Event"] for writes in history) == 0
 
 
 def test_events_are_posted_only_with_the_status_write_that_records_them(harness: Harness) -> None:
@@ -260,12 +267,13 @@ def test_deleting_a_deployment_that_is_already_gone_is_not_an_error(config: Oper
 def test_an_invalid_stored_spec_is_degraded_with_one_write_and_no_children(config: OperatorConfig) -> None:
     harness = Harness(config, {**SPEC, "replicas": -3})
     writes = harness.run()
-    assert writes == Counter({STATUS_WRITE: 1})
+    assert writes == Counter({STATUS_WRITE: 1, "create Event": 1})
     assert harness.status["phase"] == "Degraded"
     degraded = next(c for c in harness.status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidSpec"
     assert "spec.replicas" in degraded["message"]
-    assert harness.run() == Counter()
+    assert harness.cluster.events == [RecordedEvent("Warning", "InvalidSpec", degraded["message"])]
+    assert harness.run() == Counter(), "said once: nothing is retried until the spec changes"
 
 
 PROMETHEUS = "http://prometheus.monitoring:9090"
@@ -405,7 +413,8 @@ def test_an_address_not_allowed_is_invalid_never_asked_and_its_canary_rolled_bac
     assert all(m["message"].startswith(f"not measured: {field}: ") for m in metric["measurements"])
     assert condition(status, "Degraded")["reason"] == "InvalidSpec"
     assert condition(status, "Degraded")["lastTransitionTime"] == degraded_since, "no flapping"
-    assert [e.reason for e in harness.cluster.events].count("AnalysisMeasurementError") == 3
+    # Said when the errors began, not once per measurement: status.analysis counts them.
+    assert [e.reason for e in harness.cluster.events].count("AnalysisMeasurementError") == 1
 
 
 def test_an_address_made_allowed_ends_the_refusal(config: OperatorConfig) -> None:
@@ -708,9 +717,10 @@ def test_a_child_the_api_server_refuses_is_degraded_with_its_reason(harness: Har
     assert f"({status}): " in degraded["message"]
     assert harness.status["phase"] == "Degraded"
     assert [event.reason for event in harness.cluster.events] == ["ReconcileError"]
-    # Refused again on the next try: nothing new to say, nothing written.
+    # Refused again on the next try: status stays as it is, and the retry is counted on the same Event.
     harness.cluster.fail_next["apply"] = ApiError(status, "Refused", body)
-    assert harness.run(timedelta(minutes=1)) == Counter()
+    assert harness.run(timedelta(minutes=5)) == Counter({"patch Event": 1})
+    assert list(harness.cluster.event_counts.values()) == [2]
     # Accepted once the cause is gone (a webhook's policy changed, a quota raised): the rollout carries on.
     harness.run(timedelta(minutes=1))
     harness.cluster.make_ready(harness.store)

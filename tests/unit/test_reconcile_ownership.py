@@ -76,11 +76,13 @@ def test_an_unlabelled_service_is_never_taken_over(harness: Harness) -> None:
     # Only the names the Store lacks were read, once each.
     assert harness.cluster.reads == {"get Deployment": 1, "get Service": 3}
 
-    # The same conflict again: nothing written, no second Event, and a look again later.
-    harness.observe()
-    before = dict(harness.cluster.writes)
+    # The same conflict at each look again: status is not written again, and each retry is counted on the one
+    # Event (a patch of its count), not a new Event object per attempt.
+    for count in (2, 3, 4):
+        harness.observe()
+        assert harness.run(timedelta(seconds=CONFLICT_RECHECK_SECONDS)) == {"patch Event": 1}
+        assert list(harness.cluster.event_counts.values()) == [count]
     requeue = reconcile(harness.cluster, harness.store, harness.config, harness.key, harness.now, harness.queriers)
-    assert harness.cluster.writes == before
     assert requeue == CONFLICT_RECHECK_SECONDS
 
 

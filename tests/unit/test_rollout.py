@@ -823,6 +823,10 @@ def test_canary_walks_through_its_steps() -> None:
     assert conds(p.status)["Ready"] == ("False", "Paused")
     assert p.requeue_after == 60
     assert p.replicas == {V1: 4, V2: 1}
+    assert [(e.reason, e.message) for e in p.events] == [
+        ("StepCompleted", "Step 1/4 of 2.0 completed (setWeight 20)"),
+        ("PhasePaused", p.status.message),
+    ]
 
     p = canary_step(seen("1.0", 4, 4), seen("2.0", 1, 1), status=p.status, now=at(150))
     assert p.status.phase == "Paused"
@@ -837,6 +841,10 @@ def test_canary_walks_through_its_steps() -> None:
     assert p.status.phase == "Progressing"
     assert p.replicas == {V1: 4, V2: 3}
     assert p.requeue_after == DEADLINE
+    assert [(e.reason, e.message) for e in p.events] == [
+        ("StepCompleted", "Step 2/4 of 2.0 completed (pause 60s)"),
+        ("PhaseProgressing", p.status.message),
+    ]
 
     p = canary_step(seen("1.0", 4, 4), seen("2.0", 3, 3), status=p.status, now=at(200))
     assert p.replicas == {V1: 2, V2: 3}
@@ -888,7 +896,7 @@ def test_open_pause_waits_for_a_promote_request() -> None:
         seen("1.0", 4, 4), seen("2.0", 1, 1), status=p.status, now=at(50_010), steps=OPEN_PAUSE, commands=request
     )
     assert p.status.acknowledged.promote == "promote-1"
-    assert ("Normal", "PauseEnded") in reasons(p.events)
+    assert reasons(p.events) == [("Normal", "PauseEnded"), ("Normal", "PhaseProgressing")], "not StepCompleted too"
     assert weights(p.status) == (2, 100, 20)
     assert p.replicas == {V1: 4, V2: 5}
     assert p.status.stepStartedAt == ts(50_010)

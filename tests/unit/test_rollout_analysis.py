@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from modeldeploy.analysis import measure as analysis
 from modeldeploy.api import models as api
 from modeldeploy.rollout.plan import ObservedRevision, Plan
@@ -119,6 +121,47 @@ def test_a_step_advances_on_successful_measurements_taken_during_it_and_the_cana
     assert "promoted with 4 Successful measurements" in promoted.status.analysis.message
 
 
+@pytest.mark.parametrize(
+    ("phases", "warnings"),
+    [
+        pytest.param(["Failed"], [["AnalysisMeasurementFailed"]], id="first-failure"),
+        pytest.param(["Failed", "Failed", "Failed"], [["AnalysisMeasurementFailed"], [], []], id="keeps-failing"),
+        pytest.param(
+            ["Successful", "Failed", "Successful", "Failed"],
+            [[], ["AnalysisMeasurementFailed"], [], ["AnalysisMeasurementFailed"]],
+            id="fails-again-after-a-success",
+        ),
+        pytest.param(
+            ["Error", "Error", "Failed", "Error"],
+            [["AnalysisMeasurementError"], [], ["AnalysisMeasurementFailed"], ["AnalysisMeasurementError"]],
+            id="errors-then-failures",
+        ),
+        pytest.param(["Inconclusive", "Successful"], [[], []], id="no-warning-otherwise"),
+    ],
+)
+def test_a_warning_when_a_metric_starts_failing_not_per_measurement(
+    phases: list[str], warnings: list[list[str]]
+) -> None:
+    """Limits high enough that nothing stops the canary: only the Warnings are looked at."""
+    plan, spec = start_canary(failureLimit=10, consecutiveErrorLimit=10, inconclusiveLimit=10)
+    seen = []
+    for n, phase in enumerate(phases):
+        seconds = 6 + 5 * n
+        measurements = {"success-rate": measured(phase, seconds, 0.5 if phase == "Failed" else None)}
+        plan = step(
+            "2.0",
+            *settled(plan),
+            status=plan.status,
+            now=at(seconds),
+            steps=[{"setWeight": 50}, {"pause": {}}],
+            analysis=spec,
+            measurements=measurements,
+        )
+        assert plan.status.canary is not None
+        seen.append([reason for reason in events(plan) if reason.startswith("AnalysisMeasurement")])
+    assert seen == warnings
+
+
 def test_a_failed_measurement_over_the_limit_rolls_back_naming_metric_value_and_threshold() -> None:
     ready, spec = start_canary(failureLimit=1)
     failing = {
@@ -153,7 +196,7 @@ def test_a_failed_measurement_over_the_limit_rolls_back_naming_metric_value_and_
     assert status.history[0].outcome == "RolledBack"
     assert status.history[0].reason == "AnalysisFailed"
     assert aborted.replicas == {V1: 3, V2: 0}
-    assert "AnalysisMeasurementFailed" in events(aborted)
+    assert "AnalysisMeasurementFailed" not in events(aborted), "said when the metric began failing, not again"
     assert "AnalysisFailed" in events(aborted)
     assert status.analysis is not None
     assert status.analysis.phase == "Failed"

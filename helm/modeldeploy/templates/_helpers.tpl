@@ -60,8 +60,8 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
-# Events for every transition.
+# Events for every transition; a repeat is counted on the Event it repeats (a patch of its count).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end }}

@@ -264,7 +264,11 @@ def _hold(
     events: list[rollout.Event],
     now: datetime,
 ) -> None:
-    """Status as it was but Degraded and not Ready with `reason`, and a Warning Event with the write that says so."""
+    """Status as it was but Degraded and not Ready with `reason`, and a Warning Event of `reason`.
+
+    The Warning is recorded on every hold, not only with the status write that starts it: each retry that stays held
+    is counted on the same Event (count and lastTimestamp, see kube/events.py), as Kubernetes' own controllers count
+    a failure that repeats, so the Event says how long and how often, and does not expire while the hold lasts."""
     namespace, name = key_of(parent)
     message = analysis.cap_message(message)
     generation = int(parent["metadata"].get("generation", 0))
@@ -282,8 +286,9 @@ def _hold(
     log.warning('Holding namespace="%s" name="%s" reason="%s" message="%s"', namespace, name, reason, message)
     # The repairs' Events (if any) go out with the write that records them, as in a pass that carries on.
     if _write_status(kube, store, parent, status, force=bool(events)):
-        for event in [*events, rollout.Event("Warning", reason, message)]:
+        for event in events:
             kube.post_event(parent, event.type, event.reason, event.message)
+    kube.post_event(parent, "Warning", reason, message)
 
 
 def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
@@ -424,7 +429,8 @@ def _pass(
     except ValidationError as error:
         # Admission should have refused it; an object stored before a schema change can still be invalid.
         status = _invalid_status(parent, error, now)
-        _write_status(kube, store, parent, status)
+        if _write_status(kube, store, parent, status):
+            kube.post_event(parent, "Warning", "InvalidSpec", status.message or "")
         return None
     resource = resource.model_copy(update={"status": stored_status})
 

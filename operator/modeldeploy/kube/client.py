@@ -22,9 +22,9 @@ from typing import Any
 import urllib3
 
 from modeldeploy.api import models as api
-from modeldeploy.api.times import format_time
 from modeldeploy.config import FIELD_MANAGER
 from modeldeploy.kube.config import ConnectionSettings, Credentials
+from modeldeploy.kube.events import EventCorrelator, EventWrite, InvolvedObject
 from modeldeploy.kube.exec_plugin import Credential
 from modeldeploy.metrics import API_WRITES
 
@@ -41,6 +41,8 @@ JSON_CONTENT_TYPE = "application/json"
 METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 30.0
+EVENT_MESSAGE_LIMIT = 1024
+"""Characters of an Event's message that are sent: the limit of `note`, the same field in events.k8s.io/v1."""
 
 Manifest = dict[str, Any]
 
@@ -119,7 +121,14 @@ def _segment(value: str) -> str:
 class Kube:
     """Typed, counted access to the objects the operator reads and writes. Thread-safe."""
 
-    def __init__(self, settings: ConnectionSettings, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        pool_size: int = 8,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventCorrelator | None = None,
+    ) -> None:
         self.settings = settings
         self._base = settings.server.rstrip("/")
         self._credentials = Credentials(settings)
@@ -130,6 +139,8 @@ class Kube:
         self._pool: urllib3.PoolManager | None = None
         self._pool_certificate: tuple[str | None, str | None] = (None, None)
         self.writes: Counter[str] = Counter()
+        self._clock = clock
+        self._events = events if events is not None else EventCorrelator()
         if settings.exec_plugin is None:
             self._pool = self._new_pool(None)  # a bad certificate or key fails here, at start-up
 
@@ -357,39 +368,83 @@ class Kube:
         return self.patch_status(namespace, name, {"commands": {command: body}})
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None:
+        """Record an Event about `resource`, as client-go's recorder does: a repeat within the aggregation window is
+        counted on the Event it repeats (a patch of count and lastTimestamp), a burst of many messages of one reason
+        is combined (kube/events.py decides which). Best-effort: a failure is a log line, never raised, but for the
+        write fence, which stops every write."""
         metadata = resource["metadata"]
-        now = format_time(datetime.now(UTC))
+        involved = InvolvedObject(
+            namespace=str(metadata["namespace"]), name=str(metadata["name"]), uid=str(metadata.get("uid") or "")
+        )
+        with self._lock:
+            write = self._events.observe(involved, event_type, reason, message, self._clock())
+        try:
+            if write.create:
+                self._create_event(resource, write)
+                return
+            try:
+                self._patch_event(write)
+            except ApiError as error:
+                if error.status != HTTPStatus.NOT_FOUND:
+                    raise
+                # Expired (the API server keeps Events an hour by default) or deleted: written again, whole.
+                self._create_event(resource, write)
+        except ApiError as error:
+            # An event is a courtesy; failing to record one must not fail the reconcile.
+            level = logging.DEBUG if namespace_terminating(error) else logging.WARNING
+            log.log(level, "Could not record Event %s", _kv(reason=reason, status=error.status))
+        except (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError) as error:
+            log.warning("Could not record Event %s", _kv(reason=reason, error=type(error).__name__))
+
+    def _events_path(self, namespace: str, name: str | None = None) -> str:
+        path = f"/api/v1/namespaces/{_segment(namespace)}/events"
+        return path if name is None else f"{path}/{_segment(name)}"
+
+    def _create_event(self, resource: Manifest, write: EventWrite) -> None:
+        metadata = resource["metadata"]
         self._count("create", "Event")
         involved_object = {
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,
-            "name": metadata["name"],
-            "namespace": metadata["namespace"],
+            "name": write.involved.name,
+            "namespace": write.involved.namespace,
             "uid": metadata.get("uid"),
             "resourceVersion": metadata.get("resourceVersion"),
         }
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            "metadata": {"name": write.name, "namespace": write.involved.namespace},
             # Fields the resource does not have are left out rather than sent as null.
             "involvedObject": {key: value for key, value in involved_object.items() if value is not None},
-            "reason": reason,
-            "message": message[:1024],
-            "type": event_type,
+            "reason": write.reason,
+            "message": write.message[:EVENT_MESSAGE_LIMIT],
+            "type": write.type,
             "source": {"component": "modeldeploy"},
             "reportingComponent": "modeldeploy.io/operator",
             "reportingInstance": "modeldeploy",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+            "firstTimestamp": _event_time(write.first_timestamp),
+            "lastTimestamp": _event_time(write.last_timestamp),
+            "count": write.count,
         }
-        try:
-            self._request("POST", f"/api/v1/namespaces/{_segment(metadata['namespace'])}/events", body=event)
-        except ApiError as error:
-            # An event is a courtesy; failing to record one must not fail the reconcile.
-            level = logging.DEBUG if namespace_terminating(error) else logging.WARNING
-            log.log(level, "Could not record Event %s", _kv(reason=reason, status=error.status))
+        self._request("POST", self._events_path(write.involved.namespace), body=event)
+
+    def _patch_event(self, write: EventWrite) -> None:
+        self._count("patch", "Event")
+        body: dict[str, Any] = {"count": write.count, "lastTimestamp": _event_time(write.last_timestamp)}
+        if write.combined:
+            body["message"] = write.message[:EVENT_MESSAGE_LIMIT]
+        self._request(
+            "PATCH",
+            self._events_path(write.involved.namespace, write.name),
+            body=body,
+            content_type=MERGE_CONTENT_TYPE,
+        )
+
+
+def _event_time(moment: datetime) -> str:
+    # firstTimestamp and lastTimestamp are metav1.Time: whole seconds, as kubectl shows them.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _phrase(status: int) -> str:

@@ -3,7 +3,7 @@ status.analysis, and what a verdict does to the rollout (roll back, or pause for
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -40,8 +40,8 @@ def judge(d: Decision, s: Situation) -> tuple[Decision, bool]:
     if current.phase != api.AnalysisPhase.RUNNING:
         return replace(d, analysis=current), True
     if s.measurements:
+        d = replace(d, events=(*d.events, *_measurement_events(current.metrics, s.measurements)))
         current = _counted(current, spec, s.measurements, s.now)
-        d = replace(d, events=(*d.events, *_measurement_events(s.measurements)))
 
     judged = analysis.verdict(current.metrics, spec)
     if judged.phase in (api.AnalysisPhase.FAILED, api.AnalysisPhase.ERROR):
@@ -107,14 +107,24 @@ def _counted(
     )
 
 
-def _measurement_events(measurements: Mapping[str, api.Measurement]) -> list[Event]:
-    """Every failed or erroring measurement is a Warning, also those the limits still tolerate."""
+MEASUREMENT_WARNINGS: dict[str, str] = {
+    api.MeasurementPhase.FAILED: "AnalysisMeasurementFailed",
+    api.MeasurementPhase.ERROR: "AnalysisMeasurementError",
+}
+
+
+def _measurement_events(
+    previous: Sequence[api.MetricStatus], measurements: Mapping[str, api.Measurement]
+) -> list[Event]:
+    """A Warning when a metric starts failing or erroring (its latest measurement was of another phase, or there was
+    none), also while the limits still tolerate it. Not one per measurement: a metric that keeps failing is counted
+    in status.analysis, and a Prometheus that stays away would otherwise make a Warning every interval."""
+    latest = {metric.name: metric.phase for metric in previous}
     events = []
     for name, measurement in measurements.items():
-        if measurement.phase == api.MeasurementPhase.FAILED:
-            events.append(Event("Warning", "AnalysisMeasurementFailed", f"{name}: {measurement.message}"))
-        elif measurement.phase == api.MeasurementPhase.ERROR:
-            events.append(Event("Warning", "AnalysisMeasurementError", f"{name}: {measurement.message}"))
+        reason = MEASUREMENT_WARNINGS.get(measurement.phase)
+        if reason is not None and latest.get(name) != measurement.phase:
+            events.append(Event("Warning", reason, f"{name}: {measurement.message}"))
     return events
 
 

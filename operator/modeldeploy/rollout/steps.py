@@ -135,7 +135,7 @@ def _pause_step(d: Decision, s: Situation, pause: api.Pause, started: datetime) 
     next_is_pause = next_index < len(s.steps) and s.steps[next_index].pause is not None
     analysed = d.analysis is not None and d.analysis.startedAt is not None
     next_started = ends if next_is_pause and not analysed else s.now
-    return replace(d, step_index=next_index, step_started=format_time(next_started))
+    return _completed(replace(d, step_index=next_index, step_started=format_time(next_started)), s, step_index)
 
 
 def _weight_step(d: Decision, s: Situation, started: datetime) -> Decision:
@@ -147,8 +147,18 @@ def _weight_step(d: Decision, s: Situation, started: datetime) -> Decision:
         d = replace(d, pause=None, awaiting=awaited(d, s, started) if target.canary > 0 else ())
         if d.awaiting:
             return d
-        return replace(d, step_index=step_index + 1, step_started=format_time(s.now))
+        return _completed(replace(d, step_index=step_index + 1, step_started=format_time(s.now)), s, step_index)
     return _check_deadline(d, s, started)
+
+
+def _completed(d: Decision, s: Situation, step_index: int) -> Decision:
+    """A Normal Event for a step that ended by itself (a person's promote says so with its own Event)."""
+    canary, _ = d.rolling_out()
+    step = s.steps[step_index]
+    what = f"setWeight {step.setWeight}" if step.pause is None else f"pause {step.pause.duration}"
+    return d.with_event(
+        "Normal", "StepCompleted", f"Step {step_index + 1}/{len(s.steps)} of {canary.version} completed ({what})"
+    )
 
 
 def _finish(d: Decision, s: Situation, started: datetime) -> Decision:
