@@ -1,16 +1,20 @@
 """Per-resource gauges: one phase set at a time, info label sets replaced on a version change, weights, and no
-series left behind by a deleted resource. A private registry per test; no cluster."""
+series left behind by a deleted resource. A private registry per test; no cluster. Then the stage histograms that
+say where a reaction's time goes (hand-off, queue wait, thread hand-off, compute, API round trips)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from modeldeploy.config import OperatorConfig
-from modeldeploy.controller.queue import Controller
-from modeldeploy.metrics import PHASES, ResourceMetrics
+from modeldeploy.controller import queue as queue_module
+from modeldeploy.controller.queue import Controller, WorkQueue
+from modeldeploy.metrics import API_WAIT, PHASES, ResourceMetrics, observe_api_request
 
 NS, NAME = "models", "fraud-detector"
 
@@ -116,3 +120,75 @@ def test_the_controller_feeds_the_gauges_from_watch_events() -> None:
     controller.observe_resource("DELETED", body)
     assert series(REGISTRY, "modeldeploy_resource_phase", "watched") == {}
     assert series(REGISTRY, "modeldeploy_resource_info", "watched") == {}
+
+
+# --- where a reaction's time goes ------------------------------------------------------------------------------------
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_a_watch_event_times_its_hand_off_to_the_queue() -> None:
+    controller = Controller(cast(Any, None), OperatorConfig())
+    before = sample("modeldeploy_event_handoff_seconds_count", {"kind": "resource"})
+    body = {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"namespace": NS, "name": "timed", "resourceVersion": "1"},
+    }
+    controller.observe_resource("ADDED", body)
+    assert sample("modeldeploy_event_handoff_seconds_count", {"kind": "resource"}) == before + 1
+    controller.observe_resource("DELETED", body)  # nothing handed to the queue: nothing timed
+    assert sample("modeldeploy_event_handoff_seconds_count", {"kind": "resource"}) == before + 1
+
+
+def test_a_request_round_trip_counts_toward_its_thread_only() -> None:
+    before = sample("modeldeploy_api_request_duration_seconds_count", {"method": "PATCH"})
+    waited = API_WAIT.seconds
+    observe_api_request("PATCH", 0.004)
+    assert sample("modeldeploy_api_request_duration_seconds_count", {"method": "PATCH"}) == before + 1
+    assert API_WAIT.seconds == pytest.approx(waited + 0.004)
+    seen_elsewhere: list[float] = []
+    other = threading.Thread(target=lambda: seen_elsewhere.append(API_WAIT.seconds))
+    other.start()
+    other.join()
+    assert seen_elsewhere == [0.0]
+
+
+def test_a_pass_compute_time_leaves_out_its_api_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow_api_pass(*_: Any) -> float | None:
+        observe_api_request("PATCH", 5.0)  # as if the pass had waited 5 s for the API server
+        return None
+
+    monkeypatch.setattr(queue_module, "reconcile", slow_api_pass)
+    controller = Controller(cast(Any, None), OperatorConfig())
+    compute_before = sample("modeldeploy_reconcile_compute_seconds_sum")
+    handoffs_before = sample("modeldeploy_thread_handoff_seconds_count")
+    assert asyncio.run(controller._reconcile((NS, "timed"))) is None
+    assert sample("modeldeploy_thread_handoff_seconds_count") == handoffs_before + 1
+    assert 0.0 <= sample("modeldeploy_reconcile_compute_seconds_sum") - compute_before < 1.0
+
+
+def test_the_queue_times_the_wait_of_each_key_it_hands_out() -> None:
+    async def scenario() -> None:
+        handled = asyncio.Event()
+
+        async def handle(_: Any) -> float | None:
+            handled.set()
+            return None
+
+        queue = WorkQueue(handle, workers=1)
+        queue.add((NS, "waiting"))
+        await asyncio.sleep(0.02)
+        queue.start()
+        try:
+            await asyncio.wait_for(handled.wait(), 2.0)
+        finally:
+            await queue.stop()
+
+    count_before = sample("modeldeploy_queue_wait_seconds_count")
+    sum_before = sample("modeldeploy_queue_wait_seconds_sum")
+    asyncio.run(scenario())
+    assert sample("modeldeploy_queue_wait_seconds_count") == count_before + 1
+    assert sample("modeldeploy_queue_wait_seconds_sum") - sum_before >= 0.02

@@ -23,7 +23,17 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS, ResourceGone, reconcile
 from modeldeploy.controller.store import Key, Manifest, Store, key_of
 from modeldeploy.kube.client import ApiError, Kube, namespace_terminating, permanent, status_message, transient
-from modeldeploy.metrics import QUEUE_DEPTH, RECONCILE_DURATION, RECONCILES, RESOURCES
+from modeldeploy.metrics import (
+    API_WAIT,
+    EVENT_HANDOFF,
+    QUEUE_DEPTH,
+    QUEUE_WAIT,
+    RECONCILE_COMPUTE,
+    RECONCILE_DURATION,
+    RECONCILES,
+    RESOURCES,
+    THREAD_HANDOFF,
+)
 
 log = logging.getLogger("modeldeploy.controller")
 
@@ -65,6 +75,7 @@ class WorkQueue:
         self._reported: dict[Key, set[str]] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
+        self._queued_at: dict[Key, float] = {}  # perf_counter() of the hand-off, for the queue's wait
         self._processing: set[Key] = set()
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
@@ -77,6 +88,7 @@ class WorkQueue:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._queued_at[key] = time.perf_counter()
             self._queue.put_nowait(key)
             QUEUE_DEPTH.set(self._queue.qsize())
 
@@ -122,6 +134,8 @@ class WorkQueue:
             key = await self._queue.get()
             QUEUE_DEPTH.set(self._queue.qsize())
             self._queued.discard(key)
+            taken = time.perf_counter()
+            QUEUE_WAIT.observe(taken - self._queued_at.pop(key, taken))
             self._processing.add(key)
             try:
                 requeue_after = await self._handle(key)
@@ -218,7 +232,7 @@ class Controller:
         started = time.perf_counter()
         outcome = "error"
         try:
-            result = await asyncio.to_thread(reconcile, self.kube, self.store, self.config, key, datetime.now(UTC))
+            result = await asyncio.to_thread(self._timed_pass, key, datetime.now(UTC), started)
             outcome = "success"
             return result
         except ResourceGone as gone:
@@ -232,6 +246,18 @@ class Controller:
         finally:
             RECONCILES.labels(outcome=outcome).inc()
             RECONCILE_DURATION.labels(outcome=outcome).observe(time.perf_counter() - started)
+
+    def _timed_pass(self, key: Key, now: datetime, handed: float) -> float | None:
+        """reconcile() in the worker thread, timed: how long the pass waited for the thread, and its own time without
+        the API server's round trips (which modeldeploy_api_request_duration_seconds has)."""
+        began = time.perf_counter()
+        THREAD_HANDOFF.observe(began - handed)
+        waited_before = API_WAIT.seconds
+        try:
+            return reconcile(self.kube, self.store, self.config, key, now)
+        finally:
+            waited = API_WAIT.seconds - waited_before
+            RECONCILE_COMPUTE.observe(max(time.perf_counter() - began - waited, 0.0))
 
     def _schedule_sweep(self, delay: float) -> None:
         """Compare the Store with a list after `delay` seconds, replacing any comparison scheduled before."""
@@ -271,6 +297,7 @@ class Controller:
         return dropped
 
     def observe_resource(self, event_type: str | None, body: Manifest) -> None:
+        received = time.perf_counter()
         key = key_of(body)
         if event_type is None or self._sweep_timer is None:
             # kopf reports the objects of a (re-)list with no event type; the first event also starts the sweeps.
@@ -283,8 +310,11 @@ class Controller:
         self.store.put_parent(body)
         RESOURCES.observe(*key, body.get("status"))
         self.queue.add(key)
+        EVENT_HANDOFF.labels(kind="resource").observe(time.perf_counter() - received)
 
     def observe_child(self, event_type: str | None, body: Manifest) -> None:
+        received = time.perf_counter()
         key = self.store.remove_child(body) if event_type == "DELETED" else self.store.put_child(body)
         if key is not None:
             self.queue.add(key)
+            EVENT_HANDOFF.labels(kind="child").observe(time.perf_counter() - received)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from modeldeploy.config import FIELD_MANAGER
 from modeldeploy.kube.config import ConnectionSettings, Credentials
 from modeldeploy.kube.events import EventCorrelator, EventWrite, InvolvedObject
 from modeldeploy.kube.exec_plugin import Credential
-from modeldeploy.metrics import API_WRITES
+from modeldeploy.metrics import API_WRITES, observe_api_request
 
 log = logging.getLogger("modeldeploy.kube")
 
@@ -212,7 +213,9 @@ class Kube:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = content_type
         url = self._base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        sent = time.perf_counter()
         response = pool.request(method, url, body=payload, headers=headers)
+        observe_api_request(method, time.perf_counter() - sent)
         if response.status >= 400:
             if response.status == HTTPStatus.UNAUTHORIZED:
                 self._credentials.rejected()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 # Name -> what it measures. The ones `make bench` runs come first, in its order.
 BENCHMARKS = {
-    "scale": "the operator at scale: N ModelDeployments Ready against a yardstick, reaction latency, API writes",
+    "scale": "the operator: N ModelDeployments Ready against bare pairs, reaction latency, its stages, writes, memory",
     "canary": "how exact timed pauses are, and how fast a spec revert gets back to 100% stable",
     "gitops": "how fast a `git revert` of a version brings the serving version back, through Argo CD",
     "analysis": "how fast canary analysis takes a failing version out of traffic (as root)",

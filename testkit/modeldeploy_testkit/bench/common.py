@@ -1,8 +1,9 @@
 """Shared by the benchmarks: every one applies objects, watches them and times them the same way.
 
 Parallel server-side apply through the kit's API client (modeldeploy_testkit.kubeapi); watches that record when
-each object first appears and first becomes ready; the API server's audit log; memory and CPU of local processes;
-and the printed table of figures beside their goals.
+each object first appears and first becomes ready (a Service: when its EndpointSlices list its pods as ready
+endpoints); the yardstick of bare Deployment + Service pairs; the API server's audit log; memory and CPU of local
+processes; and the printed table of figures beside their goals.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from modeldeploy_testkit.scripts import REPO_ROOT, cluster_dir, script_value
 from modeldeploy_testkit.waiting import wait_until
 from modeldeploy_testkit.watches import CollectionWatch
 
-USER_AGENT = "bench/0.1.0 (modeldeploy_testkit.bench)"
+USER_AGENT_PREFIX = "bench/"
+USER_AGENT = f"{USER_AGENT_PREFIX}0.1.0 (modeldeploy_testkit.bench)"
 FIELD_MANAGER = "modeldeploy-bench"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 PARALLEL_THREADS = 16
@@ -39,6 +41,8 @@ REPLICAS = 2
 OPERATOR_USER_AGENTS = ("modeldeploy/", "kopf/")
 API_VERSION = "modeldeploy.io/v1alpha1"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_PORT = 8080
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 # Requests wait this long for an answer: under a thousand parallel applies the API server takes its time.
@@ -81,6 +85,14 @@ def resources_path(namespace: str) -> str:
     return resource_path(API_VERSION, "modeldeployments", namespace)
 
 
+def services_path(namespace: str) -> str:
+    return resource_path("v1", "services", namespace)
+
+
+def endpoint_slices_path(namespace: str) -> str:
+    return resource_path("discovery.k8s.io/v1", "endpointslices", namespace)
+
+
 # --- manifests ------------------------------------------------------------------------------------------------------
 
 
@@ -98,6 +110,21 @@ def bare_deployment(name: str, namespace: str, replicas: int = REPLICAS) -> Mani
                 "metadata": {"labels": labels},
                 "spec": {"containers": [{"name": "model-server", "image": READY_IMAGE}]},
             },
+        },
+    }
+
+
+def bare_service(name: str, namespace: str) -> Manifest:
+    """A ClusterIP Service selecting the pods of bare_deployment(name): the other child a served model needs."""
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "modeldeploy-bench"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": SERVICE_PORT, "protocol": "TCP"}],
         },
     }
 
@@ -152,6 +179,51 @@ def resource_ready(body: Manifest) -> bool:
     )
 
 
+def ready_endpoints(endpoint_slice: Manifest) -> int:
+    """Endpoints of one EndpointSlice that take traffic. A `ready` condition left unset counts as ready, as the
+    EndpointSlice API says consumers should read it; the endpoint slice controller always sets it."""
+    return sum(
+        1
+        for endpoint in endpoint_slice.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready") is not False
+    )
+
+
+def service_of(endpoint_slice: Manifest) -> str:
+    """The Service an EndpointSlice belongs to (its kubernetes.io/service-name label); "" when it names none."""
+    return str((endpoint_slice["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) or "")
+
+
+class EndpointCounts:
+    """Ready endpoints per Service, summed over its EndpointSlices (a Service may have several), from watch events."""
+
+    def __init__(self) -> None:
+        self._by_slice: dict[str, dict[str, int]] = {}
+
+    def observe(self, kind: str, endpoint_slice: Manifest) -> int:
+        """Take one event into account; the Service's ready endpoints after it."""
+        service = service_of(endpoint_slice)
+        slices = self._by_slice.setdefault(service, {})
+        name = str(endpoint_slice["metadata"]["name"])
+        if kind == "DELETED":
+            slices.pop(name, None)
+        else:
+            slices[name] = ready_endpoints(endpoint_slice)
+        return sum(slices.values())
+
+
+def pair_ready_times(deployments: dict[str, float], services: dict[str, float]) -> dict[str, float]:
+    """When each bare pair was first ready: its Deployment Available and its Service listing the ready endpoints.
+    Both only grow in a run where nothing is deleted, so a pair is ready from the later of the two moments."""
+    return {name: max(at, services[name]) for name, at in deployments.items() if name in services}
+
+
+def all_ready_seconds(times: dict[str, float], count: int, started: float) -> float | None:
+    """Seconds from `started` until `count` objects were ready; None when fewer were."""
+    ordered = sorted(at - started for at in times.values())
+    return round(ordered[count - 1], 3) if count and len(ordered) >= count else None
+
+
 def name_of(body: Manifest) -> str:
     return str(body["metadata"]["name"])
 
@@ -184,6 +256,7 @@ class Tracker:
         self.ready_check = ready
         self.key = key
         self.added: dict[str, float] = {}
+        self.added_wall: dict[str, float] = {}  # time.time() of the same receipts: comparable with the audit log
         self.ready: dict[str, float] = {}
         self.deleted: dict[str, float] = {}
         self.events = 0
@@ -207,7 +280,7 @@ class Tracker:
         self._watch.stop(timeout=5)
 
     def _observe(self, kind: str, body: Manifest) -> None:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         key = self.key(body)
         with self._condition:
             self.events += 1
@@ -215,6 +288,7 @@ class Tracker:
                 self.deleted.setdefault(key, now)
             else:
                 self.added.setdefault(key, now)
+                self.added_wall.setdefault(key, wall)
                 if self.ready_check is not None and key not in self.ready and self.ready_check(body):
                     self.ready[key] = now
             self._condition.notify_all()
@@ -244,6 +318,33 @@ class Tracker:
     def added_times(self) -> dict[str, float]:
         with self._condition:
             return dict(self.added)
+
+    def added_wall_times(self) -> dict[str, float]:
+        with self._condition:
+            return dict(self.added_wall)
+
+
+class EndpointsTracker(Tracker):
+    """A watch on a namespace's EndpointSlices, keyed by Service: when each Service first listed `wanted` ready
+    endpoints over all its slices (`ready` of the Tracker)."""
+
+    def __init__(self, api: KubeAPI, namespace: str, wanted: int = REPLICAS) -> None:
+        self.wanted = wanted
+        self.counts = EndpointCounts()
+        super().__init__(api, endpoint_slices_path(namespace), key=service_of)
+
+    def _observe(self, kind: str, body: Manifest) -> None:
+        now, wall = time.monotonic(), time.time()
+        key = self.key(body)
+        with self._condition:
+            self.events += 1
+            ready = self.counts.observe(kind, body)
+            if kind != "DELETED":
+                self.added.setdefault(key, now)
+                self.added_wall.setdefault(key, wall)
+            if key not in self.ready and ready >= self.wanted:
+                self.ready[key] = now
+            self._condition.notify_all()
 
 
 # --- namespaces -----------------------------------------------------------------------------------------------------
@@ -298,11 +399,20 @@ def apply_parallel(
     api: KubeAPI, collection: str, bodies: list[Manifest], threads: int = PARALLEL_THREADS
 ) -> ApplyResult:
     """Server-side apply every body, `threads` requests in flight; retries 429/5xx and connection errors."""
+    return apply_groups(api, [[(collection, body)] for body in bodies], threads)
+
+
+def apply_groups(
+    api: KubeAPI, groups: list[list[tuple[str, Manifest]]], threads: int = PARALLEL_THREADS
+) -> ApplyResult:
+    """Server-side apply every group, `threads` groups at a time, the objects of one group one after the other in
+    one thread (a bare pair: its Deployment, then its Service, as `kubectl apply` of the pair's file sends them).
+    Each object is (collection, body); 429/5xx answers and connection errors are retried."""
     lock = threading.Lock()
     result = ApplyResult(submitted_seconds=0.0)
     started = time.monotonic()
 
-    def one(body: Manifest) -> None:
+    def one(collection: str, body: Manifest) -> None:
         for attempt in range(6):
             try:
                 api.apply(collection, body, FIELD_MANAGER)
@@ -318,8 +428,12 @@ def apply_parallel(
                     result.retries += 1
                 time.sleep(0.2 * (attempt + 1))
 
+    def group(objects: list[tuple[str, Manifest]]) -> None:
+        for collection, body in objects:
+            one(collection, body)
+
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply") as pool:
-        list(pool.map(one, bodies))
+        list(pool.map(group, groups))
     result.submitted_seconds = time.monotonic() - started
     return result
 
@@ -415,6 +529,69 @@ def bare_parallel(api: KubeAPI, namespace: str, count: int, timeout: float) -> S
         tracker.stop()
 
 
+@dataclass
+class PairRun:
+    """The yardstick: `count` bare Deployment + Service pairs applied at once, until every pair was ready."""
+
+    pairs: ScaleRun
+    deployments_seconds: float | None  # every Deployment Available, endpoints aside
+    endpoints_seconds: float | None  # every Service listing its ready endpoints, Deployments aside
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.pairs.as_json(),
+            "deployments_available_seconds": self.deployments_seconds,
+            "service_endpoints_ready_seconds": self.endpoints_seconds,
+        }
+
+
+def bare_pairs_parallel(api: KubeAPI, namespace: str, count: int, timeout: float) -> PairRun:
+    """`count` bare Deployment + Service pairs applied by PARALLEL_THREADS threads (each pair's Deployment, then its
+    Service); seconds until every pair was ready: its Deployment Available and its Service's EndpointSlices listing
+    REPLICAS ready endpoints, both seen by watches."""
+    create_namespace(api, namespace)
+    deployments = deployments_path(namespace)
+    services = services_path(namespace)
+    deployment_tracker = Tracker(api, deployments, ready=deployment_available).start()
+    endpoint_tracker = EndpointsTracker(api, namespace).start()
+    groups = [
+        [(deployments, bare_deployment(name, namespace)), (services, bare_service(name, namespace))]
+        for name in names("d", count)
+    ]
+    reporter = progress(deployment_tracker, count)
+    try:
+        started = time.monotonic()
+        applied = apply_groups(api, groups)
+        if applied.errors:
+            log(f"  {len(applied.errors)} apply errors; first: {applied.errors[0]}")
+        deadline = started + timeout
+        deployment_tracker.wait_ready(count, max(deadline - time.monotonic(), 1.0))
+        endpoint_tracker.wait_ready(count, max(deadline - time.monotonic(), 1.0))
+        deployment_times = deployment_tracker.ready_times()
+        endpoint_times = endpoint_tracker.ready_times()
+    finally:
+        reporter.set()
+        deployment_tracker.stop()
+        endpoint_tracker.stop()
+    pair_times = pair_ready_times(deployment_times, endpoint_times)
+    times = sorted(at - started for at in pair_times.values())
+    run = ScaleRun(
+        count=count,
+        seconds=all_ready_seconds(pair_times, count, started),
+        ready=len(times),
+        submitted_seconds=applied.submitted_seconds,
+        errors=applied.errors,
+        retries=applied.retries,
+        first_ready_seconds=round(times[0], 3) if times else None,
+        p50_ready_seconds=round(statistics.median(times), 3) if times else None,
+    )
+    return PairRun(
+        run,
+        all_ready_seconds(deployment_times, count, started),
+        all_ready_seconds(endpoint_times, count, started),
+    )
+
+
 def cleanup_namespace(api: KubeAPI, namespace: str, timeout: float = 600) -> tuple[float, bool]:
     log(f"deleting namespace {namespace} and waiting until it is gone")
     seconds, gone = delete_namespace(api, namespace, timeout=timeout)
@@ -445,12 +622,19 @@ def write_kind(event: Manifest) -> str:
     return f"{kind}/{subresource}" if subresource else kind
 
 
+# The rows and columns of the table of writes per resource. Server-side apply, scale and status merge patches are
+# all `patch` to the audit log (it keeps no content type); the operator's own counter tells them apart.
+WRITE_KINDS = ("Deployment", "Service", "ModelDeployment/status", "Event")
+AUDIT_VERBS = ("create", "update", "patch", "delete")
+
+
 @dataclass
 class Writes:
     """Writes of the operator's user agents in some namespaces, from the audit log."""
 
     by_kind: Counter[str] = field(default_factory=Counter)
     by_verb: Counter[str] = field(default_factory=Counter)
+    by_verb_kind: Counter[tuple[str, str]] = field(default_factory=Counter)
     conflicts: int = 0
     errors: Counter[int] = field(default_factory=Counter)
     elsewhere: int = 0  # the same user agents, outside the namespaces asked about
@@ -461,7 +645,19 @@ class Writes:
 
     @property
     def without_events(self) -> int:
+        """Children and status: the writes the goal counts."""
         return self.total - self.by_kind.get("Event", 0)
+
+    def table(self, resources: int) -> list[str]:
+        """Writes per resource, a row per kind and a column per verb, as printed lines."""
+        kinds = list(WRITE_KINDS) + sorted(kind for kind in self.by_kind if kind not in WRITE_KINDS)
+        verbs = list(AUDIT_VERBS) + sorted(verb for verb in self.by_verb if verb not in AUDIT_VERBS)
+        lines = [f"  {'kind':<24}" + "".join(f"{verb:>9}" for verb in verbs) + f"{'total':>9}"]
+        for kind in kinds:
+            cells = [self.by_verb_kind.get((verb, kind), 0) / max(resources, 1) for verb in verbs]
+            total = self.by_kind.get(kind, 0) / max(resources, 1)
+            lines.append(f"  {kind:<24}" + "".join(f"{cell:>9.2f}" for cell in cells) + f"{total:>9.2f}")
+        return lines
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -469,6 +665,7 @@ class Writes:
             "without_events": self.without_events,
             "by_kind": dict(self.by_kind),
             "by_verb": dict(self.by_verb),
+            "by_verb_and_kind": {f"{verb} {kind}": count for (verb, kind), count in sorted(self.by_verb_kind.items())},
             "conflicts_409": self.conflicts,
             "error_codes": {str(code): count for code, count in self.errors.items()},
             "elsewhere": self.elsewhere,
@@ -476,6 +673,8 @@ class Writes:
 
 
 def operator_writes(events: Iterable[Manifest], namespaces: set[str]) -> Writes:
+    """The writes of the operator's user agents (its own client's and kopf's) to objects in `namespaces`: one per
+    audit event of a completed request (the policy records write verbs only, from ResponseComplete on)."""
     writes = Writes()
     for event in events:
         if event.get("stage") not in (None, "ResponseComplete", "Panic"):
@@ -485,8 +684,10 @@ def operator_writes(events: Iterable[Manifest], namespaces: set[str]) -> Writes:
         if (event.get("objectRef") or {}).get("namespace") not in namespaces:
             writes.elsewhere += 1
             continue
-        writes.by_kind[write_kind(event)] += 1
-        writes.by_verb[str(event.get("verb"))] += 1
+        kind, verb = write_kind(event), str(event.get("verb"))
+        writes.by_kind[kind] += 1
+        writes.by_verb[verb] += 1
+        writes.by_verb_kind[(verb, kind)] += 1
         code = int((event.get("responseStatus") or {}).get("code") or 0)
         if code == 409:
             writes.conflicts += 1
