@@ -105,6 +105,10 @@ def roll_out_and_promote(cluster: Cluster, namespace: str, name: str, by: str) -
         timeout=60,
         what=f"version 1.1.0 of {namespace}/{name} to be promoted by {by}",
     )
+    # The rollout's Services go before the promotion is written, so the identity may delete (its own) Services.
+    selector = f"app.kubernetes.io/instance={name}"
+    services = {s["metadata"]["name"] for s in get(cluster, "services", "-n", namespace, "-l", selector)["items"]}
+    assert services == {name}, f"{by} left {sorted(services)} after the rollout"
 
 
 def mdep(cluster: Cluster, namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,5 +1,7 @@
 """No takeover, on the local control plane: objects that hold a child's name and are not the ModelDeployment's stay
-exactly as they were, and the resource says so; the API server enforces who may set blockOwnerDeletion."""
+exactly as they were, and the resource says so; the API server enforces who may set blockOwnerDeletion. The names
+`<name>-stable` and `<name>-canary` are children only while a rollout is in progress, and the operator deletes only
+its own when one ends."""
 
 from __future__ import annotations
 
@@ -31,16 +33,16 @@ def test_a_service_and_a_deployment_of_a_childs_name_survive_untouched(cluster: 
         apply(cluster, probe, body)
         revision = wait_for_status(cluster, probe, "taken", healthy)["stable"]["revision"]
 
-    cluster.kubectl("create", "service", "clusterip", "taken-canary", "--tcp=80:8080", "-n", namespace)
+    cluster.kubectl("create", "service", "clusterip", "taken", "--tcp=80:8080", "-n", namespace)
     cluster.kubectl("create", "deployment", f"taken-{revision}", f"--image={READY_IMAGE}", "-n", namespace)
     theirs = {
-        ("service", "taken-canary"): get(cluster, "service", "taken-canary", "-n", namespace),
+        ("service", "taken"): get(cluster, "service", "taken", "-n", namespace),
         ("deployment", f"taken-{revision}"): get(cluster, "deployment", f"taken-{revision}", "-n", namespace),
     }
     apply(cluster, namespace, body)
     status = wait_for_status(cluster, namespace, "taken", conflict, what="status to say ChildConflict")
     assert status["phase"] == "Degraded"
-    assert "Service/taken-canary (no controller)" in status["message"]
+    assert "Service/taken (no controller)" in status["message"]
     assert f"Deployment/taken-{revision} (no controller)" in status["message"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ChildConflict")
@@ -69,18 +71,56 @@ def test_a_service_and_a_deployment_of_a_childs_name_survive_untouched(cluster: 
         assert "modeldeploy" not in managers
     # Nor was any other child written while a name was taken.
     services = {s["metadata"]["name"] for s in get(cluster, "services", "-n", namespace)["items"]}
-    assert services == {"taken-canary"}
+    assert services == {"taken"}
     deployments = {d["metadata"]["name"] for d in get(cluster, "deployments", "-n", namespace)["items"]}
     assert deployments == {f"taken-{revision}"}
 
     # Once the names are free, the rollout carries on (the operator looks again every 30 s).
-    cluster.kubectl("delete", "service", "taken-canary", "-n", namespace)
+    cluster.kubectl("delete", "service", "taken", "-n", namespace)
     cluster.kubectl("delete", "deployment", f"taken-{revision}", "-n", namespace)
     done = wait_for_status(cluster, namespace, "taken", healthy, timeout=90, what="the rollout once the names are free")
     assert done["stable"]["revision"] == revision
     uid = get(cluster, "mdep", "taken", "-n", namespace)["metadata"]["uid"]
-    service = get(cluster, "service", "taken-canary", "-n", namespace)
+    service = get(cluster, "service", "taken", "-n", namespace)
     assert service["metadata"]["ownerReferences"][0]["uid"] == uid
+
+
+def test_someone_elses_canary_service_blocks_a_rollout_and_is_never_deleted(cluster: Cluster, namespace: str) -> None:
+    """At rest `guest-canary` is no child of `guest`: a Service someone makes under that name is left alone. When a
+    rollout starts it is a conflict (nothing written), and once it is gone the rollout creates its own Services and
+    deletes them (its own, by uid) when it ends."""
+    body = model_deployment("guest", "1.0.0", 1, {"strategy": "Immediate"}, uri="file:///m")
+    apply(cluster, namespace, body)
+    before = wait_for_status(cluster, namespace, "guest", healthy)
+    cluster.kubectl("create", "service", "clusterip", "guest-canary", "--tcp=80:8080", "-n", namespace)
+    theirs = get(cluster, "service", "guest-canary", "-n", namespace)
+
+    body["spec"]["model"]["version"] = "2.0.0"
+    apply(cluster, namespace, body)
+    status = wait_for_status(cluster, namespace, "guest", conflict, what="status to say ChildConflict")
+    assert "Service/guest-canary (no controller)" in status["message"]
+    assert status["stable"]["revision"] == before["stable"]["revision"]
+    after = get(cluster, "service", "guest-canary", "-n", namespace)
+    assert after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+    services = {s["metadata"]["name"] for s in get(cluster, "services", "-n", namespace)["items"]}
+    assert services == {"guest", "guest-canary"}, "no Service of the rollout while a name is taken"
+    assert len(get(cluster, "deployments", "-n", namespace)["items"]) == 1, "nor its Deployment"
+
+    cluster.kubectl("delete", "service", "guest-canary", "-n", namespace)
+    done = wait_for_status(
+        cluster,
+        namespace,
+        "guest",
+        lambda s: healthy(s) and (s.get("stable") or {}).get("version") == "2.0.0",
+        timeout=90,
+        what="the rollout once the name is free",
+    )
+    services = {s["metadata"]["name"] for s in get(cluster, "services", "-n", namespace)["items"]}
+    assert services == {"guest"}, "the rollout's own Services are deleted when it ends"
+    selector = get(cluster, "service", "guest", "-n", namespace)["spec"]["selector"]
+    assert selector["modeldeploy.io/revision"] == done["stable"]["revision"]
+    events = get(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=guest")["items"]
+    assert not [event for event in events if event["reason"] == "StatusRepaired"]
 
 
 def test_blocking_owner_deletion_needs_the_right_to_update_the_owners_finalizers(

@@ -138,10 +138,11 @@ def test_example_becomes_ready_with_its_children(cluster: Cluster, namespace: st
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pods[0]["spec"]["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
 
+    # At rest one Service, over the serving revision's pods: <name>-stable and <name>-canary exist only while a
+    # rollout is in progress.
     services = {s["metadata"]["name"]: s for s in get(cluster, "services", "-n", namespace)["items"]}
-    assert set(services) == {name, f"{name}-stable", f"{name}-canary"}
-    assert REVISION_LABEL not in services[name]["spec"]["selector"]
-    assert services[f"{name}-stable"]["spec"]["selector"][REVISION_LABEL] == revision
+    assert set(services) == {name}
+    assert services[name]["spec"]["selector"][REVISION_LABEL] == revision
 
     # Pod Security "restricted" admits every pod the operator creates.
     restricted = cluster.kubectl(
@@ -186,8 +187,9 @@ def test_new_version_replaces_old_without_losing_ready_endpoints(cluster: Cluste
     found = deployments(cluster, namespace)
     assert found[f"swap-{old}"]["spec"]["replicas"] == 0
     assert found[f"swap-{new}"]["spec"]["replicas"] == 3
-    stable_service = get(cluster, "service", "swap-stable", "-n", namespace)
-    assert stable_service["spec"]["selector"][REVISION_LABEL] == new
+    services = {s["metadata"]["name"]: s for s in get(cluster, "services", "-n", namespace)["items"]}
+    assert set(services) == {"swap"}, "the rollout's Services are deleted once it ends"
+    assert services["swap"]["spec"]["selector"][REVISION_LABEL] == new
     assert [e["outcome"] for e in after["history"]][:2] == ["Promoted", "Promoted"]
     assert after["history"][0]["version"] == "1.1.0"
 
@@ -290,7 +292,7 @@ def test_drift_is_repaired(cluster: Cluster, namespace: str) -> None:
     intruder = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "steady-stable", "namespace": namespace},
+        "metadata": {"name": "steady", "namespace": namespace},
         "spec": {"selector": {"app.kubernetes.io/instance": "someone-else"}},
     }
     result = cluster.kubectl(
@@ -315,9 +317,7 @@ def test_drift_is_repaired(cluster: Cluster, namespace: str) -> None:
     )
     wait_until(
         lambda: (
-            get(cluster, "service", "steady-stable", "-n", namespace)["spec"]["selector"].get(
-                "app.kubernetes.io/instance"
-            )
+            get(cluster, "service", "steady", "-n", namespace)["spec"]["selector"].get("app.kubernetes.io/instance")
             == "steady"
         ),
         timeout=30,

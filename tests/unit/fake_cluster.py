@@ -1,8 +1,9 @@
 """An in-memory stand-in for the API server as reconcile() sees it, for unit tests of whole passes.
 
 It implements the ClusterWriter protocol (what Kube offers reconcile) with the server behaviour reconcile relies on:
-resourceVersions that increase, a Deployment's generation that moves when its spec changes, server-side apply that
-merges our fields into the object, merge-patches of status where null removes a field, and errors on demand. It
+resourceVersions that increase, a uid per object made, a Deployment's generation that moves when its spec changes,
+server-side apply that merges our fields into the object and removes those our last apply set and this one does not,
+merge-patches of status where null removes a field, deletions under a uid precondition, and errors on demand. It
 does not run controllers: a test says when a Deployment's pods are ready (`make_ready`). The real API server is
 exercised by the end-to-end tests; this fake exists so that every branch of a pass runs in milliseconds.
 """
@@ -42,6 +43,20 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
+def without_dropped(target: Any, before: Any, now: Any) -> Any:
+    """`target` without the fields our last apply (`before`) set and this one (`now`) does not: server-side apply
+    removes the fields a manager stops applying (if no other manager owns them; here none does)."""
+    if not isinstance(target, dict) or not isinstance(before, dict):
+        return target
+    now = now if isinstance(now, dict) else {}
+    kept = {}
+    for key, value in target.items():
+        if key in before and key not in now:
+            continue
+        kept[key] = without_dropped(value, before.get(key), now.get(key)) if key in before else value
+    return kept
+
+
 class FakeCluster:
     """Objects by (kind, namespace, name); `writes` counts calls the way Kube does ("apply Deployment", ...)."""
 
@@ -62,7 +77,10 @@ class FakeCluster:
         """Objects someone else made (add_foreign): applying onto one without force is a 409 Conflict."""
         self.conflicts = 0
         """Status writes refused because they carried a resourceVersion that was no longer current."""
+        self.applied: dict[tuple[str, str, str], Manifest] = {}
+        """What our field manager last applied to each object: the fields it owns."""
         self._version = 100
+        self._uids = 0
 
     # --- what tests set up and read ----------------------------------------------------------------------------
 
@@ -70,10 +88,15 @@ class FakeCluster:
         self._version += 1
         return str(self._version)
 
-    def _fail(self, method: str) -> None:
-        error = self.fail_next.pop(method, None)
+    def _fail(self, method: str, kind: str = "") -> None:
+        """Raise the error set for `method` ("apply"), or for it on one kind ("apply Service")."""
+        error = self.fail_next.pop(method, None) or self.fail_next.pop(f"{method} {kind}", None)
         if error is not None:
             raise error
+
+    def _new_uid(self, kind: str, name: str) -> str:
+        self._uids += 1
+        return f"uid-{kind.lower()}-{name}-{self._uids}"
 
     def create_resource(self, spec: dict[str, Any], *, name: str = "fraud-detector", namespace: str = "models") -> Key:
         body = {
@@ -110,10 +133,12 @@ class FakeCluster:
         body = copy.deepcopy(manifest)
         metadata = body["metadata"]
         metadata.setdefault("generation", 1)
+        metadata.setdefault("uid", self._new_uid(body["kind"], metadata["name"]))
         metadata["resourceVersion"] = self._next_version()
         key = (body["kind"], metadata["namespace"], metadata["name"])
         self.objects[key] = body
         self.foreign.add(key)
+        self.applied.pop(key, None)
         return copy.deepcopy(body)
 
     def delete_resource(self, key: Key) -> None:
@@ -169,8 +194,8 @@ class FakeCluster:
         return copy.deepcopy(found) if found is not None else None
 
     def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
-        self._fail("apply")
         kind, metadata = manifest["kind"], manifest["metadata"]
+        self._fail("apply", kind)
         self.writes[f"apply {kind}"] += 1
         key = (kind, metadata["namespace"], metadata["name"])
         current = self.objects.get(key)
@@ -180,12 +205,14 @@ class FakeCluster:
         if current is None:
             body = copy.deepcopy(manifest)
             body["metadata"]["generation"] = 1
+            body["metadata"]["uid"] = self._new_uid(kind, metadata["name"])
         else:
-            body = merge_patch(current, manifest)
+            body = merge_patch(without_dropped(current, self.applied.get(key), manifest), manifest)
             if body.get("spec") != current.get("spec"):
                 body["metadata"]["generation"] = current["metadata"]["generation"] + 1
         body["metadata"]["resourceVersion"] = self._next_version()
         self.objects[key] = body
+        self.applied[key] = copy.deepcopy(manifest)
         return copy.deepcopy(body)
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> Manifest:
@@ -201,6 +228,24 @@ class FakeCluster:
         self._fail("delete_deployment")
         self.writes["delete Deployment"] += 1
         self.objects.pop(("Deployment", namespace, name), None)
+
+    def delete_service(self, namespace: str, name: str, uid: str | None = None) -> None:
+        self._fail("delete_service")
+        self.writes["delete Service"] += 1
+        key = ("Service", namespace, name)
+        current = self.objects.get(key)
+        if current is None:
+            return  # already gone: as Kube, which takes the 404 for done
+        if uid and current["metadata"].get("uid") != uid:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'{{"message": "Precondition failed: UID in precondition: {uid}, UID in object meta: '
+                f'{current["metadata"].get("uid")}", "reason": "Conflict"}}',
+            )
+        del self.objects[key]
+        self.applied.pop(key, None)
+        self.foreign.discard(key)
 
     def get_resource(self, namespace: str, name: str) -> Manifest | None:
         self._fail("get_resource")

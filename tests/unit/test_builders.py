@@ -385,12 +385,64 @@ def test_services(make_resource: ResourceFactory) -> None:
         assert service["metadata"]["labels"][builders.LABEL_MANAGED_BY] == "modeldeploy"
 
 
+BASE_SELECTOR = {"app.kubernetes.io/instance": NAME, "app.kubernetes.io/component": "model-server"}
+STABLE, CANARY = "rstable000", "rcanary000"
+
+
+def selecting(revision: str | None) -> dict[str, str]:
+    return BASE_SELECTOR if revision is None else {**BASE_SELECTOR, builders.LABEL_REVISION: revision}
+
+
+@pytest.mark.parametrize(
+    ("canary", "revision_services", "expected"),
+    [
+        pytest.param(None, False, {NAME: selecting(STABLE)}, id="at-rest"),
+        pytest.param(
+            CANARY,
+            False,
+            {NAME: selecting(None), f"{NAME}-stable": selecting(STABLE), f"{NAME}-canary": selecting(CANARY)},
+            id="rolling-out",
+        ),
+        pytest.param(
+            None,
+            True,
+            {NAME: selecting(STABLE), f"{NAME}-stable": selecting(STABLE), f"{NAME}-canary": selecting(STABLE)},
+            id="at-rest-router-needs-revision-services",
+        ),
+        pytest.param(
+            CANARY,
+            True,
+            {NAME: selecting(None), f"{NAME}-stable": selecting(STABLE), f"{NAME}-canary": selecting(CANARY)},
+            id="rolling-out-router-needs-revision-services",
+        ),
+    ],
+)
+def test_desired_services(
+    make_resource: ResourceFactory, canary: str | None, revision_services: bool, expected: dict[str, dict[str, str]]
+) -> None:
+    """`<name>` always, selecting the serving revision at rest and both revisions while one rolls out; `<name>-stable`
+    and `<name>-canary` only while a canary rolls out or when the traffic router routes through them."""
+    resource = make_resource()
+    services = builders.build_services(resource, STABLE, canary, revision_services=revision_services)
+    assert services[0]["metadata"]["name"] == NAME, "<name> first: it is applied before the others"
+    assert {s["metadata"]["name"]: s["spec"]["selector"] for s in services} == expected
+
+
+def test_revision_services_are_the_only_deletable_names(make_resource: ResourceFactory) -> None:
+    resource = make_resource()
+    assert builders.revision_service_names(resource) == (f"{NAME}-stable", f"{NAME}-canary")
+    rolling = {s["metadata"]["name"] for s in builders.build_services(resource, STABLE, CANARY)}
+    assert rolling - {NAME} == set(builders.revision_service_names(resource))
+
+
 def test_service_selectors_match_the_deployment_pods(make_resource: ResourceFactory, config: OperatorConfig) -> None:
     resource = make_resource()
     revision = builders.revision_of(resource, config)
     pods = builders.build_deployment(resource, revision, 1, config)["spec"]["template"]["metadata"]["labels"]
-    for service in builders.build_services(resource, revision, revision):
-        assert service["spec"]["selector"].items() <= pods.items()
+    for canary in (None, "rother0000"):
+        for service in builders.build_services(resource, revision, canary, revision_services=True):
+            if not service["metadata"]["name"].endswith("-canary") or canary is None:
+                assert service["spec"]["selector"].items() <= pods.items()
     other = builders.build_service(resource, "canary", "rother0000")
     assert not other["spec"]["selector"].items() <= pods.items()
 

@@ -146,6 +146,30 @@ def test_delete_propagates_in_the_background_and_a_missing_deployment_is_deleted
     assert caplog.messages == ['Deleted Deployment namespace="ns" name="web-r1"']
 
 
+def test_delete_service_names_the_uid_it_may_delete_and_a_missing_one_is_deleted_already(
+    kube: Kube, server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modeldeploy.kube")
+    kube.delete_service("ns", "web-canary", uid="3f1e-uid")
+    server.reply = lambda request: (404, status_body(404, 'services "web-canary" not found', "NotFound"))
+    kube.delete_service("ns", "web-canary")
+    first, second = server.requests
+    assert (first.method, first.path) == ("DELETE", "/api/v1/namespaces/ns/services/web-canary")
+    assert first.query == {"propagationPolicy": "Background"}
+    assert first.json() == {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "3f1e-uid"}}
+    assert second.body == b""
+    assert kube.writes == {"delete Service": 2}
+    assert caplog.messages == ['Deleted Service namespace="ns" name="web-canary"'] * 2
+
+
+def test_delete_service_of_another_uid_is_a_conflict(kube: Kube, server: FakeApiServer) -> None:
+    message = "Precondition failed: UID in precondition: 3f1e-uid, UID in object meta: 9a0b-uid"
+    server.reply = lambda request: (409, status_body(409, message, "Conflict"))
+    with pytest.raises(ApiError) as raised:
+        kube.delete_service("ns", "web-canary", uid="3f1e-uid")
+    assert raised.value.status == 409
+
+
 def test_delete_raises_other_errors(kube: Kube, server: FakeApiServer) -> None:
     server.reply = lambda request: (500, status_body(500, "etcdserver: request timed out"))
     with pytest.raises(ApiError) as raised:
@@ -413,6 +437,7 @@ def test_the_write_fence_stops_a_write_before_it_is_sent(
         lambda: kube.apply(deployment()),
         lambda: kube.scale_deployment("ns", "web-r1", 1),
         lambda: kube.delete_deployment("ns", "web-r1"),
+        lambda: kube.delete_service("ns", "web-canary", uid="3f1e-uid"),
         lambda: kube.patch_status("ns", "web", {"phase": "Healthy"}),
         lambda: kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Promoted", "done"),
     ]

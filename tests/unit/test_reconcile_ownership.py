@@ -3,7 +3,9 @@
 A child's name can be taken by an unlabelled object the Store never sees (a Service someone made by hand), by a
 labelled one of another owner, or by the child of an earlier ModelDeployment of the same name (another uid). In
 every case the resource is Degraded ChildConflict naming the object, no child is written, and the object is the same
-afterwards; once the name is free, the next pass carries on.
+afterwards; once the name is free, the next pass carries on. The names `<name>-stable` and `<name>-canary` are
+children only while a rollout is in progress: an object that holds one at rest is left alone, and is a conflict when
+a rollout starts. Nor is it ever deleted when a rollout ends: only this resource's own Services are.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.reconcile import CONFLICT_RECHECK_SECONDS, reconcile
 from modeldeploy.controller.store import Manifest
 
-from .test_reconcile import STATUS_WRITE, Harness
+from .test_reconcile import STATUS_WRITE, Harness, with_version
 
 NAME = "fraud-detector"
 
@@ -58,9 +60,9 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def test_an_unlabelled_service_is_never_taken_over(harness: Harness) -> None:
-    theirs = harness.cluster.add_foreign(service(f"{NAME}-canary"))
+    theirs = harness.cluster.add_foreign(service(NAME))
     writes = harness.run()
-    assert harness.cluster.objects[("Service", "models", f"{NAME}-canary")] == theirs
+    assert harness.cluster.objects[("Service", "models", NAME)] == theirs
     # No child at all: the pass stands back before its first write.
     assert writes == {STATUS_WRITE: 1, "create Event": 1}
     assert not harness.cluster.of_kind("Deployment")
@@ -68,13 +70,13 @@ def test_an_unlabelled_service_is_never_taken_over(harness: Harness) -> None:
     assert status["phase"] == "Degraded"
     degraded = condition(status, "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "ChildConflict")
-    assert f"Service/{NAME}-canary (no controller)" in degraded["message"]
+    assert f"Service/{NAME} (no controller)" in degraded["message"]
     assert condition(status, "Ready")["status"] == "False"
     assert status["message"] == degraded["message"]
     [event] = harness.cluster.events
     assert (event.type, event.reason) == ("Warning", "ChildConflict")
     # Only the names the Store lacks were read, once each.
-    assert harness.cluster.reads == {"get Deployment": 1, "get Service": 3}
+    assert harness.cluster.reads == {"get Deployment": 1, "get Service": 1}
 
     # The same conflict at each look again: status is not written again, and each retry is counted on the one
     # Event (a patch of its count), not a new Event object per attempt.
@@ -105,8 +107,8 @@ def test_a_deployment_named_like_a_revision_and_its_services_survive_untouched(h
 
 def test_a_labelled_child_of_another_resource_is_not_ours_either(harness: Harness) -> None:
     """ModelDeployment `fraud-detector-canary` owns Service `fraud-detector-canary`, the name `fraud-detector` wants
-    for its canary Service: the watches file it under the other resource, and the same field manager would take it
-    over without a conflict."""
+    for its canary Service while it rolls out: the watches file it under the other resource, and the same field
+    manager would take it over without a conflict."""
     cluster, store = harness.cluster, harness.store
     spec = cluster.resource(harness.key)["spec"]
     other = cluster.create_resource(spec, name=f"{NAME}-canary")
@@ -114,6 +116,10 @@ def test_a_labelled_child_of_another_resource_is_not_ours_either(harness: Harnes
     reconcile(cluster, store, harness.config, other, harness.now, harness.queriers)
     theirs = copy.deepcopy(cluster.objects[("Service", "models", f"{NAME}-canary")])
     store.put_child(copy.deepcopy(theirs))  # as its watch event would
+    harness.settle()
+    assert harness.status["phase"] == "Healthy", "at rest the name is not one of this resource's children"
+    harness.cluster.update_spec(harness.key, with_version(spec, "2.0.0"))
+    harness.observe()
     harness.run()
     assert cluster.objects[("Service", "models", f"{NAME}-canary")] == theirs
     assert f"Service/{NAME}-canary (controlled by ModelDeployment/{NAME}-canary)" in harness.status["message"]
@@ -143,19 +149,26 @@ def test_what_a_restarted_operator_finds_by_name_and_owns_is_carried_on(harness:
     writes = harness.run()
     assert not [write for write in writes if write.split()[0] in {"apply", "scale", "delete"}]
     assert {key: body for key, body in harness.cluster.objects.items() if key[0] != api.KIND} == children
-    assert harness.cluster.reads["get Service"] == 3 + 3
+    assert harness.cluster.reads["get Service"] == 1 + 1
 
 
 def test_once_the_name_is_free_the_rollout_carries_on(harness: Harness) -> None:
+    harness.settle()
     harness.cluster.add_foreign(service(f"{NAME}-stable"))
+    harness.cluster.update_spec(harness.key, with_version(harness.cluster.resource(harness.key)["spec"], "2.0.0"))
+    harness.observe()
     harness.run()
     assert harness.status["phase"] == "Degraded"
+    assert not harness.status.get("canary"), "nothing the planner decided was carried out"
+    assert len(harness.cluster.of_kind("Deployment")) == 1, "no canary Deployment while a Service name is taken"
     del harness.cluster.objects[("Service", "models", f"{NAME}-stable")]
     harness.cluster.foreign.clear()
     harness.observe()
     harness.settle(advance=timedelta(seconds=CONFLICT_RECHECK_SECONDS))
     assert harness.status["phase"] == "Healthy"
+    assert harness.status["stable"]["version"] == "2.0.0"
     assert condition(harness.status, "Degraded")["status"] == "False"
+    assert set(harness.cluster.of_kind("Service")) == {NAME}, "the rollout's Services went with it"
     owners = {
         body["metadata"]["ownerReferences"][0]["uid"]
         for key, body in harness.cluster.objects.items()
@@ -172,7 +185,7 @@ def test_a_name_taken_between_the_read_and_the_write_is_a_conflict_not_a_takeove
 
     def get_then_someone_creates(kind: str, namespace: str, name: str) -> Manifest | None:
         found = original_get(kind, namespace, name)
-        if name == f"{NAME}-stable" and found is None:
+        if name == NAME and found is None:
             cluster.add_foreign(service(name))
         return found
 
@@ -180,9 +193,9 @@ def test_a_name_taken_between_the_read_and_the_write_is_a_conflict_not_a_takeove
     with pytest.raises(Exception, match="409"):
         harness.run()
     cluster.get_child = original_get  # type: ignore[method-assign]
-    assert cluster.objects[("Service", "models", f"{NAME}-stable")]["spec"]["selector"] == {"app": "someone-elses"}
+    assert cluster.objects[("Service", "models", NAME)]["spec"]["selector"] == {"app": "someone-elses"}
     harness.run()
-    assert f"Service/{NAME}-stable (no controller)" in harness.status["message"]
+    assert f"Service/{NAME} (no controller)" in harness.status["message"]
 
 
 def test_a_resource_created_again_during_a_watch_gap_takes_its_names_once_the_old_children_are_gone(
@@ -214,7 +227,7 @@ def test_a_stale_child_of_another_owner_in_the_store_is_read_again_before_it_is_
     """The Store may hold a child that is gone (its deletion fell into a watch gap): the name is free if the API
     server says so, and the Store forgets the stale copy."""
     harness.settle()
-    ours = harness.cluster.objects[("Service", "models", f"{NAME}-canary")]
+    ours = harness.cluster.objects[("Service", "models", NAME)]
     stale = copy.deepcopy(ours)
     stale["metadata"]["ownerReferences"][0]["uid"] = "uid-earlier"
     stale["metadata"]["resourceVersion"] = str(int(ours["metadata"]["resourceVersion"]) + 1000)
@@ -223,4 +236,4 @@ def test_a_stale_child_of_another_owner_in_the_store_is_read_again_before_it_is_
     assert not [write for write in writes if write.split()[0] in {"apply", "scale", "delete"}]
     assert harness.status["phase"] == "Healthy"
     _, children = harness.store.snapshot(harness.key)
-    assert children.services[f"{NAME}-canary"]["metadata"]["ownerReferences"][0]["uid"] != "uid-earlier"
+    assert children.services[NAME]["metadata"]["ownerReferences"][0]["uid"] != "uid-earlier"

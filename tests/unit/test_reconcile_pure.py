@@ -1,4 +1,5 @@
-"""The pure helpers of reconcile: contains(), observed_revisions(), owner_key() and the Store."""
+"""The pure helpers of reconcile: contains(), same_service(), observed_revisions(), serving_revision(), owner_key()
+and the Store."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
-from modeldeploy.controller.reconcile import contains, observed_revisions
+from modeldeploy.controller.reconcile import contains, observed_revisions, same_service, serving_revision
 from modeldeploy.controller.store import Children, Store, owner_key
 from modeldeploy.rollout import plan as rollout
 
@@ -114,6 +115,72 @@ def test_built_service_is_contained_in_the_server_view(make_resource: ResourceFa
     assert contains(stored, desired)
     stored["spec"]["selector"][builders.LABEL_REVISION] = "rother0000"
     assert not contains(stored, desired)
+
+
+@pytest.mark.parametrize(
+    ("stored", "desired", "same"),
+    [
+        pytest.param("rabc000000", "rabc000000", True, id="same-revision"),
+        pytest.param("rabc000000", "rother0000", False, id="other-revision"),
+        pytest.param(None, "rabc000000", False, id="narrowed-to-a-revision"),
+        pytest.param("rabc000000", None, False, id="widened-to-every-revision"),
+        pytest.param(None, None, True, id="every-revision"),
+    ],
+)
+def test_same_service_compares_the_revision_key_both_ways(
+    make_resource: ResourceFactory, stored: str | None, desired: str | None, same: bool
+) -> None:
+    """contains() tolerates keys the server adds; a revision key left over from what we applied before is no such
+    key: `<name>` drops it when a rollout starts, and every pass would otherwise leave the Service as it was."""
+    resource = make_resource()
+    current = builders.build_service(resource, "", stored)
+    current["spec"].update(clusterIP="10.0.0.7", sessionAffinity="None")
+    assert same_service(current, builders.build_service(resource, "", desired)) is same
+
+
+def owned_service(resource_uid: str, suffix: str, revision: str | None, make_resource: ResourceFactory) -> Manifest:
+    service = builders.build_service(make_resource(), suffix, revision)
+    service["metadata"]["ownerReferences"][0]["uid"] = resource_uid
+    return service
+
+
+@pytest.mark.parametrize(
+    ("present", "expected"),
+    [
+        pytest.param({}, None, id="no-service"),
+        pytest.param({"": ("ours", "rstable000")}, ("rstable000", NAME), id="at-rest-the-service-names-it"),
+        pytest.param({"": ("ours", None)}, None, id="the-service-over-every-revision-names-none"),
+        pytest.param(
+            {"": ("ours", None), "stable": ("ours", "rstable000"), "canary": ("ours", "rcanary000")},
+            ("rstable000", f"{NAME}-stable"),
+            id="rolling-out-the-stable-service-names-it",
+        ),
+        pytest.param(
+            {"": ("ours", "rnewer0000"), "stable": ("ours", "rstable000")},
+            ("rstable000", f"{NAME}-stable"),
+            id="the-stable-service-first-while-it-exists",
+        ),
+        pytest.param(
+            {"": ("ours", "rstable000"), "stable": ("earlier", "rolder0000")},
+            ("rstable000", NAME),
+            id="a-stable-service-not-ours-is-no-evidence",
+        ),
+        pytest.param({"": ("earlier", "rolder0000")}, None, id="a-service-not-ours-is-no-evidence"),
+    ],
+)
+def test_serving_revision(
+    make_resource: ResourceFactory,
+    present: dict[str, tuple[str, str | None]],
+    expected: tuple[str, str] | None,
+) -> None:
+    resource = make_resource()
+    uids = {"ours": str(resource.metadata["uid"]), "earlier": "uid-earlier"}
+    children = Children()
+    for suffix, (owner, revision) in present.items():
+        service = owned_service(uids[owner], suffix, revision, make_resource)
+        children.services[service["metadata"]["name"]] = service
+    found = serving_revision(children, resource)
+    assert (None if found is None else (found.revision, found.service)) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------

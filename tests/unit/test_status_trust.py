@@ -61,8 +61,9 @@ def repaired(h: Harness, since: int) -> list[str]:
 
 
 def without_stable_service(h: Harness) -> None:
-    """The Service <name>-stable gone (deleted by someone, or not seen yet): the Deployments are the only evidence."""
-    name = f"{h.key[1]}-stable"
+    """The Service that names the serving revision gone (deleted by someone, or not seen yet): <name>-stable during a
+    rollout, <name> at rest (when <name>-stable does not exist). The Deployments are the only evidence."""
+    name = f"{h.key[1]}-stable" if h.status.get("canary") else h.key[1]
     service = h.cluster.objects.pop(("Service", h.key[0], name))
     h.store.remove_child(service)
 
@@ -248,6 +249,16 @@ def test_an_unknown_stable_revision_with_empty_history_keeps_the_serving_deploym
     else:
         assert h.status["phase"] == "Healthy"
         assert deployments(h) == {h.status["stable"]["revision"]: (2, 2)}
+
+
+@pytest.mark.parametrize("rolling_out", [False, True], ids=["at-rest", "rolling-out"])
+def test_the_service_that_names_the_serving_revision_is_the_evidence(config: OperatorConfig, rolling_out: bool) -> None:
+    """`<name>-stable` while a rollout is in progress; at rest, when it does not exist, `<name>` itself."""
+    h = rolling(config) if rolling_out else serving(config)
+    name = f"{h.key[1]}-stable" if rolling_out else h.key[1]
+    serving_revision = h.status["stable"]["revision"]
+    messages = forged_pass(h, forge_stable(FORGED))
+    assert any(f"but Service {name} selects revision {serving_revision}" in message for message in messages), messages
 
 
 @pytest.mark.parametrize("service", [True, False], ids=["stable-service", "no-stable-service"])

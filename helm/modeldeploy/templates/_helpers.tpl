@@ -53,13 +53,15 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments/finalizers]
   verbs: [update]
-# The children: server-side apply creates and updates (create + patch); old revisions are deleted.
+# The children: server-side apply creates and updates (create + patch); old revisions are deleted, and so are the
+# Services <name>-stable and <name>-canary when a rollout ends (only the resource's own: the operator checks the
+# owner's uid, and deletes under a precondition on the Service's uid).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Events for every transition; a repeat is counted on the Event it repeats (a patch of its count).
 - apiGroups: [""]
   resources: [events]

@@ -1302,7 +1302,9 @@ class ServiceSpec(_Model):
             default=80,
             ge=1,
             le=65535,
-            description="Port of the Services <name>, <name>-stable and <name>-canary.",
+            description=(
+                "Port of the Service <name>, and of <name>-stable and <name>-canary while a rollout is in progress."
+            ),
         ),
     ]
 

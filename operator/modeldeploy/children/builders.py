@@ -266,9 +266,23 @@ def build_deployment(
     }
 
 
+STABLE_SUFFIX = "stable"
+CANARY_SUFFIX = "canary"
+REVISION_SERVICE_SUFFIXES = (STABLE_SUFFIX, CANARY_SUFFIX)
+
+
+def service_name(resource: api.ModelDeployment, suffix: str = "") -> str:
+    return resource_name(resource) if not suffix else f"{resource_name(resource)}-{suffix}"
+
+
+def revision_service_names(resource: api.ModelDeployment) -> tuple[str, ...]:
+    """`<name>-stable` and `<name>-canary`: the only children besides old revisions' Deployments that the operator
+    deletes, once no rollout needs them (and only its own: the reconciler checks the owner's uid)."""
+    return tuple(service_name(resource, suffix) for suffix in REVISION_SERVICE_SUFFIXES)
+
+
 def build_service(resource: api.ModelDeployment, suffix: str, revision: str | None) -> Manifest:
-    """Service `<name>` (every serving pod) or `<name>-<suffix>` (the pods of one revision)."""
-    name = resource_name(resource) if not suffix else f"{resource_name(resource)}-{suffix}"
+    """Service `<name>` or `<name>-<suffix>`: the serving pods of `revision`, or of every revision when None."""
     selector = selector_labels(resource)
     if revision is not None:
         selector = {**selector, LABEL_REVISION: revision}
@@ -276,7 +290,7 @@ def build_service(resource: api.ModelDeployment, suffix: str, revision: str | No
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": name,
+            "name": service_name(resource, suffix),
             "namespace": resource.metadata["namespace"],
             "labels": common_labels(resource),
             "ownerReferences": [owner_reference(resource)],
@@ -297,12 +311,24 @@ def build_service(resource: api.ModelDeployment, suffix: str, revision: str | No
     }
 
 
-def build_services(resource: api.ModelDeployment, stable: str, canary: str) -> list[Manifest]:
-    return [
-        build_service(resource, "", None),
-        build_service(resource, "stable", stable),
-        build_service(resource, "canary", canary),
-    ]
+def build_services(
+    resource: api.ModelDeployment, stable: str, canary: str | None, *, revision_services: bool = False
+) -> list[Manifest]:
+    """The Services the resource should have now; `canary` is the revision rolling out, None at rest.
+
+    - `<name>` always (status.url names it). At rest it selects the serving revision's pods only: a revision kept
+      scaled to zero for a fast return, a pod someone scaled up by hand or a predecessor's pods never take its
+      traffic. While a canary rolls out it selects every serving pod of the resource, so that traffic follows the
+      ready pods of both revisions (the replica-ratio router).
+    - `<name>-stable` and `<name>-canary`, each selecting one revision's pods, only while a canary rolls out, or
+      always when the traffic router sends traffic through them (`revision_services`; then at rest both select the
+      serving revision). At rest they would cost a ClusterIP and an EndpointSlice each for nothing.
+    """
+    services = [build_service(resource, "", stable if canary is None else None)]
+    if canary is not None or revision_services:
+        services.append(build_service(resource, STABLE_SUFFIX, stable))
+        services.append(build_service(resource, CANARY_SUFFIX, canary if canary is not None else stable))
+    return services
 
 
 def service_url(resource: api.ModelDeployment, config: OperatorConfig) -> str:

@@ -44,6 +44,8 @@ class ClusterWriter(Protocol):
 
     def delete_deployment(self, namespace: str, name: str) -> None: ...
 
+    def delete_service(self, namespace: str, name: str, uid: str | None = None) -> None: ...
+
     def get_resource(self, namespace: str, name: str) -> Manifest | None: ...
 
     def patch_status(
@@ -126,15 +128,21 @@ def observed_revisions(children: Children, owner_uid: str | None = None) -> dict
     return observed
 
 
-def serving_revision(children: Children, resource: api.ModelDeployment) -> str | None:
-    """The revision the Service `<name>-stable` selects, if this resource owns it: which revision the operator last
-    made serve, written in the same pass as the status but out of reach of a status patch."""
-    service = children.services.get(f"{builders.resource_name(resource)}-stable")
-    if service is None or not owned_by(service, str(resource.metadata.get("uid", ""))):
-        return None
-    selector = (service.get("spec") or {}).get("selector") or {}
-    revision = selector.get(builders.LABEL_REVISION)
-    return revision if isinstance(revision, str) and revision else None
+def serving_revision(children: Children, resource: api.ModelDeployment) -> rollout.Serving | None:
+    """The revision the operator last made serve, as a Service this resource owns says it: written in the same pass
+    as the status but out of reach of a status patch. `<name>-stable` while it exists (a rollout is in progress),
+    else `<name>`, whose selector names the serving revision at rest (and none during a rollout)."""
+    uid = str(resource.metadata.get("uid", ""))
+    stable, _ = builders.revision_service_names(resource)
+    for name in (stable, builders.service_name(resource)):
+        service = children.services.get(name)
+        if service is None or not owned_by(service, uid):
+            continue
+        selector = (service.get("spec") or {}).get("selector") or {}
+        revision = selector.get(builders.LABEL_REVISION) if isinstance(selector, dict) else None
+        if isinstance(revision, str) and revision:
+            return rollout.Serving(revision=revision, service=name)
+    return None
 
 
 CHILD_CONFLICT = "ChildConflict"
@@ -481,7 +489,9 @@ def _pass(
 
     stable = plan.status.stable
     assert stable is not None  # the planner always names a serving revision
-    canary_revision = plan.status.canary.revision if plan.status.canary else stable.revision
+    # The revision rolling out, None at rest: `<name>-stable` and `<name>-canary` exist only while one does (the
+    # replica-ratio router, the only one, routes through `<name>` alone).
+    canary_revision = plan.status.canary.revision if plan.status.canary else None
     repair_events = [repair.event() for repair in repairs]
     try:
         services = builders.build_services(resource, stable.revision, canary_revision)
@@ -550,10 +560,19 @@ def _write_children(
     owned: dict[str, Manifest],
 ) -> None:
     """Apply, scale and delete what differs from the Store. A permanent refusal is raised as _RefusedWriteError
-    naming the object; any other error ends the pass as it is (the queue retries it)."""
+    naming the object; any other error ends the pass as it is (the queue retries it).
+
+    The Services wanted come first, so that a rollout's Services exist (and `<name>` selects both revisions) before
+    a canary pod can be Ready or the stable revision gives up one; the Services no longer wanted go last, once the
+    Service `<name>` selects the stable revision alone and the canary's Deployment has been scaled."""
     namespace = resource.metadata["namespace"]
     what = ""
     try:
+        for service in services:
+            current = children.services.get(service["metadata"]["name"])
+            if current is None or not same_service(current, service):
+                what = f"Service/{service['metadata']['name']}"
+                store.put_child(kube.apply(service, force=current is not None))
         for revision, replicas in plan.replicas.items():
             deployment_name = builders.deployment_name(resource, revision)
             current = owned.get(deployment_name)
@@ -571,15 +590,49 @@ def _write_children(
                 what = f"the deletion of Deployment/{deployment_name}"
                 kube.delete_deployment(namespace, deployment_name)
                 store.remove_child(deployment)
-        for service in services:
-            current = children.services.get(service["metadata"]["name"])
-            if current is None or not contains(current, service):
-                what = f"Service/{service['metadata']['name']}"
-                store.put_child(kube.apply(service, force=current is not None))
+        wanted = {service["metadata"]["name"] for service in services}
+        uid = str(resource.metadata.get("uid", ""))
+        # `<name>-stable` last: it names the revision that served, and a pass that fails before it goes leaves that
+        # evidence for the next pass, which then decides the same end again.
+        for name in reversed(builders.revision_service_names(resource)):
+            current = children.services.get(name)
+            # Only this resource's own (by uid): a same-name Service of anyone else is never deleted, and one of an
+            # earlier resource of this name is left to garbage collection.
+            if name in wanted or current is None or not owned_by(current, uid):
+                continue
+            what = f"the deletion of Service/{name}"
+            _delete_service(kube, namespace, current)
+            store.remove_child(current)
     except ApiError as error:
         if not permanent(error):
             raise
         raise _RefusedWriteError(what, error) from error
+
+
+def same_service(current: Manifest, desired: Manifest) -> bool:
+    """Whether a Service holds what we build. contains() cannot see a selector key we no longer set, and `<name>`
+    drops its revision key when a rollout starts: that key is compared both ways."""
+    if not contains(current, desired):
+        return False
+    selector = (current.get("spec") or {}).get("selector") or {}
+    return bool(selector.get(builders.LABEL_REVISION) == desired["spec"]["selector"].get(builders.LABEL_REVISION))
+
+
+def _delete_service(kube: ClusterWriter, namespace: str, current: Manifest) -> None:
+    """Delete the Service the Store holds, that very object: under a precondition on its uid, so that one made again
+    under the name since the Store saw it (by anyone) is refused (409) and left alone. Gone already (404) or made
+    again, the Store's copy is of an object that no longer exists, and is forgotten all the same."""
+    name = current["metadata"]["name"]
+    try:
+        kube.delete_service(namespace, name, uid=current["metadata"].get("uid"))
+    except ApiError as error:
+        if error.status != HTTPStatus.CONFLICT:
+            raise
+        log.info(
+            'Service not deleted, made again since it was seen namespace="%s" name="%s"',
+            namespace,
+            name,
+        )
 
 
 def with_artifact(

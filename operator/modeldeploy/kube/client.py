@@ -321,6 +321,23 @@ class Kube:
                 raise
         log.info("Deleted Deployment %s", _kv(namespace=namespace, name=name))
 
+    def delete_service(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a Service; one already gone is no error. With `uid`, only the object of that uid: one made again
+        under the name since it was seen is refused by the API server (409 Conflict), never deleted."""
+        self._count("delete", "Service")
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}} if uid else None
+        try:
+            self._request(
+                "DELETE",
+                self._child_path("Service", namespace, name),
+                query={"propagationPolicy": "Background"},
+                body=options,
+            )
+        except ApiError as error:
+            if error.status != HTTPStatus.NOT_FOUND:
+                raise
+        log.info("Deleted Service %s", _kv(namespace=namespace, name=name))
+
     # --- the resource itself ----------------------------------------------------------------------------------
 
     def _resource_path(self, namespace: str, name: str) -> str:

@@ -34,6 +34,17 @@ class ObservedRevision:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """Which revision this operator last made serve, as a Service it owns says it. Only the operator writes that
+    Service, in the same pass as the status, so it is evidence a status patch cannot forge."""
+
+    revision: str
+    service: str
+    """The Service whose selector names the revision: `<name>-stable` while a rollout is in progress, else
+    `<name>`."""
+
+
+@dataclass(frozen=True)
 class Event:
     type: str  # Normal or Warning
     reason: str
@@ -68,9 +79,8 @@ class Situation:
     """The analysis results of this pass, when a measurement was due."""
     history_limit: int = 10
     retained: int = 3
-    serving: str | None = None
-    """The revision the Service `<name>-stable` selects, when it is known: which revision this operator last made
-    serve. Only the operator writes that Service, so it is evidence a status patch cannot forge."""
+    serving: Serving | None = None
+    """The revision a Service of this resource says serves, when one does (see Serving)."""
 
     @property
     def spec(self) -> api.ModelDeploymentSpec:

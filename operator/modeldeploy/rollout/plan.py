@@ -17,14 +17,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from modeldeploy.api import models as api
-from modeldeploy.rollout.decision import Event, ObservedRevision, Situation
+from modeldeploy.rollout.decision import Event, ObservedRevision, Serving, Situation
 from modeldeploy.rollout.planner import decide
 from modeldeploy.rollout.status import build_status, phase_change_event
 from modeldeploy.rollout.trust import Repair, check_status, read_status
 from modeldeploy.traffic.routers import ReplicaRatioRouter, TrafficRouter
 
 # plan()'s inputs and outputs, importable from here with it.
-__all__ = ["Event", "ObservedRevision", "Plan", "Repair", "plan", "read_status", "trusted"]
+__all__ = ["Event", "ObservedRevision", "Plan", "Repair", "Serving", "plan", "read_status", "trusted"]
 
 
 @dataclass
@@ -46,7 +46,7 @@ def trusted(
     now: datetime,
     *,
     model: str,
-    serving: str | None = None,
+    serving: Serving | None = None,
     history_limit: int = 10,
     retained: int = 3,
     router: TrafficRouter | None = None,
@@ -75,11 +75,11 @@ def plan(
     retained: int = 3,
     router: TrafficRouter | None = None,
     measurements: Mapping[str, api.Measurement] | None = None,
-    serving: str | None = None,
+    serving: Serving | None = None,
 ) -> Plan:
     """Decide the next state. Level-based: the same inputs always give the same plan. `measurements` are the
-    analysis results of this pass, when one was due (see analysis.measurement_due); `serving` is the revision the
-    Service `<name>-stable` selects, when the caller knows it."""
+    analysis results of this pass, when one was due (see analysis.measurement_due); `serving` is the revision a
+    Service of the resource says serves, when the caller knows one."""
     situation = _situation(
         resource, desired_revision, observed, now, model, router, measurements or {}, history_limit, retained, serving
     )
@@ -113,7 +113,7 @@ def _situation(
     measurements: Mapping[str, api.Measurement],
     history_limit: int,
     retained: int,
-    serving: str | None,
+    serving: Serving | None,
 ) -> Situation:
     return Situation(
         resource=resource,

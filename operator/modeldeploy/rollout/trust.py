@@ -11,12 +11,14 @@ reports nothing again.
 - Times must parse, carry a zone and not lie in the future (beyond MAX_CLOCK_SKEW). A bad one is replaced by the
   nearest value the operator can vouch for, mostly now: a clock that starts again delays a step, it never skips one.
   A step cannot have started before its canary.
-- The serving revision is what this operator last made serve. Evidence, strongest first: the Service `<name>-stable`
-  (written only by the operator, in the same pass as the status), then this resource's own Deployments (owned by its
-  uid) with pods asked for and Ready, then history's newest promotion. A stable revision the evidence contradicts
-  is replaced by the one that serves, which gets a Promoted history entry with reason StatusRepaired. While the
-  Store has seen no Deployment yet (just after a start), a missing stable revision is taken from history rather
-  than from the spec, so that a pass never points the stable Service at a revision it has not seen serve.
+- The serving revision is what this operator last made serve. Evidence, strongest first: the revision a Service of
+  this resource selects (written only by the operator, in the same pass as the status): `<name>-stable` while it
+  exists (a rollout is in progress), else `<name>`, which selects the serving revision at rest; then this resource's
+  own Deployments (owned by its uid) with pods asked for and Ready, then history's newest promotion. A stable
+  revision the evidence contradicts is replaced by the one that serves, which gets a Promoted history entry with
+  reason StatusRepaired. While the Store has seen no Deployment yet (just after a start), a missing stable revision
+  is taken from history rather than from the spec, so that a pass never points the Services at a revision it has
+  not seen serve.
 - The canary is another revision than the stable, and one whose Deployment exists or that the spec asks for.
 - A fast track (a return to a recently served revision, without steps) needs a Promoted history entry in the
   rollback window AND a Deployment of that revision owned by this resource: the operator keeps exactly those
@@ -238,13 +240,13 @@ def _newest_promotion(history: list[api.HistoryEntry]) -> str | None:
 
 
 def _ranked(candidates: list[ObservedRevision], s: Situation, promoted: str | None) -> ObservedRevision:
-    """Which Deployment most likely serves: the one the stable Service selects, then the one history last
+    """Which Deployment most likely serves: the one a Service of the resource says serves, then the one history last
     promoted, then one the spec does not ask for (the revision rolling out is the newcomer), then the most Ready
     pods, then the most asked for."""
     return max(
         candidates,
         key=lambda seen: (
-            seen.revision == s.serving,
+            s.serving is not None and seen.revision == s.serving.revision,
             seen.revision == promoted,
             seen.revision != s.desired,
             seen.ready_replicas,
@@ -261,8 +263,8 @@ def _serving_now(
     stable, canary = status.stable, status.canary
     canary_revision = canary.revision if canary is not None else None
     promoted = _newest_promotion(status.history)
-    hint = owned.get(s.serving) if s.serving is not None else None
-    service = f"Service {s.resource.metadata.get('name', '')}-stable"
+    hint = owned.get(s.serving.revision) if s.serving is not None else None
+    service = f"Service {s.serving.service}" if s.serving is not None else ""
     if stable is None:
         if hint is not None:
             # The Service selecting the spec's own revision: the planner serves that one anyway, as on a first visit.
@@ -275,7 +277,7 @@ def _serving_now(
         if owned or promoted is None or promoted == s.desired or not REVISION.match(promoted):
             return None
         # Nothing seen yet (the Store fills after a start) but history tells of a promotion: that revision stands in,
-        # so the pass does not make the spec's revision serve (and point the stable Service at it) unseen.
+        # so the pass does not make the spec's revision serve (and point the Services at it) unseen.
         version = next(entry.version for entry in status.history if entry.revision == promoted)
         unseen = ObservedRevision(revision=promoted, version=version, replicas=0, ready_replicas=0, owned=False)
         return unseen, f"missing, while history's newest promotion is of revision {promoted}"
