@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,10 @@ class FakeCluster:
         """Objects someone else made (add_foreign): applying onto one without force is a 409 Conflict."""
         self.conflicts = 0
         """Status writes refused because they carried a resourceVersion that was no longer current."""
+        self.terminating: set[str] = set()
+        """Namespaces being deleted: creates there are refused (403), as the API server does; patches are not."""
+        self.on_namespace_terminating: Callable[[str], None] | None = None
+        """As Kube's: told of each request refused because its namespace is being deleted."""
         self._version = 100
 
     # --- what tests set up and read ----------------------------------------------------------------------------
@@ -65,6 +70,19 @@ class FakeCluster:
         error = self.fail_next.pop(method, None)
         if error is not None:
             raise error
+
+    def _refuse_create(self, kind: str, namespace: str) -> None:
+        """A create in a namespace being deleted: what the API server answers, with Kube's call to its hook."""
+        if namespace not in self.terminating:
+            return
+        if self.on_namespace_terminating is not None:
+            self.on_namespace_terminating(namespace)
+        raise ApiError(
+            403,
+            "Forbidden",
+            f'{{"message": "{kind.lower()}s is forbidden: unable to create new content in namespace {namespace} '
+            'because it is being terminated", "reason": "Forbidden", "code": 403}',
+        )
 
     def create_resource(self, spec: dict[str, Any], *, name: str = "fraud-detector", namespace: str = "models") -> Key:
         body = {
@@ -165,6 +183,8 @@ class FakeCluster:
         self.writes[f"apply {kind}"] += 1
         key = (kind, metadata["namespace"], metadata["name"])
         current = self.objects.get(key)
+        if current is None:
+            self._refuse_create(kind, metadata["namespace"])
         if current is not None and key in self.foreign and not force:
             # Another field manager set these fields to other values; only force would take them.
             raise ApiError(409, "Conflict", f'{{"message": "Apply failed with conflicts on {kind} {key[2]}"}}')
@@ -218,4 +238,17 @@ class FakeCluster:
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None:
         self.writes["create Event"] += 1
+        try:
+            self._refuse_create("Event", resource["metadata"]["namespace"])
+        except ApiError:
+            return  # as Kube.post_event: an Event is a courtesy, its refusal only logged
         self.events.append(RecordedEvent(event_type, reason, message))
+
+    def list_namespace_metadata(self) -> list[Manifest]:
+        """Every namespace that holds an object, and those being deleted (with a deletionTimestamp)."""
+        names = {namespace for _, namespace, _ in self.objects} | self.terminating
+        return [
+            {"name": name, "uid": f"uid-ns-{name}"}
+            | ({"deletionTimestamp": "2026-12-01T12:00:00Z"} if name in self.terminating else {})
+            for name in sorted(names)
+        ]
