@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import models as api
@@ -13,6 +16,17 @@ from modeldeploy.kube.config import load_settings
 from modeldeploy.kube.kopf_login import connection_info, kopf
 
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+
+log = logging.getLogger("modeldeploy.main")
+
+
+@dataclass
+class _Watches:
+    namespaces: bool = False
+
+
+WATCHES = _Watches()
+"""Watches registered on demand, before kopf runs (see watch_namespaces)."""
 
 
 @kopf.on.login()
@@ -41,7 +55,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.connect_timeout = 10
 
     config = OperatorConfig.from_env()
-    controller = Controller(Kube(load_settings(), pool_size=config.workers + 2), config)
+    kube = Kube(load_settings(), pool_size=config.workers + 2)
+    controller = Controller(kube, config)
+    kube.on_namespace_terminating = controller.namespace_refused
+    if WATCHES.namespaces:
+        controller.namespaces_watched = True
+        try:
+            await asyncio.to_thread(controller.load_namespaces)
+        except Exception as error:  # the watch tells soon enough; the operator must not fail to start over it
+            log.warning('Namespace list failed error="%s"', error)
     controller.queue.start()
     memo["controller"] = controller
 
@@ -69,3 +91,20 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo["controller"]
     controller.observe_child(event.get("type"), {"kind": "Service", **event["object"]})
+
+
+async def namespace_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.observe_namespace(event.get("type"), dict(event["object"]))
+
+
+def watch_namespaces() -> None:
+    """Watch namespaces, so that nothing is written for resources whose namespace is being deleted (the API server
+    refuses only creates there; status patches and applies to existing objects go through, for nothing).
+
+    Cluster-wide only: called before kopf runs when no --namespace is given. kopf watches a cluster-scoped resource
+    across the cluster whatever namespaces it serves, and a namespaced install has no ClusterRole for that; there
+    the API server's refusals tell instead (Controller.namespace_refused)."""
+    if not WATCHES.namespaces:
+        WATCHES.namespaces = True
+        kopf.on.event("", "v1", "namespaces")(namespace_event)

@@ -213,6 +213,10 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         assert can_i(cluster, release, "update", "services", "-n", "default") == "no"
         assert can_i(cluster, release, "get", "secrets", "-n", namespace) == "no"
         assert can_i(cluster, release, "list", "pods", "-n", "default") == "no"
+        # Namespaces: watched for the ones being deleted, never read one by one nor written.
+        assert can_i(cluster, release, "watch", "namespaces") == "yes"
+        assert can_i(cluster, release, "get", "namespaces") == "no"
+        assert can_i(cluster, release, "delete", "namespaces") == "no"
         # Its leader-election Lease, in its own namespace only.
         assert can_i(cluster, release, "update", "leases.coordination.k8s.io", "-n", namespace) == "yes"
         assert can_i(cluster, release, "update", "leases.coordination.k8s.io", "-n", "default") == "no"
@@ -308,6 +312,7 @@ def test_namespaced_install_grants_nothing_outside_its_namespaces(
         assert can_i(cluster, release, "patch", "events", "-n", watched) == "yes"
         assert can_i(cluster, release, "patch", "events", "-n", other) == "no"
         assert can_i(cluster, release, "list", "modeldeployments.modeldeploy.io", "--all-namespaces") == "no"
+        assert can_i(cluster, release, "list", "namespaces") == "no"
 
         kubeconfig = cluster.token_kubeconfig(release.service_account, release.namespace, tmp_path / "kubeconfig")
         refused = subprocess.run(

@@ -79,6 +79,10 @@ class FakeCluster:
         """Status writes refused because they carried a resourceVersion that was no longer current."""
         self.applied: dict[tuple[str, str, str], Manifest] = {}
         """What our field manager last applied to each object: the fields it owns."""
+        self.terminating: set[str] = set()
+        """Namespaces being deleted: creates there are refused (403), as the API server does; patches are not."""
+        self.on_namespace_terminating: Callable[[str], None] | None = None
+        """As Kube's: told of each request refused because its namespace is being deleted."""
         self._version = 100
         self._uids = 0
 
@@ -97,6 +101,19 @@ class FakeCluster:
     def _new_uid(self, kind: str, name: str) -> str:
         self._uids += 1
         return f"uid-{kind.lower()}-{name}-{self._uids}"
+
+    def _refuse_create(self, kind: str, namespace: str) -> None:
+        """A create in a namespace being deleted: what the API server answers, with Kube's call to its hook."""
+        if namespace not in self.terminating:
+            return
+        if self.on_namespace_terminating is not None:
+            self.on_namespace_terminating(namespace)
+        raise ApiError(
+            403,
+            "Forbidden",
+            f'{{"message": "{kind.lower()}s is forbidden: unable to create new content in namespace {namespace} '
+            'because it is being terminated", "reason": "Forbidden", "code": 403}',
+        )
 
     def create_resource(self, spec: dict[str, Any], *, name: str = "fraud-detector", namespace: str = "models") -> Key:
         body = {
@@ -199,6 +216,8 @@ class FakeCluster:
         self.writes[f"apply {kind}"] += 1
         key = (kind, metadata["namespace"], metadata["name"])
         current = self.objects.get(key)
+        if current is None:
+            self._refuse_create(kind, metadata["namespace"])
         if current is not None and key in self.foreign and not force:
             # Another field manager set these fields to other values; only force would take them.
             raise ApiError(409, "Conflict", f'{{"message": "Apply failed with conflicts on {kind} {key[2]}"}}')
@@ -271,10 +290,25 @@ class FakeCluster:
         return copy.deepcopy(body)
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None:
-        """Aggregated as Kube does it (the same EventCorrelator): a repeat is a patch of the Event it repeats."""
+        """Aggregated as Kube does it (the same EventCorrelator): a repeat is a patch of the Event it repeats; a
+        create in a namespace being deleted is refused, and, as with Kube.post_event, only that."""
         metadata = resource["metadata"]
+        try:
+            self._refuse_create("Event", metadata["namespace"])
+        except ApiError:
+            self.writes["create Event"] += 1
+            return
         involved = InvolvedObject(metadata["namespace"], metadata["name"], str(metadata.get("uid") or ""))
         write = self.correlator.observe(involved, event_type, reason, message, self.clock())
         self.writes["create Event" if write.create else "patch Event"] += 1
         self.events.append(RecordedEvent(event_type, reason, message))
         self.event_counts[write.name] = write.count
+
+    def list_namespace_metadata(self) -> list[Manifest]:
+        """Every namespace that holds an object, and those being deleted (with a deletionTimestamp)."""
+        names = {namespace for _, namespace, _ in self.objects} | self.terminating
+        return [
+            {"name": name, "uid": f"uid-ns-{name}"}
+            | ({"deletionTimestamp": "2026-12-01T12:00:00Z"} if name in self.terminating else {})
+            for name in sorted(names)
+        ]

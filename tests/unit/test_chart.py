@@ -41,6 +41,8 @@ EXPECTED_RULES = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
+# Cluster-wide only: the namespace watch (and its list at start), for namespaces being deleted.
+NAMESPACE_RULES = [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
 
 
 def template(*sets: str, release: str = "md") -> list[Manifest]:
@@ -113,7 +115,7 @@ def test_default_install_is_cluster_wide_with_exactly_the_operators_rules() -> N
     assert_leader_election_rbac(docs)
     [role] = [doc for doc in docs if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] == "md-modeldeploy"]
     assert role["metadata"]["name"] == "md-modeldeploy"
-    assert role["rules"] == EXPECTED_RULES
+    assert role["rules"] == EXPECTED_RULES + NAMESPACE_RULES
     binding = only(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

@@ -19,6 +19,7 @@ from modeldeploy.kube.client import (
     USER_AGENT,
     ApiError,
     Kube,
+    namespace_of,
     namespace_terminating,
     permanent,
     retry_after_seconds,
@@ -393,6 +394,44 @@ def test_an_event_that_cannot_be_sent_is_logged_not_raised(
     [record] = caplog.records
     assert record.getMessage().startswith('Could not record Event reason="Promoted" error="')
     assert kube.writes == {"create Event": 1}
+
+
+def test_a_refusal_for_a_namespace_being_deleted_is_told_whatever_the_caller_does(
+    kube: Kube, server: FakeApiServer
+) -> None:
+    told: list[str] = []
+    kube.on_namespace_terminating = told.append
+    server.reply = lambda request: (403, TERMINATING)
+    kube.post_event({"metadata": {"name": "web", "namespace": "ns"}}, "Normal", "Created", "m")  # not raised
+    with pytest.raises(ApiError):
+        kube.apply(deployment())
+    assert told == ["ns", "ns"]
+    # Any other refusal is not news about the namespace.
+    server.reply = lambda request: (403, status_body(403, "deployments.apps is forbidden", "Forbidden"))
+    with pytest.raises(ApiError):
+        kube.apply(deployment())
+    assert told == ["ns", "ns"]
+
+
+def test_namespace_of_a_path() -> None:
+    assert namespace_of("/api/v1/namespaces/ns/events") == "ns"
+    assert namespace_of("/apis/apps/v1/namespaces/team-a/deployments/web") == "team-a"
+    assert namespace_of("/apis/modeldeploy.io/v1alpha1/namespaces/a%2Fb/modeldeployments/x/status") == "a/b"
+    assert namespace_of("/api/v1/namespaces") is None
+    assert namespace_of("/api/v1/namespaces/ns") is None  # the namespace itself is in none
+    assert namespace_of("/apis/coordination.k8s.io/v1/leases") is None
+
+
+def test_namespace_metadata_is_listed_as_partial_objects(kube: Kube, server: FakeApiServer) -> None:
+    live = {"name": "a", "uid": "u-a"}
+    going = {"name": "b", "uid": "u-b", "deletionTimestamp": "2026-12-01T12:00:00Z"}
+    items: list[Any] = [{"metadata": live}, {"metadata": going}, "garbage"]
+    server.reply = lambda request: (200, {"kind": "PartialObjectMetadataList", "items": items})
+    assert kube.list_namespace_metadata() == [live, going]
+    [request] = server.requests
+    assert (request.method, request.path) == ("GET", "/api/v1/namespaces")
+    assert request.headers["accept"].startswith("application/json;as=PartialObjectMetadataList")
+    assert kube.writes == {}
 
 
 def test_api_error_carries_status_reason_and_body(kube: Kube, server: FakeApiServer) -> None:

@@ -62,9 +62,11 @@ def _run(args: argparse.Namespace) -> int:
             return 0  # stopped while standing by
         kube_client.WRITE_FENCE = election.fence
     # Importing registers the handlers with kopf's default registry.
-    import modeldeploy.main  # noqa: F401
+    import modeldeploy.main
 
     namespaces = args.namespace or []
+    if not namespaces:
+        modeldeploy.main.watch_namespaces()
     try:
         kopf.run(
             clusterwide=not namespaces,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from modeldeploy.analysis.measure import cap_message
 from modeldeploy.config import OperatorConfig
@@ -227,6 +228,9 @@ class Controller:
         self.queue = WorkQueue(self._reconcile, workers=config.workers)
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._sweeping: asyncio.Task[list[Key]] | None = None
+        self.namespaces_watched = False
+        """Whether the namespace watch (cluster-wide only) says which namespaces are being deleted; without it, the
+        API server's refusals do (namespace_refused)."""
 
     async def _reconcile(self, key: Key) -> float | None:
         started = time.perf_counter()
@@ -243,6 +247,12 @@ class Controller:
                 RESOURCES.forget(*key)
                 log.info('Resource gone namespace="%s" name="%s"', *key)
             return None
+        except ApiError as error:
+            if namespace_terminating(error):
+                self.namespace_refused(key[0])
+                if self.store.namespace_terminating(key[0]):
+                    self._drop_work(key[0])
+            raise
         finally:
             RECONCILES.labels(outcome=outcome).inc()
             RECONCILE_DURATION.labels(outcome=outcome).observe(time.perf_counter() - started)
@@ -311,6 +321,41 @@ class Controller:
         RESOURCES.observe(*key, body.get("status"))
         self.queue.add(key)
         EVENT_HANDOFF.labels(kind="resource").observe(time.perf_counter() - received)
+
+    def load_namespaces(self) -> None:
+        """Which namespaces are being deleted, from one list, before the first pass: the namespace watch's events
+        may come after the first resources' (a freshly started operator would write into them meanwhile)."""
+        for metadata in self.kube.list_namespace_metadata():
+            self._namespace(metadata, None, phase=None)
+
+    def observe_namespace(self, event_type: str | None, body: Manifest) -> None:
+        """A namespace watch event (cluster-wide only): a namespace being deleted gets no write any more, and its
+        resources' queued work is dropped."""
+        self._namespace(body.get("metadata") or {}, event_type, phase=(body.get("status") or {}).get("phase"))
+
+    def _namespace(self, metadata: dict[str, Any], event_type: str | None, phase: object) -> None:
+        name, uid = metadata.get("name"), metadata.get("uid")
+        if not isinstance(name, str) or not name:
+            return
+        terminating = bool(metadata.get("deletionTimestamp")) or phase == "Terminating"
+        news = self.store.observe_namespace(name, str(uid or ""), terminating=terminating, gone=event_type == "DELETED")
+        if news:
+            log.info('Namespace terminating namespace="%s" seen="watch"', name)
+            self._drop_work(name)
+
+    def namespace_refused(self, namespace: str) -> None:
+        """The API server refused a write in `namespace` because it is being deleted (any write: Events included,
+        which the client does not raise). Called from the worker threads; heeded only without a namespace watch,
+        which knows better (it sees the namespace's uid, hence when one of that name is created again)."""
+        if self.namespaces_watched:
+            return
+        if self.store.namespace_refused(namespace, datetime.now(UTC)):
+            log.info('Namespace terminating namespace="%s" seen="refusal"', namespace)
+
+    def _drop_work(self, namespace: str) -> None:
+        """Timed re-checks and retries of the namespace's resources end; a pass already queued writes nothing."""
+        for key in self.store.keys_in(namespace):
+            self.queue.forget(key)
 
     def observe_child(self, event_type: str | None, body: Manifest) -> None:
         received = time.perf_counter()

@@ -26,6 +26,7 @@ from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
 from modeldeploy.kube.client import ApiError, permanent, status_message
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
+from modeldeploy.rollout.changes import COUNTS_LAG_SECONDS, StatusChange, status_change, written_form
 from modeldeploy.rollout.conditions import set_condition, sorted_conditions
 from modeldeploy.rollout.status import phase_change_event
 
@@ -293,15 +294,9 @@ def _hold(
     )
     log.warning('Holding namespace="%s" name="%s" reason="%s" message="%s"', namespace, name, reason, message)
     # The repairs' Events (if any) go out with the write that records them, as in a pass that carries on.
-    if _write_status(kube, store, parent, status, force=bool(events)):
-        for event in events:
-            kube.post_event(parent, event.type, event.reason, event.message)
-    kube.post_event(parent, "Warning", reason, message)
-
-
-def _status_dump(status: api.ModelDeploymentStatus) -> dict[str, Any]:
-    # Requests in status.commands belong to the people who make them; the operator only reads them.
-    return status.model_dump(mode="json", exclude={"commands"})
+    written = _write_status(kube, store, parent, status, now=now, force=bool(events))
+    # The hold's own Warning goes out at every retry that stays held: a repeat is counted on the same Event.
+    _post_events(kube, store, parent, [*(events if written else []), rollout.Event("Warning", reason, message)])
 
 
 def _invalid_status(parent: Manifest, error: ValidationError, now: datetime) -> api.ModelDeploymentStatus:
@@ -426,6 +421,8 @@ def _pass(
     now: datetime,
     queriers: QuerierFactory,
 ) -> float | None:
+    if store.namespace_terminating(key[0]):
+        return None  # Its namespace is being deleted, and everything in it: nothing is written there any more.
     parent, children = store.snapshot(key)
     if parent is None or parent["metadata"].get("deletionTimestamp"):
         return None  # Gone or going: garbage collection removes the children.
@@ -437,8 +434,8 @@ def _pass(
     except ValidationError as error:
         # Admission should have refused it; an object stored before a schema change can still be invalid.
         status = _invalid_status(parent, error, now)
-        if _write_status(kube, store, parent, status):
-            kube.post_event(parent, "Warning", "InvalidSpec", status.message or "")
+        if _write_status(kube, store, parent, status, now=now):
+            _post_events(kube, store, parent, [rollout.Event("Warning", "InvalidSpec", status.message or "")])
         return None
     resource = resource.model_copy(update={"status": stored_status})
 
@@ -529,15 +526,14 @@ def _pass(
     # The repairs go out with the status write that records them, once: the next pass reads the repaired status.
     events = repair_events + events
     try:
-        written = _write_status(kube, store, parent, status, force=bool(repairs))
+        written = _write_status(kube, store, parent, status, now=now, force=bool(repairs))
     except ApiError as error:
         if not permanent(error):
             raise
         return _refused(kube, store, parent, resource, "the status write", error, repair_events, now)
     if written:
-        for event in events:
-            kube.post_event(parent, event.type, event.reason, event.message)
-    return plan.requeue_after
+        _post_events(kube, store, parent, events)
+    return _sooner(plan.requeue_after, _counts_due_in(store, key, now))
 
 
 class _RefusedWriteError(Exception):
@@ -698,17 +694,33 @@ def measure(
 
 
 def _write_status(
-    kube: ClusterWriter, store: Store, parent: Manifest, status: api.ModelDeploymentStatus, *, force: bool = False
+    kube: ClusterWriter,
+    store: Store,
+    parent: Manifest,
+    status: api.ModelDeploymentStatus,
+    *,
+    now: datetime,
+    force: bool = False,
 ) -> bool:
-    """Write the status when it differs from what is stored, or (`force`) when what is stored had to be repaired,
-    which a comparison of the parsed statuses cannot always see. One write per pass at most."""
+    """Write the status when it differs meaningfully from what is stored, or (`force`) when what is stored had to
+    be repaired, which a comparison of the parsed statuses cannot always see. One write per pass at most.
+
+    A difference in ready counts alone (rollout/changes.py) waits: the next meaningful write carries it, or it is
+    written by itself once it has lasted COUNTS_LAG_SECONDS (the pass asks to come back then)."""
     previous, _ = rollout.read_status(parent.get("status"))
-    if not force and _status_dump(previous) == _status_dump(status):
+    key = key_of(parent)
+    change = status_change(previous, status)
+    if not force and change == StatusChange.NONE:
+        store.counts_written(key)
         return False
-    namespace, name = key_of(parent)
+    if not force and change == StatusChange.COUNTS:
+        behind = now - store.counts_behind(key, now)
+        if behind.total_seconds() < COUNTS_LAG_SECONDS:
+            return False
+    namespace, name = key
     version = parent["metadata"].get("resourceVersion")
     try:
-        updated = kube.patch_status(namespace, name, _status_dump(status), resource_version=version)
+        updated = kube.patch_status(namespace, name, written_form(status), resource_version=version)
     except ApiError as error:
         if error.status == HTTPStatus.NOT_FOUND:
             raise ResourceGone((namespace, name), version) from error
@@ -716,6 +728,7 @@ def _write_status(
             raise _StaleError(error) from error
         raise
     store.put_parent(updated)
+    store.counts_written(key)
     if previous.phase != status.phase:
         log.info(
             'Status changed namespace="%s" name="%s" phase="%s" message="%s"',
@@ -725,3 +738,24 @@ def _write_status(
             status.message,
         )
     return True
+
+
+def _counts_due_in(store: Store, key: Key, now: datetime) -> float | None:
+    """Seconds until the counts that differ (and nothing else) are written by themselves, if any differ."""
+    since = store.counts_behind_since(key)
+    if since is None:
+        return None
+    return max(COUNTS_LAG_SECONDS - (now - since).total_seconds(), 0.0)
+
+
+def _sooner(first: float | None, second: float | None) -> float | None:
+    return min((delay for delay in (first, second) if delay is not None), default=None)
+
+
+def _post_events(kube: ClusterWriter, store: Store, parent: Manifest, events: list[rollout.Event]) -> None:
+    """Post `events`, and stop at the first one the API server refuses for a namespace being deleted."""
+    namespace = key_of(parent)[0]
+    for event in events:
+        if store.namespace_terminating(namespace):
+            return
+        kube.post_event(parent, event.type, event.reason, event.message)

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from modeldeploy.api import models as api
+from modeldeploy.api.times import parse_time
 
 Manifest = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
@@ -83,6 +87,21 @@ class _PackedChildren:
         return self.deployments if kind == "Deployment" else self.services
 
 
+REFUSAL_MARK_SECONDS = 600.0
+"""How long a namespace learned from a refusal (403 "being terminated") is held as terminating at most, in case
+the signs that it was created again (below) were missed: the next refused write learns it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Terminating:
+    """A namespace being deleted: by the uid the namespace watch showed, or (uid None) learned at `since` from the
+    API server refusing a write because of it, and held until `until` at most (on the Store's clock)."""
+
+    uid: str | None
+    since: datetime | None = None
+    until: float | None = None
+
+
 def slim(body: Manifest) -> Manifest:
     """The object without metadata.managedFields, which the operator never reads: on a Deployment they are often
     larger than everything else, and the Store holds every child of every resource."""
@@ -96,11 +115,14 @@ class Store:
     """What the operator has seen of its resources and their children (less their managedFields), as compact JSON.
     Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._parents: dict[Key, _Packed] = {}
         self._children: dict[Key, _PackedChildren] = {}
         self._uids: dict[Key, str] = {}
+        self._counts_behind: dict[Key, datetime] = {}
+        self._terminating: dict[str, _Terminating] = {}
 
     def put_parent(self, body: Manifest) -> None:
         packed = _Packed.of(slim(body))
@@ -111,6 +133,10 @@ class Store:
             if not _newer_or_equal(packed.resource_version, current):
                 return
             self._parents[key] = packed
+            mark = self._terminating.get(key[0])
+            if mark is not None and mark.uid is None and _created_after(body, mark.since):
+                # A namespace being deleted takes no new object: this one is in a namespace created again.
+                del self._terminating[key[0]]
             if current is not None and self._uids.get(key) != uid:
                 # Deleted and created again: what the Store holds of the predecessor's children may be gone
                 # already (a watch gap reports no deletion). Its children that still exist come back with their
@@ -122,6 +148,8 @@ class Store:
         with self._lock:
             self._parents.pop(key, None)
             self._uids.pop(key, None)
+            self._counts_behind.pop(key, None)
+            self._after_removal(key[0])
 
     def forget(self, key: Key, resource_version: str | None = None) -> bool:
         """Drop a resource that is gone and everything seen of its children (garbage collection deletes them, and
@@ -136,6 +164,8 @@ class Store:
             del self._parents[key]
             self._uids.pop(key, None)
             self._children.pop(key, None)
+            self._counts_behind.pop(key, None)
+            self._after_removal(key[0])
             return True
 
     def namespaces(self) -> set[str]:
@@ -194,3 +224,84 @@ class Store:
     def keys(self) -> list[Key]:
         with self._lock:
             return list(self._parents)
+
+    def keys_in(self, namespace: str) -> list[Key]:
+        with self._lock:
+            return [key for key in self._parents if key[0] == namespace]
+
+    # --- status counts not written yet (see rollout/changes.py) -----------------------------------------------
+
+    def counts_behind(self, key: Key, now: datetime) -> datetime:
+        """Since when the resource's status on the API server has differed from the computed one only in counts:
+        `now` if it has not until this pass."""
+        with self._lock:
+            return self._counts_behind.setdefault(key, now)
+
+    def counts_behind_since(self, key: Key) -> datetime | None:
+        with self._lock:
+            return self._counts_behind.get(key)
+
+    def counts_written(self, key: Key) -> None:
+        """The status on the API server holds the counts (written, or equal again): nothing is waiting."""
+        with self._lock:
+            self._counts_behind.pop(key, None)
+
+    # --- namespaces being deleted ---------------------------------------------------------------------------------
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        """Whether `namespace` is being deleted, as far as the operator knows: nothing is written there."""
+        with self._lock:
+            mark = self._terminating.get(namespace)
+            if mark is None:
+                return False
+            if self._expired(mark):
+                del self._terminating[namespace]
+                return False
+            return True
+
+    def observe_namespace(self, name: str, uid: str, *, terminating: bool, gone: bool = False) -> bool:
+        """What the namespace watch shows of one namespace; True when this is the news that it is being deleted.
+
+        A namespace gone, or shown without a deletionTimestamp (created again under its name, with another uid),
+        is writable again."""
+        with self._lock:
+            current = self._terminating.get(name)
+            if gone or not terminating:
+                self._terminating.pop(name, None)
+                return False
+            self._terminating[name] = _Terminating(uid)
+            return current is None or current.uid != uid
+
+    def namespace_refused(self, namespace: str, now: datetime) -> bool:
+        """A write refused because `namespace` is being deleted (403 "being terminated"); True when that is news.
+
+        Without a namespace watch nothing says when the namespace is gone and created again, so the mark is
+        dropped on the signs of it: the Store holds no resource of the namespace any more (deleting a namespace
+        deletes them all, and nothing is created in it meanwhile), or a resource created after the mark shows up;
+        at the latest after REFUSAL_MARK_SECONDS."""
+        with self._lock:
+            mark = self._terminating.get(namespace)
+            if mark is not None and not self._expired(mark):
+                return False
+            self._terminating[namespace] = _Terminating(None, now, self._clock() + REFUSAL_MARK_SECONDS)
+            return True
+
+    def _expired(self, mark: _Terminating) -> bool:
+        return mark.until is not None and self._clock() > mark.until
+
+    def _after_removal(self, namespace: str) -> None:
+        # Under the lock.
+        mark = self._terminating.get(namespace)
+        if mark is not None and mark.uid is None and not any(key[0] == namespace for key in self._parents):
+            del self._terminating[namespace]
+
+
+def _created_after(body: Manifest, moment: datetime | None) -> bool:
+    """Whether the object's creationTimestamp (whole seconds, from the API server's clock) is past `moment`."""
+    created = body["metadata"].get("creationTimestamp")
+    if moment is None or not isinstance(created, str):
+        return False
+    try:
+        return parse_time(created) > moment
+    except (ValueError, TypeError):  # not a time, or one without a zone
+        return False

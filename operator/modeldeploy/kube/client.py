@@ -111,6 +111,15 @@ def namespace_terminating(error: ApiError) -> bool:
     return error.status == 403 and "because it is being terminated" in error.body
 
 
+def namespace_of(path: str) -> str | None:
+    """The namespace a request path names (`.../namespaces/<namespace>/<resource>...`), if any."""
+    parts = path.split("/")
+    for index, part in enumerate(parts[:-2]):
+        if part == "namespaces" and parts[index + 1]:
+            return urllib.parse.unquote(parts[index + 1])
+    return None
+
+
 def _kv(**values: object) -> str:
     return " ".join(f'{key}="{value}"' for key, value in values.items())
 
@@ -142,6 +151,9 @@ class Kube:
         self.writes: Counter[str] = Counter()
         self._clock = clock
         self._events = events if events is not None else EventCorrelator()
+        self.on_namespace_terminating: Callable[[str], None] | None = None
+        """Called with the namespace when the API server refuses a request because that namespace is being deleted
+        (whether or not the caller raises the error: an Event is only logged)."""
         if settings.exec_plugin is None:
             self._pool = self._new_pool(None)  # a bad certificate or key fails here, at start-up
 
@@ -220,12 +232,16 @@ class Kube:
             if response.status == HTTPStatus.UNAUTHORIZED:
                 self._credentials.rejected()
             reason = response.reason or _phrase(response.status)
-            raise ApiError(
+            error = ApiError(
                 response.status,
                 reason,
                 response.data.decode(errors="replace"),
                 retry_after_seconds(response.headers.get("Retry-After")),
             )
+            namespace = namespace_of(path)
+            if self.on_namespace_terminating is not None and namespace and namespace_terminating(error):
+                self.on_namespace_terminating(namespace)
+            raise error
         if not response.data:
             return {}
         answer: Manifest = json.loads(response.data)
@@ -364,6 +380,15 @@ class Kube:
             for item in answer.get("items") or []
         }
         return str((answer.get("metadata") or {}).get("resourceVersion", "")), items
+
+    def list_namespace_metadata(self) -> list[Manifest]:
+        """The metadata of every namespace (a PartialObjectMetadataList): which are being deleted, by uid."""
+        answer = self._request("GET", "/api/v1/namespaces", accept=METADATA_LIST_ACCEPT)
+        return [
+            item["metadata"]
+            for item in answer.get("items") or []
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
+        ]
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
