@@ -208,7 +208,7 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         assert can_i(cluster, release, "list", "modeldeployments.modeldeploy.io", "--all-namespaces") == "yes"
         assert can_i(cluster, release, "patch", "deployments.apps", "-n", "default") == "yes"
         assert can_i(cluster, release, "update", "modeldeployments.modeldeploy.io", "-n", "default") == "no"
-        assert can_i(cluster, release, "delete", "services", "-n", "default") == "no"
+        assert can_i(cluster, release, "deletecollection", "services", "-n", "default") == "no"
         assert can_i(cluster, release, "get", "secrets", "-n", namespace) == "no"
         assert can_i(cluster, release, "list", "pods", "-n", "default") == "no"
         # Its leader-election Lease, in its own namespace only.

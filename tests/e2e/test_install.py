@@ -67,7 +67,7 @@ def test_manifests_install_and_the_operator_works_with_only_its_own_rbac(
         can_i = cluster.kubectl(
             "auth",
             "can-i",
-            "delete",
+            "deletecollection",
             "services",
             "--as=system:serviceaccount:modeldeploy-system:modeldeploy",
             check=False,
