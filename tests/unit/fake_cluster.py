@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modeldeploy.api import models as api
+from modeldeploy.children.builders import LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.controller.store import Key, Manifest, Store
 from modeldeploy.kube.client import ApiError
 from modeldeploy.kube.events import EventCorrelator, InvolvedObject
@@ -177,6 +178,42 @@ class FakeCluster:
             if kind == api.KIND and ns == namespace
         }
         return str(self._version), items
+
+    def list_resource_uids(self, namespace: str) -> dict[str, str]:
+        self._fail("list_resource_uids")
+        self.reads["list ModelDeployment"] += 1
+        return {
+            name: str(body["metadata"]["uid"])
+            for (kind, ns, name), body in self.objects.items()
+            if kind == api.KIND and ns == namespace
+        }
+
+    def list_children(self, kind: str, namespace: str) -> list[Manifest]:
+        """As Kube's: the objects of `kind` labelled as the operator's, metadata only."""
+        self._fail("list_children")
+        self.reads[f"list {kind}"] += 1
+        return [
+            {"kind": kind, "metadata": copy.deepcopy(body["metadata"])}
+            for (k, ns, _), body in self.objects.items()
+            if k == kind
+            and ns == namespace
+            and (body["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
+        ]
+
+    def delete_child(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """As Kube's: only while the object is still the one of `uid` (a precondition)."""
+        self._fail("delete_child")
+        self.writes[f"delete {kind}"] += 1
+        current = self.objects.get((kind, namespace, name))
+        if current is None or current["metadata"].get("uid") != uid:
+            return False
+        del self.objects[(kind, namespace, name)]
+        return True
+
+    def delete_resource_only(self, key: Key) -> None:
+        """The resource deleted and its children left: garbage collection missed the deletion (a watch gap)."""
+        self.objects.pop((api.KIND, *key), None)
+        self._next_version()
 
     def resource(self, key: Key) -> Manifest:
         return self.objects[(api.KIND, *key)]

@@ -171,6 +171,36 @@ def test_delete_service_of_another_uid_is_a_conflict(kube: Kube, server: FakeApi
     assert raised.value.status == 409
 
 
+@pytest.mark.parametrize(("code", "deleted"), [(200, True), (404, False), (409, False)])
+def test_delete_child_is_fenced_by_the_childs_uid(kube: Kube, server: FakeApiServer, code: int, deleted: bool) -> None:
+    server.reply = lambda request: (code, status_body(code, "answer") if code >= 400 else {})
+    assert kube.delete_child("Service", "ns", "web-canary", "u-7") is deleted
+    [request] = server.requests
+    assert (request.method, request.path) == ("DELETE", "/api/v1/namespaces/ns/services/web-canary")
+    assert request.json() == {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "preconditions": {"uid": "u-7"},
+        "propagationPolicy": "Background",
+    }
+    assert kube.writes == {"delete Service": 1}
+
+
+def test_children_and_resource_uids_are_listed_as_metadata(kube: Kube, server: FakeApiServer) -> None:
+    items = [{"metadata": {"name": "web", "uid": "u-1"}}, "garbage"]
+    server.reply = lambda request: (200, {"kind": "PartialObjectMetadataList", "items": items})
+    assert kube.list_children("Deployment", "ns") == [{"kind": "Deployment", "metadata": {"name": "web", "uid": "u-1"}}]
+    assert kube.list_resource_uids("ns") == {"web": "u-1"}
+    children, resources = server.requests
+    assert (children.path, children.query) == (
+        "/apis/apps/v1/namespaces/ns/deployments",
+        {"labelSelector": "app.kubernetes.io/managed-by=modeldeploy"},
+    )
+    assert resources.path == "/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments"
+    assert all(r.headers["accept"].startswith("application/json;as=PartialObjectMetadataList") for r in server.requests)
+    assert kube.writes == {}
+
+
 def test_delete_raises_other_errors(kube: Kube, server: FakeApiServer) -> None:
     server.reply = lambda request: (500, status_body(500, "etcdserver: request timed out"))
     with pytest.raises(ApiError) as raised:

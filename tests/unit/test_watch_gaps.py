@@ -10,14 +10,17 @@ from typing import cast
 
 import pytest
 
+from modeldeploy.children.builders import LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.config import OperatorConfig
+from modeldeploy.controller import orphans
 from modeldeploy.controller import queue as queue_module
 from modeldeploy.controller.queue import Controller
-from modeldeploy.controller.store import Store
+from modeldeploy.controller.reconcile import reconcile
+from modeldeploy.controller.store import Key, Store
 from modeldeploy.kube.client import ApiError, Kube
 
 from .fake_cluster import FakeCluster
-from .test_reconcile import SPEC
+from .test_reconcile import SPEC, START
 
 
 def controller_of(cluster: FakeCluster, config: OperatorConfig) -> Controller:
@@ -120,6 +123,133 @@ def test_a_relist_starts_the_comparison_by_itself(config: OperatorConfig, monkey
                 break
             await asyncio.sleep(0.01)
         assert controller.store.keys() == [key]
+        await controller.queue.stop()
+
+    asyncio.run(scenario())
+
+
+# --- children that garbage collection missed ------------------------------------------------------------------------
+
+
+def children_of(cluster: FakeCluster, name: str) -> list[str]:
+    return sorted(
+        f"{kind}/{child}"
+        for (kind, _, child), body in cluster.objects.items()
+        if kind in ("Deployment", "Service")
+        and any(ref.get("name") == name for ref in body["metadata"].get("ownerReferences") or [])
+    )
+
+
+def served(cluster: FakeCluster, config: OperatorConfig, name: str) -> Key:
+    """A resource whose first pass made its children."""
+    key = cluster.create_resource(SPEC, name=name)
+    store = Store()
+    store.put_parent(copy.deepcopy(cluster.resource(key)))
+    reconcile(cluster, store, config, key, START)
+    assert children_of(cluster, name)
+    return key
+
+
+def test_children_of_a_deleted_resource_are_orphans_and_of_a_live_one_not(config: OperatorConfig) -> None:
+    cluster = FakeCluster()
+    served(cluster, config, "kept")
+    gone = served(cluster, config, "gone")
+    cluster.delete_resource_only(gone)
+    found = orphans.find(cluster, "models")
+    assert sorted(f"{child['kind']}/{child['metadata']['name']}" for child in found) == children_of(cluster, "gone")
+    deleted = orphans.collect(cluster, "models", found)
+    assert len(deleted) == len(found)
+    assert children_of(cluster, "gone") == []
+    assert children_of(cluster, "kept") != []
+    assert orphans.find(cluster, "models") == []
+
+
+def test_a_predecessors_children_are_orphans_once_the_name_has_another_uid(config: OperatorConfig) -> None:
+    cluster = FakeCluster()
+    key = served(cluster, config, "again")
+    before = children_of(cluster, "again")
+    # Deleted and created again under the name during the gap: the collector saw one object change.
+    cluster.delete_resource_only(key)
+    cluster.create_resource(SPEC, name="again")
+    cluster.resource(key)["metadata"]["uid"] = "uid-again-2"
+    found = orphans.find(cluster, "models")
+    assert sorted(f"{child['kind']}/{child['metadata']['name']}" for child in found) == before
+    orphans.collect(cluster, "models", found)
+    assert children_of(cluster, "again") == []
+
+
+def test_collection_spares_what_changed_since_it_looked(config: OperatorConfig) -> None:
+    cluster = FakeCluster()
+    gone = served(cluster, config, "gone")
+    cluster.delete_resource_only(gone)
+    found = orphans.find(cluster, "models")
+    # Meanwhile the resource is back (the same uid: the list was behind) and one child is another object now.
+    cluster.create_resource(SPEC, name="gone")
+    assert orphans.collect(cluster, "models", found) == []
+    cluster.delete_resource_only(gone)
+    service = cluster.objects[("Service", "models", "gone")]
+    service["metadata"]["uid"] = "uid-someone-elses"
+    deleted = orphans.collect(cluster, "models", found)
+    assert ("Service", "gone") not in {(child["kind"], child["metadata"]["name"]) for child in deleted}
+    assert ("Service", "models", "gone") in cluster.objects, "created under the name since: never deleted"
+
+
+def test_objects_without_our_controller_are_never_orphans() -> None:
+    cluster = FakeCluster()
+    labels = {LABEL_MANAGED_BY: MANAGED_BY}
+    cluster.add_foreign(
+        {"kind": "Service", "metadata": {"name": "plain", "namespace": "models", "uid": "u-1", "labels": labels}}
+    )
+    cluster.add_foreign(
+        {
+            "kind": "Service",
+            "metadata": {
+                "name": "other",
+                "namespace": "models",
+                "uid": "u-2",
+                "labels": labels,
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u-3", "controller": True}
+                ],
+            },
+        }
+    )
+    assert orphans.find(cluster, "models") == []
+
+
+def test_a_relist_collects_the_orphans_after_the_grace_period(
+    config: OperatorConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_module, "RELIST_SETTLE_SECONDS", 0.01)
+    monkeypatch.setattr(orphans, "ORPHAN_GRACE_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        served(cluster, config, "kept")
+        gone = served(cluster, config, "gone")
+        controller = controller_of(cluster, config)
+        listed(cluster, controller)
+        cluster.delete_resource_only(gone)
+        listed(cluster, controller)  # the re-list after the gap
+        for _ in range(300):
+            if not children_of(cluster, "gone"):
+                break
+            await asyncio.sleep(0.01)
+        assert children_of(cluster, "gone") == []
+        assert children_of(cluster, "kept") != []
+        await controller.queue.stop()
+
+    asyncio.run(scenario())
+
+
+def test_watch_events_alone_do_not_look_for_orphans(config: OperatorConfig) -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        key = served(cluster, config, "one")
+        controller = controller_of(cluster, config)
+        controller.observe_resource("ADDED", copy.deepcopy(cluster.resource(key)))
+        await controller.sweep()
+        assert cluster.reads["list Deployment"] == 0, "no list of children without a re-list"
         await controller.queue.stop()
 
     asyncio.run(scenario())

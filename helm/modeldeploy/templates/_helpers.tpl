@@ -59,6 +59,8 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]
+# Children garbage collection missed after a watch gap (an owner gone, or deleted and created again) are deleted
+# by the operator: only its own kinds' children whose owner no list shows, under a precondition on their uid.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]

@@ -21,8 +21,9 @@ from typing import Any
 
 from modeldeploy.analysis.measure import cap_message
 from modeldeploy.config import OperatorConfig
+from modeldeploy.controller import orphans
 from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS, ResourceGone, reconcile
-from modeldeploy.controller.store import Key, Manifest, Store, key_of
+from modeldeploy.controller.store import Key, Manifest, Store, key_of, owner_key
 from modeldeploy.kube.client import ApiError, Kube, namespace_terminating, permanent, status_message, transient
 from modeldeploy.metrics import (
     API_WAIT,
@@ -231,6 +232,9 @@ class Controller:
         self.namespaces_watched = False
         """Whether the namespace watch (cluster-wide only) says which namespaces are being deleted; without it, the
         API server's refusals do (namespace_refused)."""
+        # Set by a (re-)list: the next sweep also looks for children that garbage collection missed (orphans.py).
+        self._orphan_scan_due = False
+        self._collections: set[asyncio.Task[list[Manifest]]] = set()
 
     async def _reconcile(self, key: Key) -> float | None:
         started = time.perf_counter()
@@ -292,7 +296,8 @@ class Controller:
         reports no DELETED for what went meanwhile, and a resource kept would have its children applied again with
         a dead owner, which garbage collection deletes, and so on. The lists run in a worker thread."""
         dropped: list[Key] = []
-        for namespace in sorted(self.store.namespaces()):
+        namespaces = sorted(self.store.namespaces())
+        for namespace in namespaces:
             try:
                 list_version, items = await asyncio.to_thread(self.kube.list_resource_versions, namespace)
             except Exception as error:  # the next sweep tries again; the watches carry on meanwhile
@@ -304,7 +309,53 @@ class Controller:
                     RESOURCES.forget(*key)
                     dropped.append(key)
                     log.info('Resource gone namespace="%s" name="%s" seen="list"', *key)
+        if self._orphan_scan_due:
+            self._orphan_scan_due = False
+            await self._look_for_orphans(namespaces)
         return dropped
+
+    async def _look_for_orphans(self, namespaces: list[str]) -> None:
+        """After a re-list: children whose owner no list shows are left to garbage collection for a while, then
+        deleted if still orphaned (see orphans.py). Runs for the namespaces the Store knew before the sweep."""
+        for namespace in namespaces:
+            try:
+                candidates = await asyncio.to_thread(orphans.find, self.kube, namespace)
+            except Exception as error:  # a later re-list looks again; nothing depends on this one
+                log.warning('Orphan search failed namespace="%s" error="%s"', namespace, error)
+                continue
+            if not candidates:
+                continue
+            log.info(
+                'Children without their owner namespace="%s" count="%d" collectingIn="%gs"',
+                namespace,
+                len(candidates),
+                orphans.ORPHAN_GRACE_SECONDS,
+            )
+            asyncio.get_running_loop().call_later(
+                orphans.ORPHAN_GRACE_SECONDS, self._start_collection, namespace, candidates
+            )
+
+    def _start_collection(self, namespace: str, candidates: list[Manifest]) -> None:
+        if self.queue.stopped:
+            return
+        task = asyncio.create_task(self._collect(namespace, candidates), name="orphan-collection")
+        self._collections.add(task)
+        task.add_done_callback(self._collections.discard)
+
+    async def _collect(self, namespace: str, candidates: list[Manifest]) -> list[Manifest]:
+        try:
+            deleted = await asyncio.to_thread(orphans.collect, self.kube, namespace, candidates)
+        except Exception as error:
+            log.warning('Orphan collection failed namespace="%s" error="%s"', namespace, error)
+            return []
+        held = set(self.store.keys())
+        for child in deleted:
+            # A resource created again under the owner's name stood back from these names: its turn now, rather
+            # than at its next look.
+            key = owner_key(child)
+            if key in held:
+                self.queue.add(key)
+        return deleted
 
     def observe_resource(self, event_type: str | None, body: Manifest) -> None:
         received = time.perf_counter()
@@ -312,6 +363,8 @@ class Controller:
         if event_type is None or self._sweep_timer is None:
             # kopf reports the objects of a (re-)list with no event type; the first event also starts the sweeps.
             self._schedule_sweep(RELIST_SETTLE_SECONDS)
+            if event_type is None:
+                self._orphan_scan_due = True
         if event_type == "DELETED":
             self.store.remove_parent(key)
             self.queue.forget(key)

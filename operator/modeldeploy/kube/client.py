@@ -23,6 +23,7 @@ from typing import Any
 import urllib3
 
 from modeldeploy.api import models as api
+from modeldeploy.children.builders import LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.config import FIELD_MANAGER
 from modeldeploy.kube.config import ConnectionSettings, Credentials
 from modeldeploy.kube.events import EventCorrelator, EventWrite, InvolvedObject
@@ -354,6 +355,26 @@ class Kube:
                 raise
         log.info("Deleted Service %s", _kv(namespace=namespace, name=name))
 
+    def delete_child(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete one Deployment or Service, only if it is still the object of `uid` (a precondition: the API
+        server answers 409 Conflict for an object created under the name since). False when it was gone already
+        or is another object now."""
+        self._count("delete", kind)
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": uid},
+            "propagationPolicy": "Background",
+        }
+        try:
+            self._request("DELETE", self._child_path(kind, namespace, name), body=body)
+        except ApiError as error:
+            if error.status in (HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT):
+                return False
+            raise
+        log.info("Deleted %s %s", kind, _kv(namespace=namespace, name=name, uid=uid))
+        return True
+
     # --- the resource itself ----------------------------------------------------------------------------------
 
     def _resource_path(self, namespace: str, name: str) -> str:
@@ -380,6 +401,34 @@ class Kube:
             for item in answer.get("items") or []
         }
         return str((answer.get("metadata") or {}).get("resourceVersion", "")), items
+
+    def list_resource_uids(self, namespace: str) -> dict[str, str]:
+        """Each ModelDeployment's name and uid in `namespace` (metadata only)."""
+        answer = self._request(
+            "GET",
+            f"{RESOURCE_PREFIX}/namespaces/{_segment(namespace)}/{api.PLURAL}",
+            accept=METADATA_LIST_ACCEPT,
+        )
+        return {
+            str(item["metadata"]["name"]): str(item["metadata"].get("uid", ""))
+            for item in answer.get("items") or []
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict) and item["metadata"].get("name")
+        }
+
+    def list_children(self, kind: str, namespace: str) -> list[Manifest]:
+        """The Deployments or Services labelled as the operator's in `namespace`: metadata only, each with its kind."""
+        prefix, plural = CHILD_PATHS[kind]
+        answer = self._request(
+            "GET",
+            f"{prefix}/namespaces/{_segment(namespace)}/{plural}",
+            query={"labelSelector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
+            accept=METADATA_LIST_ACCEPT,
+        )
+        return [
+            {"kind": kind, "metadata": item["metadata"]}
+            for item in answer.get("items") or []
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
+        ]
 
     def list_namespace_metadata(self) -> list[Manifest]:
         """The metadata of every namespace (a PartialObjectMetadataList): which are being deleted, by uid."""

@@ -113,13 +113,15 @@ def _when(event: dict[str, Any], key: str) -> datetime:
 
 @dataclass(frozen=True)
 class AfterDeletion:
-    child_writes: list[str]  # operator writes of a deleted parent's children after its deletion
+    child_writes: list[str]  # operator writes of a deleted parent's children after its deletion (not deletes)
     status_404: int  # status writes for a deleted parent the API server answered 404
     other_writes: list[str]  # any other operator write naming a deleted parent after its deletion
+    collected: list[str] = field(default_factory=list)  # deletes of such children: orphans the operator collected
 
 
 def writes_after_deletion(audit: AuditLog, mark: AuditMark, namespace: str, gap: Gap) -> AfterDeletion:
     child_writes: list[str] = []
+    collected: list[str] = []
     other: list[str] = []
     status_404 = 0
     patterns = {name: child_names(name) for name in gap.deleted if name not in gap.recreated}
@@ -136,13 +138,13 @@ def writes_after_deletion(audit: AuditLog, mark: AuditMark, namespace: str, gap:
         if resource in ("deployments", "services"):
             for parent, pattern in patterns.items():
                 if pattern.match(name) and received > gap.deleted[parent]:
-                    child_writes.append(where)
+                    (collected if event.get("verb") == "delete" else child_writes).append(where)
         elif resource == "modeldeployments" and name in patterns and received > gap.deleted[name]:
             if reference.get("subresource") == "status" and code == 404:
                 status_404 += 1
             else:
                 other.append(where)
-    return AfterDeletion(child_writes, status_404, other)
+    return AfterDeletion(child_writes, status_404, other, collected)
 
 
 def answering(api: KubeAPI, namespace: str) -> bool:
@@ -189,6 +191,7 @@ def run(run: ChaosRun) -> list[Figure]:
     gone_total = 0
     gone_seen = 0
     child_writes: list[str] = []
+    collected: list[str] = []
     other_writes: list[str] = []
     status_404 = 0
     retries_404: list[str] = []
@@ -319,6 +322,7 @@ def run(run: ChaosRun) -> list[Figure]:
             time.sleep(1.0)  # the audit log is written just after the answer: let the last events land
             found = writes_after_deletion(run.audit, mark, namespace, gap)
             child_writes += found.child_writes
+            collected += found.collected
             other_writes += found.other_writes
             status_404 += found.status_404
         leftover_all = children_listed(api, namespace, all_deleted)
@@ -352,6 +356,14 @@ def run(run: ChaosRun) -> list[Figure]:
             note=", ".join(sorted(leftover_all)),
         ),
         count_figure("children owned by a dead parent", len(dead_owned), note="; ".join(dead_owned[:3])),
+        Figure(
+            "orphans the operator deleted",
+            str(len(collected)),
+            "(measured)",
+            True,
+            "children of deleted parents that garbage collection missed in the gap, deleted by the operator "
+            "after its grace period; " + "; ".join(collected[:2]),
+        ),
         Figure(
             "re-created, held until garbage collection frees the names",
             str(held_total),
