@@ -10,22 +10,33 @@ Figures printed beside their goals:
 - revert: time from sending a spec that returns to the serving version mid-canary to the watch event showing
   phase Healthy with no canary: the stable revision back at all its replicas, all Ready, the canary scaled to
   zero. Goal: <= 300 ms (Argo Rollouts: 354 ms on this control plane).
+- no dropped requests (as root; --skip-traffic leaves it out): model servers as processes on the node agent's
+  node, 20 requests/s through the Service by the load generator (which follows the EndpointSlices like kube-proxy)
+  across a whole canary: steps, a timed pause, an open pause, a promotion, then a new version to 25% and a spec
+  revert mid-canary (modeldeploy_testkit.canary_traffic). Every pod that goes is stopped for real (preStop delay,
+  SIGTERM, the runtime's drain). Goal: 0 failed requests, every stopped container exited 0.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from modeldeploy_testkit.agent_pods import start_node_agent
 from modeldeploy_testkit.bench import options
-from modeldeploy_testkit.bench.common import bench_dir, write_json
+from modeldeploy_testkit.bench.common import bench_dir, log, write_json
+from modeldeploy_testkit.canary_traffic import CanaryTrafficRun, whole_canary_under_traffic
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster
+from modeldeploy_testkit.custom_models import ECHO_FIRST_FEATURE, write_custom_model
 from modeldeploy_testkit.kubeapi import KubeAPI, resource_path
 from modeldeploy_testkit.operator_process import running_operator
 from modeldeploy_testkit.resources import API_VERSION, model_deployment, serving_only
-from modeldeploy_testkit.scripts import cluster_dir
+from modeldeploy_testkit.scripts import StartError, cluster_dir
 from modeldeploy_testkit.watches import EventLog
 
 PAUSE_SECONDS = 2
@@ -122,6 +133,20 @@ def revert_time(api: KubeAPI, namespace: str, samples: int) -> list[float]:
         watch.stop()
 
 
+def no_dropped_requests(cluster: Cluster) -> CanaryTrafficRun | str:
+    """The whole canary under traffic, or why it was not measured."""
+    if os.geteuid() != 0:
+        return "not measured: the node agent needs root (network namespaces, veth pairs)"
+    try:
+        start_node_agent()
+    except StartError as error:
+        return f"not measured: the node agent did not start: {error}"
+    echo = write_custom_model(Path(tempfile.mkdtemp(prefix="bench-canary-")), "echo", ECHO_FIRST_FEATURE)
+    with scratch_namespace(cluster, "bench-canary-traffic") as namespace:
+        log("a whole canary under 20 requests/s through the Service, on the node agent's node")
+        return whole_canary_under_traffic(cluster, namespace, echo, log=log)
+
+
 def describe(values: list[float]) -> str:
     if not values:
         return "no samples"
@@ -132,14 +157,21 @@ def describe(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = options("canary", __doc__)
     parser.add_argument("--samples", type=int, default=5, help="pauses and reverts to time (default 5)")
+    parser.add_argument(
+        "--skip-traffic", action="store_true", help="leave out the whole canary under traffic (needs root)"
+    )
     args = parser.parse_args(argv)
 
     cluster: Cluster = start_cluster(with_crd=True)
     api = cluster.api()
     log_path = cluster_dir() / "logs" / "operator-bench-canary.log"
-    with scratch_namespace(cluster, "bench-canary") as namespace, running_operator(cluster, log_path):
-        pauses = pause_accuracy(api, namespace, args.samples)
-        reverts = revert_time(api, namespace, args.samples)
+    traffic: CanaryTrafficRun | str = "not measured: --skip-traffic"
+    with running_operator(cluster, log_path):
+        with scratch_namespace(cluster, "bench-canary") as namespace:
+            pauses = pause_accuracy(api, namespace, args.samples)
+            reverts = revert_time(api, namespace, args.samples)
+        if not args.skip_traffic:
+            traffic = no_dropped_requests(cluster)
 
     worst_decided = max((abs(v) for v in pauses["decided_ms"]), default=float("inf"))
     worst_observed = max((abs(v) for v in pauses["observed_ms"]), default=float("inf"))
@@ -158,6 +190,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    goal: <= {REVERT_GOAL_MS:.0f} ms (Argo Rollouts: 354 ms on this control plane)")
     if worst_revert > REVERT_GOAL_MS:
         print(f"    SHORT of goal: worst {worst_revert:.1f} ms")
-    figures = {"pause_error_ms": pauses, "revert_ms": reverts}
+    print("  a whole canary at 20 requests/s through the Service (steps, promotion, spec revert mid-canary):")
+    figures: dict[str, Any] = {"pause_error_ms": pauses, "revert_ms": reverts}
+    if isinstance(traffic, str):
+        print(f"    {traffic}")
+        figures["no_dropped_requests"] = None
+    else:
+        print(f"    {traffic.line()}")
+        print("    goal: 0 failed requests, every stopped container exits 0 (before: 17 of 100 reset at one step)")
+        exits = {pod.exit_code for pod in traffic.stopped}
+        if traffic.errors or traffic.rounds_not_sent or exits - {0}:
+            print(f"    SHORT of goal: {traffic.errors_by_kind}, exit codes {sorted(exits, key=str)}")
+            for example in traffic.error_examples[:5]:
+                print(f"      {example}")
+        figures["no_dropped_requests"] = {
+            "rate": traffic.rate,
+            "seconds": round(traffic.seconds, 1),
+            "sent": traffic.sent,
+            "answered": traffic.answered,
+            "errors_by_kind": traffic.errors_by_kind,
+            "rounds_not_sent": traffic.rounds_not_sent,
+            "retried_on_closed_keepalive": traffic.retried,
+            "endpoint_changes": traffic.endpoint_changes,
+            "phases": traffic.phases,
+            "stopped": [pod.__dict__ for pod in traffic.stopped],
+        }
     write_json(bench_dir() / "canary.json", figures)
     return 0
