@@ -11,6 +11,12 @@ from modeldeploy.api.models import ModelFormat
 
 FIELD_MANAGER = "modeldeploy"
 DEFAULT_RUNTIME_IMAGE = "modeldeploy/runtime:0.1.0"
+# Graceful shutdown of the serving pods (docs/shutdown.md). Seconds the runtime is given to exit before the kubelet's
+# SIGKILL, beyond its own shutdown timeout: its processes end, the last bytes are written.
+SHUTDOWN_EXIT_MARGIN_SECONDS = 2
+# Requests in flight when the runtime's drain ends keep at least this long (the runtime's own minimum).
+SHUTDOWN_MIN_IN_FLIGHT_SECONDS = 1
+SHUTDOWN_MAX_SECONDS = 3600
 
 
 def _default_images() -> dict[str, str]:
@@ -117,6 +123,40 @@ class OperatorConfig:
     """URL prefixes that spec.rollout.analysis.prometheus.address may name, besides prometheus_url. Users choose the
     address, and the operator sends queries from inside the cluster: without a list, a spec could make it ask any
     URL there."""
+    prestop_delay_seconds: int = 5
+    """The serving container's preStop sleep: how long a pod being deleted keeps serving as if nothing happened,
+    while its endpoint's removal reaches every kube-proxy, ingress controller and mesh. 0: no preStop hook (for
+    clusters older than 1.30, where the sleep action is off; the runtime's drain then does the waiting)."""
+    drain_seconds: int = 5
+    """MODEL_DRAIN_SECONDS of the runtime: after SIGTERM, readiness 503 and serving on, answering with
+    `Connection: close` so that clients holding kept-alive connections move on."""
+    termination_grace_period_seconds: int = 30
+    """The pods' terminationGracePeriodSeconds: preStop delay, drain, requests in flight and the exit all fit in it.
+    What is left after the preStop delay and a margin is the runtime's MODEL_SHUTDOWN_TIMEOUT_SECONDS."""
+
+    def __post_init__(self) -> None:
+        for name in ("prestop_delay_seconds", "drain_seconds", "termination_grace_period_seconds"):
+            value = getattr(self, name)
+            if not 0 <= value <= SHUTDOWN_MAX_SECONDS:
+                raise ValueError(f"{name} must be between 0 and {SHUTDOWN_MAX_SECONDS} seconds, not {value}")
+        needed = (
+            self.prestop_delay_seconds
+            + self.drain_seconds
+            + SHUTDOWN_MIN_IN_FLIGHT_SECONDS
+            + SHUTDOWN_EXIT_MARGIN_SECONDS
+        )
+        if self.termination_grace_period_seconds < needed:
+            raise ValueError(
+                f"the serving pods' termination grace period ({self.termination_grace_period_seconds}s) must be at "
+                f"least the preStop delay ({self.prestop_delay_seconds}s) + the drain ({self.drain_seconds}s) + "
+                f"{SHUTDOWN_MIN_IN_FLIGHT_SECONDS}s for requests in flight + {SHUTDOWN_EXIT_MARGIN_SECONDS}s to "
+                f"exit: {needed}s"
+            )
+
+    @property
+    def runtime_shutdown_timeout_seconds(self) -> int:
+        """MODEL_SHUTDOWN_TIMEOUT_SECONDS: from SIGTERM (after the preStop delay) to the runtime's exit, at most."""
+        return self.termination_grace_period_seconds - self.prestop_delay_seconds - SHUTDOWN_EXIT_MARGIN_SECONDS
 
     def prometheus_address_allowed(self, address: str) -> bool:
         """Whether a spec may name `address`: the operator's own Prometheus, or an address under an allowed prefix
@@ -154,4 +194,17 @@ class OperatorConfig:
                 env.get("MODELDEPLOY_PROMETHEUS_ALLOWED_URLS", "").split(","),
                 source="MODELDEPLOY_PROMETHEUS_ALLOWED_URLS",
             ),
+            prestop_delay_seconds=_whole_seconds(env, "MODELDEPLOY_PRESTOP_DELAY_SECONDS", 5),
+            drain_seconds=_whole_seconds(env, "MODELDEPLOY_DRAIN_SECONDS", 5),
+            termination_grace_period_seconds=_whole_seconds(env, "MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS", 30),
         )
+
+
+def _whole_seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number of seconds") from None

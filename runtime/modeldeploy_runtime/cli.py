@@ -11,7 +11,10 @@ small:
 - worker threads (gunicorn's gthread worker): health probes are answered while a prediction runs, and a slow
   prediction does not stop the worker's heartbeat to the arbiter (gunicorn's timeout is seldon's
   `seldon.io/rest-timeout` annotation when the pod has one);
-- no gRPC server unless asked for (--grpc-workers): each gRPC worker would load its own copy of the model.
+- no gRPC server unless asked for (--grpc-workers): each gRPC worker would load its own copy of the model;
+- a graceful shutdown (shutdown.py): SIGTERM makes readiness 503 at once, the server keeps answering for
+  MODEL_DRAIN_SECONDS, then lets the requests in flight finish and exits 0, all within
+  MODEL_SHUTDOWN_TIMEOUT_SECONDS.
 seldon binds 0.0.0.0 and has no option for another address.
 """
 
@@ -26,6 +29,7 @@ from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 from modeldeploy_runtime.config import DEFAULT_MULTIPROC_DIR, MULTIPROC_DIR_ENV
+from modeldeploy_runtime.drain import ShutdownConfigError, ShutdownSettings
 from modeldeploy_runtime.logs import configure_logging, kv
 
 logger = logging.getLogger("modeldeploy_runtime.cli")
@@ -140,6 +144,10 @@ def disable_gunicorn_control_socket() -> None:
 
 def serve(argv: Sequence[str]) -> None:
     options = parse_args(argv)
+    try:
+        shutdown = ShutdownSettings.from_env(os.environ)
+    except ShutdownConfigError as error:
+        raise SystemExit(str(error)) from None
     log_level = (options.log_level or os.environ.get("SELDON_LOG_LEVEL") or "INFO").upper()
     configure_logging(log_level)
     if "prometheus_client" in sys.modules:
@@ -151,8 +159,10 @@ def serve(argv: Sequence[str]) -> None:
     from seldon_core import microservice
 
     from modeldeploy_runtime.seldon_metrics import RuntimeSeldonMetrics
+    from modeldeploy_runtime.shutdown import RuntimeApplication
 
     microservice.SeldonMetrics = RuntimeSeldonMetrics
+    microservice.UserModelApplication = RuntimeApplication.configure(shutdown)
     logger.info(
         kv(
             "Starting model server",
@@ -164,6 +174,8 @@ def serve(argv: Sequence[str]) -> None:
             metricsPort=options.metrics_port,
             grpcWorkers=options.grpc_workers,
             threads=options.threads,
+            drainSeconds=shutdown.drain_seconds,
+            shutdownTimeoutSeconds=shutdown.timeout_seconds,
             metricsDir=str(metrics_dir),
         )
     )

@@ -23,6 +23,9 @@ ENV_MODEL_PVC_ROOT = "MODEL_PVC_ROOT"
 ENV_MODEL_DOWNLOAD_TIMEOUT = "MODEL_DOWNLOAD_TIMEOUT_SECONDS"
 ENV_MODEL_MAX_BYTES = "MODEL_MAX_BYTES"
 ENV_MODEL_STORAGE_ANONYMOUS = "MODEL_STORAGE_ANONYMOUS"
+# Graceful shutdown (drain.py): serving after SIGTERM, and the bound on all of it; the operator sets both.
+ENV_DRAIN_SECONDS = "MODEL_DRAIN_SECONDS"
+ENV_SHUTDOWN_TIMEOUT = "MODEL_SHUTDOWN_TIMEOUT_SECONDS"
 # Every variable named MODEL_HTTP_HEADER_<Header-Name> is sent as that header with http(s) downloads; the operator
 # fills them from a Secret (envFrom with this prefix), so credentials never sit in the URI or the Deployment.
 HTTP_HEADER_ENV_PREFIX = "MODEL_HTTP_HEADER_"

@@ -25,6 +25,7 @@ from flask import Blueprint, Response, jsonify
 from seldon_core.flask_utils import SeldonMicroserviceException
 
 from modeldeploy_runtime.config import ConfigError, ModelFormat, ModelIdentity, RuntimeConfig
+from modeldeploy_runtime.drain import DRAIN
 from modeldeploy_runtime.errors import InvalidInputError, InvalidOutputError, RequestError
 from modeldeploy_runtime.loading import ModelLoader, State, Status
 from modeldeploy_runtime.metrics import PREDICTION_MAX_COLUMNS, PREDICTION_MAX_ROWS, RuntimeMetrics
@@ -38,6 +39,11 @@ SELDON_REASON_NOT_READY = "MODEL_NOT_READY"
 SELDON_REASON_INVALID_INPUT = "MODEL_INVALID_INPUT"
 SELDON_REASON_PREDICTION_FAILED = "MODEL_PREDICTION_FAILED"
 SELDON_REASON_INVALID_OUTPUT = "MODEL_INVALID_OUTPUT"
+# Readiness while the server shuts down (drain.py): not ready, whatever the model's state, so that whatever still
+# probes the pod stops sending to it; predictions are still answered meanwhile.
+STATE_DRAINING = "draining"
+REASON_DRAINING = "draining"
+DRAINING_MESSAGE = "the server is shutting down: it answers what still arrives but takes no new traffic"
 
 
 class ModelNotReady(SeldonMicroserviceException):  # type: ignore[misc]  # seldon_core ships no type hints
@@ -131,6 +137,9 @@ class ModelServer:
 
     def health_status(self) -> dict[str, Any]:
         body = self.status_body()
+        if DRAIN.draining:
+            body.pop("retryInSeconds", None)
+            body.update(ready=False, state=STATE_DRAINING, reason=REASON_DRAINING, message=DRAINING_MESSAGE)
         if not body["ready"]:
             raise ModelNotReady(body)
         return body

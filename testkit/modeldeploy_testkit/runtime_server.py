@@ -148,6 +148,9 @@ def start_server(name: str, model_env: dict[str, str], workdir: Path, threads: i
             "MODEL_CACHE_DIR": str(home / "cache"),
             "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics"),
             "PYTHONUNBUFFERED": "1",
+            # No drain unless a test asks for one (model_env wins): nothing sends traffic to a server being
+            # stopped at the end of a test, and a fleet stopped one by one would wait for each drain in turn.
+            "MODEL_DRAIN_SECONDS": "0",
         }
     )
     if threads is not None:

@@ -1,7 +1,8 @@
-"""Traffic to a model Service on the local cluster: one run of the load generator, or steady rounds in the background.
+"""Traffic to a model Service on the local cluster: one run of the load generator, or steady traffic in the background.
 
-The load generator (modeldeploy_testkit.loadgen) resolves the Service's ready EndpointSlices like kube-proxy and
-spreads requests over them, after checking that every pod IP is routed through our own veths.
+The load generator (modeldeploy_testkit.loadgen) follows the Service's EndpointSlices with a watch, as kube-proxy
+does, and spreads requests over the endpoints ready at each moment, after checking that every pod IP is routed
+through our own veths.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
 from modeldeploy_testkit.cluster import Cluster
 from modeldeploy_testkit.kubeapi import ApiError
-from modeldeploy_testkit.loadgen import RefusedError, check_routes, resolve
+from modeldeploy_testkit.loadgen import EndpointWatch, RefusedError
 from modeldeploy_testkit.loadgen import run as send_requests
 
 
@@ -43,17 +44,23 @@ class TrafficRound:
     """time.time() when the round began sending."""
     ended: float
     endpoints: int
+    """Ready endpoints when the round began."""
     answered_by_version: dict[str, int]
     errors: int
     error_examples: list[str]
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    retried: int = 0
 
 
 class SteadyTraffic:
-    """Requests to a Service for as long as it runs, from the load generator's own sender, in short rounds.
+    """Requests to a Service at a steady rate for as long as it runs, from the load generator's own sender.
 
-    One run of loadgen resolves the Service's ready endpoints once, at its start. A canary's pods come and go during
-    a rollout, so the traffic here is a sequence of loadgen runs of `round_seconds` each, every one to the ready
-    endpoints of its moment, as a client behind kube-proxy sees pods join and leave.
+    One EndpointWatch follows the Service's EndpointSlices for the whole run, so every request goes to an endpoint
+    ready at the moment it is sent, as a client behind kube-proxy sees pods join and leave during a rollout. The
+    results are kept in rounds of `round_seconds`, so that a test can ask about what happened after a moment.
+    A round that finds no ready endpoint at its start is not sent (see `problems`); one that loses them all while
+    it runs counts every request it could not send as a failure of kind no_endpoint.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class SteadyTraffic:
         self.crash: BaseException | None = None
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.endpoints = EndpointWatch(self.api, namespace, service, "http")
         self.thread = threading.Thread(target=self._run, name=f"traffic to {namespace}/{service}", daemon=True)
 
     def __enter__(self) -> SteadyTraffic:
@@ -90,11 +98,17 @@ class SteadyTraffic:
         self.stop()
 
     def start(self) -> None:
+        """Lists the Service's EndpointSlices (here, so that a missing Service fails the caller), then sends."""
+        try:
+            self.endpoints.start()
+        except (RefusedError, ApiError, requests.RequestException) as error:
+            raise AssertionError(f"no traffic to {self.namespace}/{self.service}: {error}") from error
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(timeout=self.round_seconds + 30)
+        self.endpoints.stop()
         if self.crash is not None:
             raise AssertionError(f"the traffic thread crashed: {self.crash!r}") from self.crash
 
@@ -106,19 +120,14 @@ class SteadyTraffic:
             self.crash = error
 
     def _one_round(self) -> None:
-        try:
-            endpoints = resolve(self.api, self.namespace, self.service, "http")
-            # The same refusal as loadgen's command line: nothing is sent to an IP outside our veths.
-            check_routes(endpoints)
-        except (RefusedError, ApiError, requests.RequestException) as error:
-            self._problem(str(error))
-            return
-        if not endpoints:
+        # An endpoint whose IP is not routed through our veths is never offered by the watch (summary() names it).
+        ready = len(self.endpoints.ready())
+        if not ready:
             self._problem("no ready endpoints")
             return
         started = time.time()
         tally, _ = send_requests(
-            endpoints,
+            self.endpoints,
             rate=self.rate,
             requests=None,
             duration=self.round_seconds,
@@ -133,10 +142,13 @@ class SteadyTraffic:
                 TrafficRound(
                     started=started,
                     ended=time.time(),
-                    endpoints=len(endpoints),
+                    endpoints=ready,
                     answered_by_version=dict(tally.by_version),
-                    errors=sum(tally.errors.values()),
+                    errors=sum(tally.failures.values()),
                     error_examples=list(tally.error_examples),
+                    errors_by_kind=dict(tally.failures),
+                    sent=tally.sent,
+                    retried=tally.retried,
                 )
             )
 
@@ -164,6 +176,18 @@ class SteadyTraffic:
         with self.lock:
             return [example for r in self.rounds if r.started >= since for example in r.error_examples]
 
+    def sent(self, since: float = 0.0) -> int:
+        with self.lock:
+            return sum(r.sent for r in self.rounds if r.started >= since)
+
+    def errors_by_kind(self, since: float = 0.0) -> Counter[str]:
+        with self.lock:
+            rounds = [r for r in self.rounds if r.started >= since]
+        total: Counter[str] = Counter()
+        for traffic_round in rounds:
+            total.update(traffic_round.errors_by_kind)
+        return total
+
     def summary(self) -> str:
         with self.lock:
             rounds, problems = list(self.rounds), list(self.problems)
@@ -171,9 +195,16 @@ class SteadyTraffic:
         for traffic_round in rounds:
             answered.update(traffic_round.answered_by_version)
         errors = sum(r.errors for r in rounds)
+        kinds: Counter[str] = Counter()
+        for traffic_round in rounds:
+            kinds.update(traffic_round.errors_by_kind)
+        by_kind = f" {dict(kinds)}" if kinds else ""
         examples = [example for r in rounds for example in r.error_examples][:3]
         return (
-            f"{len(rounds)} rounds of traffic to {self.namespace}/{self.service}: answered {dict(answered)}, "
-            f"{errors} errors{' (e.g. ' + '; '.join(examples) + ')' if examples else ''}; {len(problems)} rounds "
-            f"not sent" + (f" (last: {problems[-1]})" if problems else "")
+            f"{len(rounds)} rounds of traffic to {self.namespace}/{self.service}: sent {sum(r.sent for r in rounds)}, "
+            f"answered {dict(answered)}, {errors} errors{by_kind}"
+            f"{' (e.g. ' + '; '.join(examples) + ')' if examples else ''}; {len(problems)} rounds not sent"
+            + (f" (last: {problems[-1]})" if problems else "")
+            + f"; the ready endpoints changed {max(len(self.endpoints.changes) - 1, 0)} times"
+            + "".join(f"; never sent to {ip}: {why}" for ip, why in self.endpoints.refused.items())
         )

@@ -233,6 +233,95 @@ def test_restricted_security_context(make_resource: ResourceFactory, config: Ope
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}} in pod["volumes"]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Pod template: graceful shutdown (preStop delay, the runtime's drain, the grace period that covers both)
+
+
+def test_pods_keep_serving_while_their_endpoint_goes_then_drain(
+    make_resource: ResourceFactory, config: OperatorConfig
+) -> None:
+    template = builders.build_pod_template(make_resource(), config)
+    container = container_of(template)
+    env = env_of(template)
+    # The kubelet's own sleep (nothing needed in the image), then SIGTERM; the runtime drains for 5 s and has
+    # 30 - 5 - 2 = 23 s in all before it must have exited, 2 s ahead of the kubelet's SIGKILL.
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert template["spec"]["terminationGracePeriodSeconds"] == 30
+    assert env["MODEL_DRAIN_SECONDS"] == {"name": "MODEL_DRAIN_SECONDS", "value": "5"}
+    assert env["MODEL_SHUTDOWN_TIMEOUT_SECONDS"] == {"name": "MODEL_SHUTDOWN_TIMEOUT_SECONDS", "value": "23"}
+
+
+@pytest.mark.parametrize(
+    ("prestop", "drain", "grace", "lifecycle", "timeout"),
+    [
+        pytest.param(5, 5, 30, {"preStop": {"sleep": {"seconds": 5}}}, 23, id="defaults"),
+        pytest.param(15, 10, 60, {"preStop": {"sleep": {"seconds": 15}}}, 43, id="slow-proxies"),
+        pytest.param(0, 10, 30, None, 28, id="no-prestop-the-runtime-waits"),
+        pytest.param(1, 0, 4, {"preStop": {"sleep": {"seconds": 1}}}, 1, id="tightest"),
+    ],
+)
+def test_shutdown_follows_the_operator_settings(
+    make_resource: ResourceFactory,
+    prestop: int,
+    drain: int,
+    grace: int,
+    lifecycle: dict[str, Any] | None,
+    timeout: int,
+) -> None:
+    config = OperatorConfig(
+        runtime_images=FORMAT_IMAGES,
+        prestop_delay_seconds=prestop,
+        drain_seconds=drain,
+        termination_grace_period_seconds=grace,
+    )
+    template = builders.build_pod_template(make_resource(), config)
+    env = env_of(template)
+    assert container_of(template).get("lifecycle") == lifecycle
+    assert template["spec"]["terminationGracePeriodSeconds"] == grace
+    assert env["MODEL_DRAIN_SECONDS"]["value"] == str(drain)
+    assert env["MODEL_SHUTDOWN_TIMEOUT_SECONDS"]["value"] == str(timeout)
+    # Everything fits in the grace period, with the exit margin to spare before SIGKILL.
+    assert prestop + timeout + 2 == grace
+    assert drain < timeout
+
+
+def test_a_models_own_shutdown_env_wins(make_resource: ResourceFactory, config: OperatorConfig) -> None:
+    resource = make_resource(
+        {
+            "runtime": {
+                "env": [
+                    {"name": "MODEL_DRAIN_SECONDS", "value": "1"},
+                    {"name": "MODEL_SHUTDOWN_TIMEOUT_SECONDS", "value": "10"},
+                ]
+            }
+        }
+    )
+    env = env_of(builders.build_pod_template(resource, config))  # also checks that no name appears twice
+    assert env["MODEL_DRAIN_SECONDS"]["value"] == "1"
+    assert env["MODEL_SHUTDOWN_TIMEOUT_SECONDS"]["value"] == "10"
+
+
+def test_revision_follows_the_shutdown_settings(make_resource: ResourceFactory) -> None:
+    resource = make_resource()
+    base = OperatorConfig(runtime_images=FORMAT_IMAGES)
+    for changed in (
+        OperatorConfig(runtime_images=FORMAT_IMAGES, prestop_delay_seconds=10),
+        OperatorConfig(runtime_images=FORMAT_IMAGES, drain_seconds=2),
+        OperatorConfig(runtime_images=FORMAT_IMAGES, termination_grace_period_seconds=60),
+    ):
+        assert builders.revision_of(resource, changed) != builders.revision_of(resource, base)
+
+
+def test_prestop_hook_passes_pod_security(make_resource: ResourceFactory, config: OperatorConfig) -> None:
+    """Pod Security (baseline, so restricted too) refuses a `host` in probes and lifecycle handlers since 1.34; the
+    sleep action has none, and needs no shell or binary in the read-only image."""
+    container = container_of(builders.build_pod_template(make_resource(), config))
+    pre_stop = container["lifecycle"]["preStop"]
+    assert list(pre_stop) == ["sleep"]
+    assert set(pre_stop["sleep"]) == {"seconds"}
+    assert "postStart" not in container["lifecycle"]
+
+
 @pytest.mark.parametrize(
     ("uri", "claim"),
     [

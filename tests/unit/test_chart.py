@@ -250,6 +250,9 @@ def test_values_reach_the_operator() -> None:
         "analysis.prometheusURL=http://prometheus.monitoring:9090",
         "analysis.timeoutSeconds=5",
         "analysis.allowedPrometheusURLs={http://prometheus.team-a:9090,https://thanos.example/tenant-a}",
+        "modelShutdown.preStopDelaySeconds=15",
+        "modelShutdown.drainSeconds=10",
+        "modelShutdown.terminationGracePeriodSeconds=60",
     )
     operator = container(docs)
     assert operator["image"] == "modeldeploy/operator:1.2.3"
@@ -264,6 +267,9 @@ def test_values_reach_the_operator() -> None:
         "MODELDEPLOY_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
         "MODELDEPLOY_PROMETHEUS_TIMEOUT_SECONDS": "5",
         "MODELDEPLOY_PROMETHEUS_ALLOWED_URLS": "http://prometheus.team-a:9090,https://thanos.example/tenant-a",
+        "MODELDEPLOY_PRESTOP_DELAY_SECONDS": "15",
+        "MODELDEPLOY_DRAIN_SECONDS": "10",
+        "MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS": "60",
     }
     assert "--verbose" not in container(template())["args"]
 
@@ -404,6 +410,10 @@ def test_namespace_is_not_created_unless_asked() -> None:
         ("analysis.allowedPrometheusURLs={prometheus:9090}", "allowedPrometheusURLs"),
         ("analysis.allowedPrometheusURLs={http://user@prometheus:9090}", "allowedPrometheusURLs"),
         ("analysis.allowedPrometheusURLs=http://prometheus:9090", "allowedPrometheusURLs"),
+        ("modelShutdown.drainSeconds=-1", "drainSeconds"),
+        ("modelShutdown.preStopDelaySeconds=5s", "preStopDelaySeconds"),
+        # 5 + 5 + 3 > 12: the operator would refuse it at start (config.py), the chart says so first.
+        ("modelShutdown.terminationGracePeriodSeconds=12", "terminationGracePeriodSeconds must be at least"),
     ],
 )
 def test_a_wrong_value_fails_with_a_message_naming_it(value: str, named: str) -> None:

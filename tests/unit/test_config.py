@@ -1,5 +1,5 @@
 """The operator's settings: MODELDEPLOY_PROMETHEUS_ALLOWED_URLS, the prefixes a spec's Prometheus address must be
-under, and the one URL parser that both the check and the Prometheus client use."""
+under, and the one URL parser that both the check and the Prometheus client use; the serving pods' shutdown."""
 
 from __future__ import annotations
 
@@ -120,3 +120,51 @@ def test_by_default_only_the_operators_own_prometheus_is_allowed() -> None:
 def test_an_invalid_prefix_stops_the_operator_naming_the_variable() -> None:
     with pytest.raises(ValueError, match=r"^MODELDEPLOY_PROMETHEUS_ALLOWED_URLS: 'http://user@prom'"):
         OperatorConfig.from_env({"MODELDEPLOY_PROMETHEUS_ALLOWED_URLS": "http://ok,http://user@prom"})
+
+
+# --- the serving pods' graceful shutdown ------------------------------------------------------------------------------
+
+
+def test_shutdown_defaults() -> None:
+    config = OperatorConfig.from_env({})
+    assert (config.prestop_delay_seconds, config.drain_seconds, config.termination_grace_period_seconds) == (5, 5, 30)
+    assert config.runtime_shutdown_timeout_seconds == 23
+
+
+def test_shutdown_from_env() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "MODELDEPLOY_PRESTOP_DELAY_SECONDS": "10",
+            "MODELDEPLOY_DRAIN_SECONDS": " 3 ",
+            "MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS": "45",
+        }
+    )
+    assert (config.prestop_delay_seconds, config.drain_seconds, config.termination_grace_period_seconds) == (10, 3, 45)
+    assert config.runtime_shutdown_timeout_seconds == 33
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"MODELDEPLOY_DRAIN_SECONDS": "5s"}, "MODELDEPLOY_DRAIN_SECONDS='5s' is not a whole", id="unit"),
+        pytest.param({"MODELDEPLOY_PRESTOP_DELAY_SECONDS": "-1"}, "prestop_delay_seconds must be", id="negative"),
+        pytest.param(
+            {"MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS": "7200"}, "termination_grace_period_seconds", id="huge"
+        ),
+        # 5 + 5 + 1 for requests in flight + 2 to exit = 13: a grace period of 12 would let SIGKILL come first.
+        pytest.param({"MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS": "12"}, "must be at least .*: 13s", id="short"),
+        pytest.param(
+            {"MODELDEPLOY_PRESTOP_DELAY_SECONDS": "20", "MODELDEPLOY_DRAIN_SECONDS": "10"},
+            "must be at least .*: 33s",
+            id="delays-past-the-default-grace",
+        ),
+    ],
+)
+def test_shutdown_settings_that_cannot_fit_stop_the_operator(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OperatorConfig.from_env(env)
+
+
+def test_the_tightest_shutdown_that_fits() -> None:
+    config = OperatorConfig(prestop_delay_seconds=0, drain_seconds=0, termination_grace_period_seconds=3)
+    assert config.runtime_shutdown_timeout_seconds == 1

@@ -19,6 +19,7 @@ from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
 from modeldeploy_runtime import config as runtime_config
 from modeldeploy_runtime import metrics as runtime_metrics
+from modeldeploy_runtime.drain import ShutdownSettings
 
 from .conftest import build_resource
 
@@ -39,6 +40,8 @@ CONTRACT: list[tuple[str, str, str]] = [
     ("model format variable", "MODEL_FORMAT", runtime_config.ENV_MODEL_FORMAT),
     ("artifact checksum variable", "MODEL_SHA256", runtime_config.ENV_MODEL_SHA256),
     ("download size limit variable", builders.ENV_MAX_BYTES, runtime_config.ENV_MODEL_MAX_BYTES),
+    ("drain variable", builders.ENV_DRAIN_SECONDS, runtime_config.ENV_DRAIN_SECONDS),
+    ("shutdown timeout variable", builders.ENV_SHUTDOWN_TIMEOUT, runtime_config.ENV_SHUTDOWN_TIMEOUT),
     ("HTTP header variables' prefix", builders.HTTP_HEADER_ENV_PREFIX, runtime_config.HTTP_HEADER_ENV_PREFIX),
     ("volume claims' mount root", builders.PVC_MOUNT_ROOT, str(runtime_config.DEFAULT_PVC_ROOT)),
     ("request counter", measure.REQUESTS, runtime_metrics.REQUESTS_TOTAL),
@@ -60,6 +63,31 @@ def test_both_sides_spell_it_the_same(what: str, operator_side: str, runtime_sid
 def test_the_operator_sets_every_variable_of_the_table() -> None:
     variables = {row[1] for row in CONTRACT if row[0].endswith("variable")}
     assert variables <= _env_names({"model": {"sha256": "a" * 64}})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        OperatorConfig(),
+        OperatorConfig(prestop_delay_seconds=0, drain_seconds=0, termination_grace_period_seconds=3),
+        OperatorConfig(prestop_delay_seconds=1, drain_seconds=10, termination_grace_period_seconds=14),
+        OperatorConfig(prestop_delay_seconds=30, drain_seconds=30, termination_grace_period_seconds=3600),
+    ],
+    ids=["defaults", "tightest", "drain-at-its-limit", "longest"],
+)
+def test_the_runtime_honours_the_shutdown_the_operator_plans(config: OperatorConfig) -> None:
+    """The runtime reads what the operator writes as meant: the whole drain, and an exit before the grace period
+    (less the preStop delay) is over, so that the kubelet's SIGKILL never comes first."""
+    resource = build_resource({})
+    template = builders.build_pod_template(resource, config)
+    env = {var["name"]: var["value"] for var in template["spec"]["containers"][0]["env"] if "value" in var}
+    settings = ShutdownSettings.from_env(env)
+    assert settings.drain_seconds == config.drain_seconds
+    grace = template["spec"]["terminationGracePeriodSeconds"]
+    prestop = (
+        template["spec"]["containers"][0].get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    )
+    assert prestop + settings.timeout_seconds < grace
 
 
 def test_a_claim_is_mounted_under_the_root_the_runtime_resolves() -> None:

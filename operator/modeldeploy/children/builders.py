@@ -29,6 +29,9 @@ CONTAINER_NAME = "model-server"
 PVC_MOUNT_ROOT = "/mnt/models"
 # The runtime's download limit and header variables (runtime/README.md).
 ENV_MAX_BYTES = "MODEL_MAX_BYTES"
+# The runtime's graceful shutdown (docs/shutdown.md): serving after SIGTERM, and the bound on all of its shutdown.
+ENV_DRAIN_SECONDS = "MODEL_DRAIN_SECONDS"
+ENV_SHUTDOWN_TIMEOUT = "MODEL_SHUTDOWN_TIMEOUT_SECONDS"
 HTTP_HEADER_ENV_PREFIX = api.HTTP_HEADER_ENV_PREFIX
 # Room left in the cache volume for what the runtime writes beside the artifact (its metrics files).
 CACHE_HEADROOM_BYTES = 64 * 1024**2
@@ -127,9 +130,16 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
         {"name": "PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "value": str(runtime.port)},
         {"name": "PREDICTIVE_UNIT_METRICS_SERVICE_PORT", "value": str(runtime.metricsPort)},
     ]
-    if ENV_MAX_BYTES not in {var.name for var in runtime.env}:
+    user_env = {var.name for var in runtime.env}
+    if ENV_MAX_BYTES not in user_env:
         # The download limit follows the volume it lands on, unless the user chose one.
         env.append({"name": ENV_MAX_BYTES, "value": str(max_download_bytes(runtime.cacheSizeLimit))})
+    # The shutdown follows the operator's settings, unless the user chose otherwise for this model.
+    shutdown_env = {
+        ENV_DRAIN_SECONDS: config.drain_seconds,
+        ENV_SHUTDOWN_TIMEOUT: config.runtime_shutdown_timeout_seconds,
+    }
+    env.extend({"name": name, "value": str(value)} for name, value in shutdown_env.items() if name not in user_env)
     env.extend(var.model_dump(exclude_none=True) for var in runtime.env)
     # The API server drops empty values; leaving them out keeps what we build equal to what we read back.
     for var in env:
@@ -187,11 +197,18 @@ def build_pod_template(resource: api.ModelDeployment, config: OperatorConfig) ->
     }
     if not container["args"]:
         del container["args"]
+    if config.prestop_delay_seconds > 0:
+        # A pod being deleted leaves the Service's endpoints at once, but every kube-proxy, ingress controller and
+        # mesh learns it a moment later: until then the pod serves as usual, and only then gets SIGTERM. The
+        # kubelet's own sleep (on by default since Kubernetes 1.30) needs nothing in the image.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": config.prestop_delay_seconds}}}
     template: Manifest = {
         "metadata": {"labels": {**common_labels(resource), LABEL_VERSION: spec.model.version}},
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            # Covers the preStop delay, the runtime's drain and its requests in flight (config.py checks the sum).
+            "terminationGracePeriodSeconds": config.termination_grace_period_seconds,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": 10001,

@@ -9,13 +9,13 @@ started when they are not running, and left running. The operator runs as
 `modeldeploy run --namespace <the benchmark's namespace>` (log: .cluster/logs/operator-bench-analysis.log).
 
 One ModelDeployment, 2 replicas of a `custom` model that answers each row's first feature, serves 1.0.0 under
-steady traffic (the load generator's sender, 20 requests/s of 10 rows, in rounds of one second, each to the
-endpoints ready at its start). Each sample rolls out a new version of a model that fails every 5th call (20% of
-requests): steps 50% then a long pause, analysis every 5 s, failureLimit 0, one metric (successRate, min 0.99), the
-default window. The operator rolls it back on its first measurement. Timed, per sample:
+steady traffic (the load generator's sender, 20 requests/s of 10 rows, to the endpoints ready at each moment as
+its watch of the EndpointSlices shows them). Each sample rolls out a new version of a model that fails every 5th
+call (20% of requests): steps 50% then a long pause, analysis every 5 s, failureLimit 0, one metric (successRate,
+min 0.99), the default window. The operator rolls it back on its first measurement. Timed, per sample:
 - failing measurement -> 100% stable: from the `time` of the first Failed measurement in status (the operator's
   clock, on this machine: when it measured) to the first moment a watch showed both: no canary pod with Ready=True
-  (pods watched), and no canary weight in status (status.canary gone, or its actualWeight 0).
+  but one being deleted (pods watched), and no canary weight in status (status.canary gone, or its actualWeight 0).
   Goal: <= one interval + 2 s.
 Beside it, from the same start: the rollback written in status (Degraded) as the watch saw it; the last Ready
 canary endpoint gone from the Service's EndpointSlices (what a kube-proxy would stop sending to); the stable back
@@ -68,7 +68,10 @@ ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslic
 
 
 def ready_pods_over_time(pods: list[Seen], revision: str) -> list[tuple[float, int]]:
-    """(time, number of the revision's pods whose Ready condition is True) after each pod event."""
+    """(time, number of the revision's pods whose Ready condition is True) after each pod event.
+
+    A pod being deleted does not count: its endpoint is out of the Service's ready set from the moment deletion
+    begins, while the pod itself stays Ready through its preStop delay and drain (docs/shutdown.md)."""
     ready: dict[str, bool] = {}
     series = []
     for event in pods:
@@ -79,7 +82,9 @@ def ready_pods_over_time(pods: list[Seen], revision: str) -> list[tuple[float, i
             ready.pop(metadata["uid"], None)
         else:
             conditions = (event.body.get("status") or {}).get("conditions") or []
-            ready[metadata["uid"]] = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            ready[metadata["uid"]] = not metadata.get("deletionTimestamp") and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in conditions
+            )
         series.append((event.at, sum(ready.values())))
     return series
 

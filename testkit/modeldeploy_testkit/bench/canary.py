@@ -14,11 +14,17 @@ Figures printed beside their goals:
   this control plane). Where the time goes, from the API server's audit log: kubectl's start until its patch
   reached the API server, and from there until Healthy was seen; and kubectl's bare start-up
   (`kubectl version --client`).
+- no dropped requests (as root; --skip-traffic leaves it out): model servers as processes on the node agent's
+  node, 20 requests/s through the Service by the load generator (which follows the EndpointSlices like kube-proxy)
+  across a whole canary: steps, a timed pause, an open pause, a promotion, then a new version to 25% and a spec
+  revert mid-canary (modeldeploy_testkit.canary_traffic). Every pod that goes is stopped for real (preStop delay,
+  SIGTERM, the runtime's drain). Goal: 0 failed requests, every stopped container exited 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -28,14 +34,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from modeldeploy_testkit.agent_pods import start_node_agent
 from modeldeploy_testkit.bench import options
-from modeldeploy_testkit.bench.common import bench_dir, percentile, write_json
+from modeldeploy_testkit.bench.common import bench_dir, log, percentile, write_json
 from modeldeploy_testkit.bench.stages import first_write_after, median
+from modeldeploy_testkit.canary_traffic import CanaryTrafficRun, whole_canary_under_traffic
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster
+from modeldeploy_testkit.custom_models import ECHO_FIRST_FEATURE, write_custom_model
 from modeldeploy_testkit.kubeapi import KubeAPI, resource_path
 from modeldeploy_testkit.operator_process import AuditLog, running_operator
 from modeldeploy_testkit.resources import API_VERSION, model_deployment, serving_only
-from modeldeploy_testkit.scripts import cluster_dir
+from modeldeploy_testkit.scripts import StartError, cluster_dir
 from modeldeploy_testkit.watches import EventLog
 
 PAUSE_SECONDS = 2
@@ -198,6 +207,20 @@ def revert_time(cluster: Cluster, api: KubeAPI, namespace: str, samples: int, au
     return reverts
 
 
+def no_dropped_requests(cluster: Cluster) -> CanaryTrafficRun | str:
+    """The whole canary under traffic, or why it was not measured."""
+    if os.geteuid() != 0:
+        return "not measured: the node agent needs root (network namespaces, veth pairs)"
+    try:
+        start_node_agent()
+    except StartError as error:
+        return f"not measured: the node agent did not start: {error}"
+    echo = write_custom_model(Path(tempfile.mkdtemp(prefix="bench-canary-")), "echo", ECHO_FIRST_FEATURE)
+    with scratch_namespace(cluster, "bench-canary-traffic") as namespace:
+        log("a whole canary under 20 requests/s through the Service, on the node agent's node")
+        return whole_canary_under_traffic(cluster, namespace, echo, log=log)
+
+
 def describe(values: list[float]) -> str:
     if not values:
         return "no samples"
@@ -213,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = options("canary", __doc__)
     parser.add_argument("--samples", type=int, default=5, help="pauses to time (default 5)")
     parser.add_argument("--reverts", type=int, default=10, help="spec reverts to time (default 10)")
+    parser.add_argument(
+        "--skip-traffic", action="store_true", help="leave out the whole canary under traffic (needs root)"
+    )
     args = parser.parse_args(argv)
 
     cluster: Cluster = start_cluster(with_crd=True)
@@ -220,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     audit = AuditLog()
     log_path = cluster_dir() / "logs" / "operator-bench-canary.log"
     startup = kubectl_startup_ms(cluster)
-    with scratch_namespace(cluster, "bench-canary") as namespace, running_operator(cluster, log_path):
-        pauses = pause_accuracy(api, namespace, args.samples)
-        reverts = revert_time(cluster, api, namespace, args.reverts, audit)
+    traffic: CanaryTrafficRun | str = "not measured: --skip-traffic"
+    with running_operator(cluster, log_path):
+        with scratch_namespace(cluster, "bench-canary") as namespace:
+            pauses = pause_accuracy(api, namespace, args.samples)
+            reverts = revert_time(cluster, api, namespace, args.reverts, audit)
+        if not args.skip_traffic:
+            traffic = no_dropped_requests(cluster)
 
     worst_decided = max((abs(v) for v in pauses["decided_ms"]), default=float("inf"))
     worst_observed = max((abs(v) for v in pauses["observed_ms"]), default=float("inf"))
@@ -258,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         ("kubectl's bare start-up (`kubectl version --client`)", startup),
     ):
         print(f"      {label:<60}{ms_text(median(values)):>10}")
-    figures = {
+    figures: dict[str, Any] = {
         "pause_error_ms": pauses,
         "revert_ms": reverts.total_ms,
         "revert": {
@@ -271,5 +301,29 @@ def main(argv: list[str] | None = None) -> int:
             "kubectl_startup_ms": startup,
         },
     }
+    print("  a whole canary at 20 requests/s through the Service (steps, promotion, spec revert mid-canary):")
+    if isinstance(traffic, str):
+        print(f"    {traffic}")
+        figures["no_dropped_requests"] = None
+    else:
+        print(f"    {traffic.line()}")
+        print("    goal: 0 failed requests, every stopped container exits 0 (before: 17 of 100 reset at one step)")
+        exits = {pod.exit_code for pod in traffic.stopped}
+        if traffic.errors or traffic.rounds_not_sent or exits - {0}:
+            print(f"    SHORT of goal: {traffic.errors_by_kind}, exit codes {sorted(exits, key=str)}")
+            for example in traffic.error_examples[:5]:
+                print(f"      {example}")
+        figures["no_dropped_requests"] = {
+            "rate": traffic.rate,
+            "seconds": round(traffic.seconds, 1),
+            "sent": traffic.sent,
+            "answered": traffic.answered,
+            "errors_by_kind": traffic.errors_by_kind,
+            "rounds_not_sent": traffic.rounds_not_sent,
+            "retried_on_closed_keepalive": traffic.retried,
+            "endpoint_changes": traffic.endpoint_changes,
+            "phases": traffic.phases,
+            "stopped": [pod.__dict__ for pod in traffic.stopped],
+        }
     write_json(bench_dir() / "canary.json", figures)
     return 0

@@ -30,7 +30,7 @@ from modeldeploy_testkit.kubeapi import STRATEGIC_PATCH, ApiError, KubeAPI, pods
 
 from .containers import ConfigError, EnvResolver, Image, command_line, image_for
 from .network import PodNetwork, netns_pids
-from .probes import ProbeTiming, run_probe
+from .probes import ProbeTiming, run_lifecycle_handler, run_probe
 
 Manifest = dict[str, Any]
 log = logging.getLogger("nodeagent.pods")
@@ -61,6 +61,8 @@ BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET = 600.0
 FORCE_GRACE_SECONDS = 2.0
+# A kubelet gives SIGTERM at least this long after a preStop hook, however much of the grace period the hook took.
+MIN_GRACE_AFTER_HOOK_SECONDS = 2.0
 CONFIG_RETRY_SECONDS = 5.0
 ERR_IMAGE_PULL_SHOWN_SECONDS = 2.0
 
@@ -218,6 +220,8 @@ class ContainerRun:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     def should_restart(self) -> bool:
+        if self.worker.terminating:
+            return False
         last = self.record.get("lastTerminated")
         if last is None:
             return True
@@ -356,12 +360,20 @@ class ContainerRun:
         self._start_probers()
 
     def stop(self, grace: float, wait: bool) -> None:
-        """SIGTERM (the shim passes it on), up to `grace` seconds, then SIGKILL to the whole process group."""
+        """As a kubelet kills a container: its preStop hook first, then SIGTERM (the shim passes it on), and SIGKILL
+        to the whole process group once the grace period is over. The hook's time counts against the grace period;
+        SIGTERM always gets MIN_GRACE_AFTER_HOOK_SECONDS at least. The probes go on meanwhile, so readiness follows
+        what the container answers until it exits (then reap() makes it not ready)."""
         if not self.running:
             return
+        started = time.monotonic()
+        hook = (self.spec.get("lifecycle") or {}).get("preStop")
+        if hook:
+            self.run_pre_stop(hook, grace)
+            grace = max(grace - (time.monotonic() - started), MIN_GRACE_AFTER_HOOK_SECONDS)
+        if not self.running:  # ended during its hook
+            return
         shim = self.record.get("shimPid")
-        self.generation += 1
-        self.ready = False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if shim:
                 os.kill(shim, signal.SIGTERM)
@@ -378,6 +390,17 @@ class ContainerRun:
             time.sleep(0.1)
         if wait:
             self.reap(force=True)
+
+    def run_pre_stop(self, hook: Manifest, grace: float) -> None:
+        """The preStop handler, for at most `grace` seconds; a failure is an Event, and the stop goes on."""
+        worker = self.worker
+        log.info("running the preStop hook of %s/%s (%s)", worker.key, self.name, ", ".join(sorted(hook)))
+        ok, message = run_lifecycle_handler(
+            hook, self.spec, worker.network.ip, worker.network.veth, worker.network.netns, self.env, grace
+        )
+        if not ok:
+            log.info("preStop hook of %s/%s failed: %s", worker.key, self.name, message)
+            worker.event("Warning", "FailedPreStopHook", f"PreStopHook failed: {message}")
 
     # --- probes ---------------------------------------------------------------------------------------------------
 
@@ -520,6 +543,8 @@ class PodWorker(threading.Thread):
             for spec in pod["spec"]["containers"]
         ]
         self.stopping = threading.Event()
+        self.terminating = False
+        """The pod is being stopped for good: containers that end are not restarted, and show as terminated."""
         self.mode = ""  # "", "shutdown" or "detach"
         self.gone = False
         self._wake = threading.Event()
@@ -672,6 +697,7 @@ class PodWorker(threading.Thread):
         if grace_cap is not None:
             grace = min(grace, grace_cap)
         log.info("stopping pod %s (grace %.0fs, delete=%s)", self.key, grace, delete_object)
+        self.terminating = True
         for container in self.containers:
             if container.running:
                 self.event("Normal", "Killing", f"Stopping container {container.name}")
@@ -682,8 +708,19 @@ class PodWorker(threading.Thread):
         ]
         for thread in stoppers:
             thread.start()
-        for thread in stoppers:
-            thread.join(grace + 15)
+        # Meanwhile the pod's status follows its containers, as a kubelet keeps reporting a terminating pod: Ready
+        # stays what the readiness probe says (a draining server answers 503) until the containers exit. The
+        # EndpointSlice controller has already marked the pod's endpoints ready=false and terminating=true; their
+        # `serving` condition is this Ready condition.
+        deadline = time.monotonic() + grace + 15
+        while any(thread.is_alive() for thread in stoppers) and time.monotonic() < deadline:
+            if not self.gone and not shutdown:
+                try:
+                    self._write_status(self._status())
+                except Exception:
+                    log.exception("pod %s: status while stopping failed; going on", self.key)
+            self._wake.wait(0.5)
+            self._wake.clear()
         # Whatever still runs in the pod's namespace ends with it.
         for pid in netns_pids(self.network.netns):
             with contextlib.suppress(ProcessLookupError):

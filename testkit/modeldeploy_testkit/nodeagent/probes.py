@@ -1,7 +1,8 @@
-"""Container probes as a kubelet runs them: httpGet, tcpSocket and exec, each bounded by timeoutSeconds.
+"""Container probes as a kubelet runs them: httpGet, tcpSocket and exec, each bounded by timeoutSeconds; and the
+handlers of lifecycle hooks (preStop): sleep, exec and httpGet, bounded by what is left of the grace period.
 
 httpGet and tcpSocket go to the pod IP (or probe.host) only after `ip route get` has shown that the address is
-routed through the pod's own veth; otherwise the probe fails without sending anything.
+routed through the pod's own veth; otherwise the probe (or hook) fails without sending anything.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import http.client
 import socket
 import ssl
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +133,42 @@ def _exec(action: Manifest, netns: str, env: dict[str, str], timeout: float) -> 
     if result.returncode == 0:
         return True, ""
     return False, f"command exited with {result.returncode}: {(result.stdout + result.stderr)[-200:]}"
+
+
+def run_lifecycle_handler(
+    handler: Manifest,
+    container: Manifest,
+    pod_ip: str,
+    veth: str,
+    netns: str,
+    env: dict[str, str],
+    timeout: float,
+) -> tuple[bool, str]:
+    """(success, message) of one lifecycle hook, as a kubelet runs it: at most `timeout` seconds (what is left of
+    the grace period), however long the handler would take.
+
+    sleep waits `seconds`; exec runs in the pod's namespace; httpGet sends a GET like the probe does (an answer of
+    400 or more is reported as a failure). tcpSocket is refused: the kubelet accepts it in the API but never runs
+    it as a hook."""
+    timeout = max(timeout, 0.0)
+    try:
+        if "sleep" in handler:
+            seconds = float((handler["sleep"] or {}).get("seconds") or 0)
+            waited = min(seconds, timeout)
+            time.sleep(waited)
+            if waited < seconds:
+                return False, f"sleep of {seconds:g}s cut short after {waited:g}s: the grace period ran out"
+            return True, ""
+        if timeout <= 0 and ("exec" in handler or "httpGet" in handler):
+            return False, "not run: the grace period had run out"
+        if "exec" in handler:
+            return _exec(handler["exec"], netns, env, timeout)
+        if "httpGet" in handler:
+            return _http(handler["httpGet"], container, pod_ip, veth, timeout)
+    except RouteRefusedError as error:
+        return False, f"not sent: {error}"
+    except ValueError as error:
+        return False, str(error)
+    if "tcpSocket" in handler:
+        return False, "tcpSocket is not supported as a lifecycle handler (a kubelet does not run it either)"
+    return False, f"unsupported lifecycle handler: {sorted(handler)}"
