@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import models as api
+from modeldeploy.api.selectors import LabelSelector
 from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.queue import Controller
@@ -16,6 +17,7 @@ from modeldeploy.kube.config import load_settings
 from modeldeploy.kube.kopf_login import connection_info, kopf
 
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+CHILD_SELECTOR = f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}"
 
 log = logging.getLogger("modeldeploy.main")
 
@@ -38,6 +40,9 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The command line hands over the shard (a label selector, `--shard-selector`) and the namespaces in the memo.
+    shard: LabelSelector | None = memo.get("shard")
+    namespaces: list[str] = list(memo.get("namespaces") or [])
     # Only watch-event handlers are registered, so kopf keeps no progress annotations and adds no finalizer;
     # these names are set anyway so that any later handler stays under our own prefix.
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
@@ -53,10 +58,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
+    # Filtered by the API server, not here: the operator is sent only its own children, not every Deployment and
+    # Service of the cluster, and a shard only its own resources (one that leaves the selector comes as DELETED).
+    settings.watching.label_selectors["apps", "v1", "deployments"] = CHILD_SELECTOR
+    settings.watching.label_selectors["", "v1", "services"] = CHILD_SELECTOR
+    if shard is not None:
+        settings.watching.label_selectors[api.GROUP, api.VERSION, api.PLURAL] = str(shard)
 
     config = OperatorConfig.from_env()
     kube = Kube(load_settings(), pool_size=config.workers + 2)
-    controller = Controller(kube, config)
+    controller = Controller(kube, config, shard=shard)
     kube.on_namespace_terminating = controller.namespace_refused
     if WATCHES.namespaces:
         controller.namespaces_watched = True
@@ -64,6 +75,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             await asyncio.to_thread(controller.load_namespaces)
         except Exception as error:  # the watch tells soon enough; the operator must not fail to start over it
             log.warning('Namespace list failed error="%s"', error)
+    # Startup handlers finish before any watch starts: the shard knows its resources before their children's events.
+    await controller.prime(namespaces)
     controller.queue.start()
     memo["controller"] = controller
 

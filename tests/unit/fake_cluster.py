@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modeldeploy.api import models as api
+from modeldeploy.api.selectors import labels_of, parse_selector
 from modeldeploy.children.builders import LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.controller.store import Key, Manifest, Store
 from modeldeploy.kube.client import ApiError
@@ -116,21 +117,33 @@ class FakeCluster:
             'because it is being terminated", "reason": "Forbidden", "code": 403}',
         )
 
-    def create_resource(self, spec: dict[str, Any], *, name: str = "fraud-detector", namespace: str = "models") -> Key:
-        body = {
-            "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "uid": f"uid-{name}",
-                "generation": 1,
-                "resourceVersion": self._next_version(),
-            },
-            "spec": copy.deepcopy(spec),
+    def create_resource(
+        self,
+        spec: dict[str, Any],
+        *,
+        name: str = "fraud-detector",
+        namespace: str = "models",
+        labels: dict[str, str] | None = None,
+    ) -> Key:
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": self._next_version(),
         }
+        if labels is not None:
+            metadata["labels"] = dict(labels)
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": metadata, "spec": copy.deepcopy(spec)}
         self.objects[(api.KIND, namespace, name)] = body
         return namespace, name
+
+    def relabel(self, key: Key, labels: dict[str, str]) -> Manifest:
+        """`kubectl label --overwrite`: the resource's labels become `labels`; what a watch would show now."""
+        body = self.objects[(api.KIND, *key)]
+        body["metadata"]["labels"] = dict(labels)
+        body["metadata"]["resourceVersion"] = self._next_version()
+        return copy.deepcopy(body)
 
     def update_spec(self, key: Key, spec: dict[str, Any]) -> None:
         body = self.objects[(api.KIND, *key)]
@@ -169,13 +182,20 @@ class FakeCluster:
                 del self.objects[object_key]
         self._next_version()
 
-    def list_resource_versions(self, namespace: str) -> tuple[str, dict[str, str]]:
+    def _selected(self, kind: str, namespace: str | None, label_selector: str) -> list[Manifest]:
+        selector = parse_selector(label_selector)
+        return [
+            body
+            for (object_kind, ns, _), body in self.objects.items()
+            if object_kind == kind and (namespace is None or ns == namespace) and selector.matches(labels_of(body))
+        ]
+
+    def list_resource_versions(self, namespace: str, label_selector: str = "") -> tuple[str, dict[str, str]]:
         self._fail("list_resource_versions")
         self.reads["list ModelDeployment"] += 1
         items = {
-            name: str(body["metadata"]["resourceVersion"])
-            for (kind, ns, name), body in self.objects.items()
-            if kind == api.KIND and ns == namespace
+            str(body["metadata"]["name"]): str(body["metadata"]["resourceVersion"])
+            for body in self._selected(api.KIND, namespace, label_selector)
         }
         return str(self._version), items
 
@@ -188,9 +208,9 @@ class FakeCluster:
             if kind == api.KIND and ns == namespace
         }
 
-    def list_children(self, kind: str, namespace: str) -> list[Manifest]:
+    def list_child_metadata(self, kind: str, namespace: str) -> list[Manifest]:
         """As Kube's: the objects of `kind` labelled as the operator's, metadata only."""
-        self._fail("list_children")
+        self._fail("list_child_metadata")
         self.reads[f"list {kind}"] += 1
         return [
             {"kind": kind, "metadata": copy.deepcopy(body["metadata"])}
@@ -214,6 +234,19 @@ class FakeCluster:
         """The resource deleted and its children left: garbage collection missed the deletion (a watch gap)."""
         self.objects.pop((api.KIND, *key), None)
         self._next_version()
+
+    def list_resource_keys(self, namespace: str | None, label_selector: str = "") -> set[Key]:
+        self._fail("list_resource_keys")
+        self.reads["list ModelDeployment"] += 1
+        return {
+            (str(body["metadata"]["namespace"]), str(body["metadata"]["name"]))
+            for body in self._selected(api.KIND, namespace, label_selector)
+        }
+
+    def list_children(self, kind: str, namespace: str, label_selector: str) -> list[Manifest]:
+        self._fail("list_children")
+        self.reads[f"list {kind}"] += 1
+        return [copy.deepcopy(body) for body in self._selected(kind, namespace, label_selector)]
 
     def resource(self, key: Key) -> Manifest:
         return self.objects[(api.KIND, *key)]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modeldeploy.api.selectors import parse_selector
 from tests.unit.helm import CHART, REPO_ROOT, helm
 
 Manifest = dict[str, Any]
@@ -414,6 +415,12 @@ def test_namespace_is_not_created_unless_asked() -> None:
         ("modelShutdown.preStopDelaySeconds=5s", "preStopDelaySeconds"),
         # 5 + 5 + 3 > 12: the operator would refuse it at start (config.py), the chart says so first.
         ("modelShutdown.terminationGracePeriodSeconds=12", "terminationGracePeriodSeconds must be at least"),
+        ("shard.selector.matchLabels.tier=-gold", "matchLabels"),
+        ("shard.selector.matchExpressions[0].key=tier", "operator"),
+        ("shard.selector.matchExpressions[0].operator=Gt", "operator"),
+        ("shard.selector.matchLabel.tier=gold", "matchLabel"),
+        ("shard.selector.matchExpressions={}", "matchExpressions"),
+        ("leaderElection.leaseName=Shard_A", "leaseName"),
     ],
 )
 def test_a_wrong_value_fails_with_a_message_naming_it(value: str, named: str) -> None:
@@ -461,3 +468,71 @@ def test_the_artifact_policy_is_rendered_only_for_listed_formats() -> None:
     )
     assert binding["spec"]["policyName"] == "md-modeldeploy-artifacts"
     assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["team-a"]
+
+
+SHARD_A = [
+    "shard.selector.matchLabels.modeldeploy\\.io/shard=a",
+    "shard.selector.matchExpressions[0].key=tier",
+    "shard.selector.matchExpressions[0].operator=In",
+    "shard.selector.matchExpressions[0].values={silver,gold}",
+    "shard.selector.matchExpressions[1].key=legacy",
+    "shard.selector.matchExpressions[1].operator=DoesNotExist",
+]
+
+
+def flag(docs: list[Manifest], name: str) -> str | None:
+    values = [arg.split("=", 1)[1] for arg in container(docs)["args"] if arg.startswith(f"--{name}=")]
+    assert len(values) <= 1
+    return values[0] if values else None
+
+
+def test_a_release_is_one_shard_with_its_selector_its_lease_and_its_status_policy() -> None:
+    docs = template(*SHARD_A)
+    text = flag(docs, "shard-selector")
+    assert text == "modeldeploy.io/shard=a,tier in (silver,gold),!legacy"
+    # The operator reads what the chart writes, and selects what the LabelSelector does.
+    selector = parse_selector(text)
+    assert selector.matches({"modeldeploy.io/shard": "a", "tier": "gold"})
+    assert not selector.matches({"modeldeploy.io/shard": "a", "tier": "gold", "legacy": "yes"})
+    assert not selector.matches({"modeldeploy.io/shard": "b", "tier": "gold"})
+    # A Lease of its own, named after the release, so that shards in one namespace do not elect one leader.
+    assert flag(docs, "leader-elect-lease-name") == "md-modeldeploy"
+    binding = only(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["matchResources"] == {
+        "objectSelector": {
+            "matchLabels": {"modeldeploy.io/shard": "a"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["silver", "gold"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+            ],
+        }
+    }
+    namespaced = only(template(*SHARD_A, "watch.namespaces={team-a}"), "ValidatingAdmissionPolicyBinding")
+    assert set(namespaced["spec"]["matchResources"]) == {"namespaceSelector", "objectSelector"}
+
+
+def test_without_a_shard_the_release_keeps_the_operator_s_lease_and_no_selector() -> None:
+    docs = template()
+    assert flag(docs, "shard-selector") is None
+    assert flag(docs, "leader-elect-lease-name") == "modeldeploy-operator"
+    assert flag(template("watch.namespaces={team-a}"), "leader-elect-lease-name") == "modeldeploy-operator"
+    kept = template(*SHARD_A, "leaderElection.leaseName=modeldeploy-operator")
+    assert flag(kept, "leader-elect-lease-name") == "modeldeploy-operator", "kept across a change of selector"
+
+
+def test_two_shards_install_side_by_side_without_a_name_in_common() -> None:
+    """The second release leaves the CRD and the user roles to the first; nothing else they make shares a name."""
+    first = template(*SHARD_A, release="models-a")
+    second = template(
+        "shard.selector.matchLabels.modeldeploy\\.io/shard=b",
+        "crds.enabled=false",
+        "userRoles.enabled=false",
+        release="models-b",
+    )
+
+    def names(docs: list[Manifest]) -> set[tuple[str, str, str]]:
+        return {(doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]) for doc in docs}
+
+    assert names(first) & names(second) == set()
+    assert flag(first, "leader-elect-lease-name") != flag(second, "leader-elect-lease-name")
+    assert not [doc for doc in second if doc["kind"] == "CustomResourceDefinition"]

@@ -189,7 +189,9 @@ def test_delete_child_is_fenced_by_the_childs_uid(kube: Kube, server: FakeApiSer
 def test_children_and_resource_uids_are_listed_as_metadata(kube: Kube, server: FakeApiServer) -> None:
     items = [{"metadata": {"name": "web", "uid": "u-1"}}, "garbage"]
     server.reply = lambda request: (200, {"kind": "PartialObjectMetadataList", "items": items})
-    assert kube.list_children("Deployment", "ns") == [{"kind": "Deployment", "metadata": {"name": "web", "uid": "u-1"}}]
+    assert kube.list_child_metadata("Deployment", "ns") == [
+        {"kind": "Deployment", "metadata": {"name": "web", "uid": "u-1"}}
+    ]
     assert kube.list_resource_uids("ns") == {"web": "u-1"}
     children, resources = server.requests
     assert (children.path, children.query) == (
@@ -214,6 +216,37 @@ def test_get_resource_and_a_missing_one(kube: Kube, server: FakeApiServer) -> No
     assert kube.get_resource("ns", "web") == body
     assert kube.get_resource("ns", "other") is None
     assert server.requests[0].path == "/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments/web"
+
+
+def test_lists_of_resources_ask_for_metadata_only_and_pass_a_shard_s_selector(
+    kube: Kube, server: FakeApiServer
+) -> None:
+    items = [{"metadata": {"namespace": "ns", "name": "web", "resourceVersion": "7"}}]
+    server.reply = lambda request: (200, {"metadata": {"resourceVersion": "9"}, "items": items})
+    assert kube.list_resource_versions("ns") == ("9", {"web": "7"})
+    assert kube.list_resource_versions("ns", label_selector="modeldeploy.io/shard=a") == ("9", {"web": "7"})
+    assert kube.list_resource_keys(None, "tier in (gold)") == {("ns", "web")}
+    assert kube.list_resource_keys("ns") == {("ns", "web")}
+    paths = [(request.path, request.query) for request in server.requests]
+    assert paths == [
+        ("/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments", {}),
+        ("/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments", {"labelSelector": "modeldeploy.io/shard=a"}),
+        ("/apis/modeldeploy.io/v1alpha1/modeldeployments", {"labelSelector": "tier in (gold)"}),
+        ("/apis/modeldeploy.io/v1alpha1/namespaces/ns/modeldeployments", {}),
+    ]
+    assert all("as=PartialObjectMetadataList" in request.headers["accept"] for request in server.requests)
+
+
+def test_list_children_by_label_selector_gives_each_its_kind(kube: Kube, server: FakeApiServer) -> None:
+    server.reply = lambda request: (200, {"items": [{"metadata": {"name": "web-r1"}}]})
+    assert kube.list_children("Deployment", "ns", "app.kubernetes.io/instance=web") == [
+        {"kind": "Deployment", "metadata": {"name": "web-r1"}}
+    ]
+    assert kube.list_children("Service", "ns", "a=b")[0]["kind"] == "Service"
+    assert [(request.path, request.query) for request in server.requests] == [
+        ("/apis/apps/v1/namespaces/ns/deployments", {"labelSelector": "app.kubernetes.io/instance=web"}),
+        ("/api/v1/namespaces/ns/services", {"labelSelector": "a=b"}),
+    ]
 
 
 def test_get_resource_raises_other_errors(kube: Kube, server: FakeApiServer) -> None:

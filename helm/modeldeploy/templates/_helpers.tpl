@@ -32,6 +32,40 @@ app.kubernetes.io/part-of: modeldeploy
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The Lease: leaderElection.leaseName, else one per shard (the release's), else the operator's default. */}}
+{{- define "modeldeploy.leaseName" -}}
+{{- if .Values.leaderElection.leaseName }}
+{{- .Values.leaderElection.leaseName }}
+{{- else if .Values.shard.selector }}
+{{- include "modeldeploy.fullname" . }}
+{{- else -}}
+modeldeploy-operator
+{{- end }}
+{{- end }}
+
+{{/*
+shard.selector (a LabelSelector) in the text syntax of --shard-selector and `kubectl -l`: matchLabels as key=value,
+then each expression, all joined by commas. Empty when there is no selector.
+*/}}
+{{- define "modeldeploy.shardSelector" -}}
+{{- $requirements := list }}
+{{- range $key, $value := .Values.shard.selector.matchLabels }}
+{{- $requirements = append $requirements (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- range .Values.shard.selector.matchExpressions }}
+{{- if eq .operator "In" }}
+{{- $requirements = append $requirements (printf "%s in (%s)" .key (join "," .values)) }}
+{{- else if eq .operator "NotIn" }}
+{{- $requirements = append $requirements (printf "%s notin (%s)" .key (join "," .values)) }}
+{{- else if eq .operator "Exists" }}
+{{- $requirements = append $requirements .key }}
+{{- else }}
+{{- $requirements = append $requirements (printf "!%s" .key) }}
+{{- end }}
+{{- end }}
+{{- join "," $requirements }}
+{{- end }}
+
 {{- define "modeldeploy.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import prometheus_client
 
 from modeldeploy import redaction
+from modeldeploy.api.selectors import LabelSelector, SelectorError, parse_selector
 from modeldeploy.cli.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
 from modeldeploy.cli.health import HealthServer, parse_bind_address
 from modeldeploy.kube import client as kube_client
@@ -67,12 +68,22 @@ def _run(args: argparse.Namespace) -> int:
     namespaces = args.namespace or []
     if not namespaces:
         modeldeploy.main.watch_namespaces()
+    shard: LabelSelector | None = args.shard_selector
+    if shard is not None:
+        log.info(
+            'Sharded selector="%s" lease="%s" namespaces="%s"',
+            shard,
+            args.leader_elect_lease_name or "",
+            ",".join(namespaces) or "*",
+        )
     try:
         kopf.run(
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
             liveness_endpoint=_kopf_liveness_endpoint(args),
+            # What the startup handler (modeldeploy.main.configure) needs from the command line.
+            memo=kopf.Memo(shard=shard, namespaces=list(namespaces)),
         )
     finally:
         # kopf has stopped the controller (its cleanup handler waits for the passes in flight): nothing writes any
@@ -117,7 +128,7 @@ def _election(args: argparse.Namespace, identity: str) -> LeaderElection:
         retry_period=args.leader_elect_retry_period,
     )
     namespace = args.leader_elect_namespace or current_namespace()
-    name = args.leader_elect_lease_name
+    name = args.leader_elect_lease_name or DEFAULT_LEASE_NAME
     store = KubeLeaseStore(Kube(load_settings(), pool_size=2), namespace, name)
     return LeaderElection(LeaderElector(store, name, namespace, identity, settings), on_lost=exit_now)
 
@@ -148,6 +159,26 @@ def _flag(text: str) -> bool:
     if value in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _shard_selector(text: str) -> LabelSelector:
+    try:
+        selector = parse_selector(text)
+    except SelectorError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if selector.everything:
+        raise argparse.ArgumentTypeError("an empty selector selects every resource: leave --shard-selector out")
+    return selector
+
+
+def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flags that are wrong together. A shard must not share its Lease with another shard: they would elect one
+    leader between them, and the other shard's resources would wait for it."""
+    if args.shard_selector is not None and args.leader_elect and not args.leader_elect_lease_name:
+        parser.error(
+            "--shard-selector needs --leader-elect-lease-name: each shard elects its own leader on a Lease of its "
+            "own (the chart names it after the release)"
+        )
 
 
 def _seconds(text: str) -> float:
@@ -222,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the operator. Without --namespace it watches every namespace.",
     )
     run.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable); default: all")
+    run.add_argument(
+        "--shard-selector",
+        type=_shard_selector,
+        metavar="SELECTOR",
+        help="act only on the ModelDeployments this label selector selects, in Kubernetes' syntax, e.g. "
+        "'modeldeploy.io/shard=a' or 'tier in (gold,silver)'; other operators take the rest (docs/scaling.md). "
+        "Needs --leader-elect-lease-name",
+    )
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument(
@@ -256,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="the Lease's namespace (default: the kubeconfig context's, else the service account's, else default)",
     )
-    election.add_argument("--leader-elect-lease-name", default=DEFAULT_LEASE_NAME, help="the Lease's name")
+    election.add_argument(
+        "--leader-elect-lease-name",
+        default=None,
+        help=f"the Lease's name (default {DEFAULT_LEASE_NAME}; required with --shard-selector, one per shard)",
+    )
     election.add_argument(
         "--leader-elect-lease-duration",
         type=_seconds,
@@ -283,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        _check_run(parser, args)
     result: int = args.func(args)
     return result
 

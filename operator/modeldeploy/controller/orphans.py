@@ -30,7 +30,7 @@ CHILD_KINDS = ("Deployment", "Service")
 
 
 class OrphanWriter(Protocol):
-    def list_children(self, kind: str, namespace: str) -> list[Manifest]: ...
+    def list_child_metadata(self, kind: str, namespace: str) -> list[Manifest]: ...
 
     def list_resource_uids(self, namespace: str) -> dict[str, str]: ...
 
@@ -67,7 +67,7 @@ def orphaned(children: Iterable[Manifest], live: dict[str, str]) -> list[Manifes
 
 def find(kube: OrphanWriter, namespace: str) -> list[Manifest]:
     """One look at a namespace: its children (metadata only) against its ModelDeployments."""
-    children = [child for kind in CHILD_KINDS for child in kube.list_children(kind, namespace)]
+    children = [child for kind in CHILD_KINDS for child in kube.list_child_metadata(kind, namespace)]
     if not children:
         return []
     return orphaned(children, kube.list_resource_uids(namespace))

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modeldeploy.analysis.measure import cap_message
+from modeldeploy.api.selectors import LabelSelector, labels_of
+from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller import orphans
 from modeldeploy.controller.reconcile import ERROR_RECHECK_SECONDS, ResourceGone, reconcile
@@ -47,6 +49,9 @@ no DELETED for what went meanwhile, so it is checked at once rather than at the 
 
 TRACEBACKS_PER_KEY = 16
 """Distinct unexpected errors whose traceback is logged per resource; later ones get one line each."""
+
+PRIME_ATTEMPTS = 3
+"""Tries of a shard's start-up list of its resources; without it the shard still works, with a few more reads."""
 
 
 @dataclass
@@ -220,12 +225,20 @@ def _refusal(error: ApiError) -> str:
 
 
 class Controller:
-    """Feeds the Store from watch events and keeps every known resource reconciled."""
+    """Feeds the Store from watch events and keeps every known resource reconciled.
 
-    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+    With `shard` (a label selector), the controller is one of several operators that split the resources between
+    them: the resource watch is filtered by the API server with the same selector, and the Store admits only
+    resources it selects. Children are watched whole (a label selector cannot name an owner), so a child event is
+    kept only for a resource this shard holds or expects (listed at start-up, `prime()`); everything else is
+    dropped at once. A resource that joins the shard later (relabelled, or created in the list before its first
+    event) has its children listed once, before its first pass (`_adopt()`), since their events went by unkept."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig, shard: LabelSelector | None = None) -> None:
         self.kube = kube
         self.config = config
-        self.store = Store()
+        self.shard = shard
+        self.store = Store(admits=self._selects if shard is not None else None)
         self.queue = WorkQueue(self._reconcile, workers=config.workers)
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._sweeping: asyncio.Task[list[Key]] | None = None
@@ -235,13 +248,63 @@ class Controller:
         # Set by a (re-)list: the next sweep also looks for children that garbage collection missed (orphans.py).
         self._orphan_scan_due = False
         self._collections: set[asyncio.Task[list[Manifest]]] = set()
+        # Resources listed at start-up that the watch has not shown yet: their children's events are kept.
+        self._expected: set[Key] = set()
+        # Resources that joined the shard with a status (someone reconciled them): children listed before a pass.
+        self._adopting: set[Key] = set()
+
+    def _selects(self, body: Manifest) -> bool:
+        return self.shard is None or self.shard.matches(labels_of(body))
+
+    @property
+    def _selector(self) -> str:
+        return str(self.shard) if self.shard is not None else ""
+
+    async def prime(self, namespaces: list[str]) -> None:
+        """Learn which resources this shard owns before the watches start (one metadata-only list per namespace,
+        or one for the cluster), so that their children's events are kept from the first one on, whatever order
+        the watches deliver in. Best effort: if the list fails, those resources are adopted one by one instead."""
+        if self.shard is None:
+            return
+        expected: set[Key] = set()
+        scopes: list[str | None] = list(namespaces) or [None]
+        for namespace in scopes:
+            for attempt in range(PRIME_ATTEMPTS):
+                try:
+                    keys = await asyncio.to_thread(self.kube.list_resource_keys, namespace, self._selector)
+                    break
+                except Exception as error:
+                    if attempt + 1 < PRIME_ATTEMPTS and transient(error):
+                        await asyncio.sleep(2.0**attempt)
+                        continue
+                    log.warning(
+                        'Shard list failed namespace="%s" selector="%s" error="%s"',
+                        namespace or "",
+                        self._selector,
+                        error,
+                    )
+                    return
+            expected.update(keys)
+        self._expected = expected
+        log.info('Shard primed selector="%s" resources=%d', self._selector, len(expected))
 
     async def _reconcile(self, key: Key) -> float | None:
         started = time.perf_counter()
         outcome = "error"
         try:
+            if key in self._adopting:
+                await asyncio.to_thread(self._adopt, key)
+                self._adopting.discard(key)
+            held = self.store.holds(key)
             result = await asyncio.to_thread(self._timed_pass, key, datetime.now(UTC), started)
             outcome = "success"
+            if self.shard is not None and held and not self.store.holds(key):
+                # The read after a conflict found it relabelled out of the shard, and the Store dropped it.
+                self._release(key)
+                log.info(
+                    'Resource left the shard namespace="%s" name="%s" selector="%s" seen="read"', *key, self._selector
+                )
+                return None
             return result
         except ResourceGone as gone:
             # Deleted while the watch did not say so (or not yet): nothing more to write for it, ever.
@@ -273,6 +336,32 @@ class Controller:
             waited = API_WAIT.seconds - waited_before
             RECONCILE_COMPUTE.observe(max(time.perf_counter() - began - waited, 0.0))
 
+    def _adopt(self, key: Key) -> None:
+        """List the children of a resource that joined the shard: their watch events went by while another shard
+        owned it, and a pass that saw none of them would take the serving revision for missing. Two reads, once."""
+        namespace, name = key
+        selector = f"{builders.LABEL_INSTANCE}={name},{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}"
+        found = {"Deployment": 0, "Service": 0}
+        for kind in found:
+            for child in self.kube.list_children(kind, namespace, selector):
+                if owner_key(child) == key:
+                    self.store.put_child(child)
+                    found[kind] += 1
+        log.info(
+            'Adopted namespace="%s" name="%s" deployments=%d services=%d',
+            namespace,
+            name,
+            found["Deployment"],
+            found["Service"],
+        )
+
+    def _release(self, key: Key) -> None:
+        """Nothing more to do for a resource the Store no longer holds: no timer, no retry, no metric series."""
+        self._expected.discard(key)
+        self._adopting.discard(key)
+        self.queue.forget(key)
+        RESOURCES.forget(*key)
+
     def _schedule_sweep(self, delay: float) -> None:
         """Compare the Store with a list after `delay` seconds, replacing any comparison scheduled before."""
         try:
@@ -296,10 +385,20 @@ class Controller:
         reports no DELETED for what went meanwhile, and a resource kept would have its children applied again with
         a dead owner, which garbage collection deletes, and so on. The lists run in a worker thread."""
         dropped: list[Key] = []
+        if self.shard is not None:
+            # The watches have delivered their lists by now: what was expected and has not come is not this
+            # shard's any more, and the children kept for it are not either. (Unsharded, children are kept whoever
+            # their owner: a resource whose list event comes late must find its children there.)
+            self._expected.clear()
+            orphans = self.store.drop_orphans()
+            if orphans:
+                log.debug("Dropped the children of %d resources not held", len(orphans))
         namespaces = sorted(self.store.namespaces())
         for namespace in namespaces:
             try:
-                list_version, items = await asyncio.to_thread(self.kube.list_resource_versions, namespace)
+                list_version, items = await asyncio.to_thread(
+                    self.kube.list_resource_versions, namespace, label_selector=self._selector
+                )
             except Exception as error:  # the next sweep tries again; the watches carry on meanwhile
                 log.warning('Resource list failed namespace="%s" error="%s"', namespace, error)
                 continue
@@ -365,12 +464,24 @@ class Controller:
             self._schedule_sweep(RELIST_SETTLE_SECONDS)
             if event_type is None:
                 self._orphan_scan_due = True
-        if event_type == "DELETED":
-            self.store.remove_parent(key)
-            self.queue.forget(key)
-            RESOURCES.forget(*key)
+        if event_type == "DELETED" or not self._selects(body):
+            # Deleted, or (sharded) relabelled out of the selector, which the API server reports as DELETED with the
+            # object as it last matched: the watch cannot tell the two apart, and neither needs to.
+            held = self.store.holds(key)
+            self.store.gone(key, str(body["metadata"].get("resourceVersion", "")))
+            self._release(key)
+            if self.shard is not None and held:
+                log.info(
+                    'Resource left the shard namespace="%s" name="%s" selector="%s" seen="watch"', *key, self._selector
+                )
             return
-        self.store.put_parent(body)
+        if self.shard is not None and not self.store.holds(key):
+            if key not in self._expected and body.get("status"):
+                # Reconciled before, by another shard: its children exist, and their events were not kept.
+                self._adopting.add(key)
+            self._expected.discard(key)
+        if not self.store.put_parent(body):
+            return
         RESOURCES.observe(*key, body.get("status"))
         self.queue.add(key)
         EVENT_HANDOFF.labels(kind="resource").observe(time.perf_counter() - received)
@@ -412,6 +523,14 @@ class Controller:
 
     def observe_child(self, event_type: str | None, body: Manifest) -> None:
         received = time.perf_counter()
+        if self.shard is not None:
+            if event_type is None and self._sweep_timer is None:
+                # Children kept for a resource expected at start-up are dropped at the first comparison with a list
+                # if it never came; a shard whose resources all went before it started has no other event to wait on.
+                self._schedule_sweep(RELIST_SETTLE_SECONDS)
+            owner = owner_key(body)
+            if owner is None or not (self.store.holds(owner) or owner in self._expected):
+                return  # another shard's resource (or nobody's): neither kept nor queued
         key = self.store.remove_child(body) if event_type == "DELETED" else self.store.put_child(body)
         if key is not None:
             self.queue.add(key)

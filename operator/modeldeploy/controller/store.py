@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,17 @@ def owner_key(child: Manifest) -> Key | None:
         ):
             return child["metadata"]["namespace"], reference["name"]
     return None
+
+
+TOMBSTONES_KEPT = 4096
+"""Resources whose going (a DELETED event) the Store remembers, most recent first, so that an older copy arriving
+after it (the answer to a write that was in flight) does not bring the resource back."""
+
+
+def _strictly_newer(new_version: str, old_version: str) -> bool:
+    if new_version.isdigit() and old_version.isdigit():
+        return int(new_version) > int(old_version)
+    return True
 
 
 def _newer_or_equal(new_version: str, current: _Packed | None) -> bool:
@@ -113,9 +125,15 @@ def slim(body: Manifest) -> Manifest:
 
 class Store:
     """What the operator has seen of its resources and their children (less their managedFields), as compact JSON.
-    Thread-safe."""
+    Thread-safe.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    `admits`, when given, says which resources are this operator's (a shard's label selector): one that is not, at a
+    version at least as new as what is held, is dropped with its children instead of stored, wherever it comes from
+    (a watch event, the read after a conflict)."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, admits: Callable[[Manifest], bool] | None = None
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._parents: dict[Key, _Packed] = {}
@@ -123,15 +141,27 @@ class Store:
         self._uids: dict[Key, str] = {}
         self._counts_behind: dict[Key, datetime] = {}
         self._terminating: dict[str, _Terminating] = {}
+        self._admits = admits
+        self._tombstones: OrderedDict[Key, str] = OrderedDict()
 
-    def put_parent(self, body: Manifest) -> None:
+    def put_parent(self, body: Manifest) -> bool:
+        """Hold `body` unless what is held is newer, the resource went at a version at least as new, or it is not
+        this operator's (then it is dropped). Whether it is held now."""
         packed = _Packed.of(slim(body))
         key = key_of(body)
         uid = str(body["metadata"].get("uid", ""))
+        admitted = self._admits is None or self._admits(body)
         with self._lock:
             current = self._parents.get(key)
             if not _newer_or_equal(packed.resource_version, current):
-                return
+                return current is not None
+            tombstone = self._tombstones.get(key)
+            if tombstone is not None and not _strictly_newer(packed.resource_version, tombstone):
+                return False
+            if not admitted:
+                self._drop(key)
+                return False
+            self._tombstones.pop(key, None)
             self._parents[key] = packed
             mark = self._terminating.get(key[0])
             if mark is not None and mark.uid is None and _created_after(body, mark.since):
@@ -143,6 +173,42 @@ class Store:
                 # next watch event; a pass reads by name any child it needs before it writes.
                 self._children.pop(key, None)
             self._uids[key] = uid
+        return True
+
+    def _drop(self, key: Key) -> None:
+        # Under the lock.
+        self._parents.pop(key, None)
+        self._uids.pop(key, None)
+        self._children.pop(key, None)
+        self._counts_behind.pop(key, None)
+        self._after_removal(key[0])
+
+    def gone(self, key: Key, resource_version: str) -> None:
+        """The watch says the resource went at `resource_version`: deleted, or out of this shard's selector (the API
+        server reports an object that stops matching a watch's selector as DELETED, at the version of that change).
+        It is dropped with everything seen of its children (garbage collection deletes them, or another shard owns
+        them now), and a copy of it no newer than that version is refused from now on."""
+        with self._lock:
+            self._drop(key)
+            if resource_version:
+                self._tombstones[key] = resource_version
+                self._tombstones.move_to_end(key)
+                while len(self._tombstones) > TOMBSTONES_KEPT:
+                    self._tombstones.popitem(last=False)
+
+    def holds(self, key: Key) -> bool:
+        """Whether the resource itself is held (not merely children that name it as their owner)."""
+        with self._lock:
+            return key in self._parents
+
+    def drop_orphans(self, keep: set[Key] | frozenset[Key] = frozenset()) -> list[Key]:
+        """Forget the children of owners the Store does not hold (but those in `keep`): another shard's, or a
+        deleted resource's whose own deletion events a watch gap swallowed. The owners, sorted."""
+        with self._lock:
+            orphans = sorted(owner for owner in self._children if owner not in self._parents and owner not in keep)
+            for owner in orphans:
+                del self._children[owner]
+        return orphans
 
     def remove_parent(self, key: Key) -> None:
         with self._lock:

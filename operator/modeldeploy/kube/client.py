@@ -296,6 +296,11 @@ class Kube:
                 return None
             raise
 
+    def list_children(self, kind: str, namespace: str, label_selector: str) -> list[Manifest]:
+        """The Deployments or Services of `namespace` that `label_selector` selects, each with its kind."""
+        answer = self._request("GET", self._child_path(kind, namespace), query={"labelSelector": label_selector})
+        return [{"kind": kind, **item} for item in answer.get("items") or [] if isinstance(item, dict)]
+
     def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
         """Server-side apply under our field manager. Forced onto the children the operator owns, which it owns
         outright; without force when it creates one, so that an object someone made meanwhile is a 409 Conflict
@@ -388,14 +393,11 @@ class Kube:
                 return None
             raise
 
-    def list_resource_versions(self, namespace: str) -> tuple[str, dict[str, str]]:
-        """The list's resourceVersion and each ModelDeployment's name and resourceVersion in `namespace`: metadata
-        only (a PartialObjectMetadataList), so the check for resources gone during a watch gap costs little."""
-        answer = self._request(
-            "GET",
-            f"{RESOURCE_PREFIX}/namespaces/{_segment(namespace)}/{api.PLURAL}",
-            accept=METADATA_LIST_ACCEPT,
-        )
+    def list_resource_versions(self, namespace: str, label_selector: str = "") -> tuple[str, dict[str, str]]:
+        """The list's resourceVersion and each ModelDeployment's name and resourceVersion in `namespace` (those
+        `label_selector` selects, when given): metadata only (a PartialObjectMetadataList), so the check for
+        resources gone during a watch gap costs little."""
+        answer = self._list_resources(namespace, label_selector)
         items = {
             str(item["metadata"]["name"]): str(item["metadata"].get("resourceVersion", ""))
             for item in answer.get("items") or []
@@ -415,7 +417,7 @@ class Kube:
             if isinstance(item, dict) and isinstance(item.get("metadata"), dict) and item["metadata"].get("name")
         }
 
-    def list_children(self, kind: str, namespace: str) -> list[Manifest]:
+    def list_child_metadata(self, kind: str, namespace: str) -> list[Manifest]:
         """The Deployments or Services labelled as the operator's in `namespace`: metadata only, each with its kind."""
         prefix, plural = CHILD_PATHS[kind]
         answer = self._request(
@@ -438,6 +440,23 @@ class Kube:
             for item in answer.get("items") or []
             if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
         ]
+
+    def list_resource_keys(self, namespace: str | None, label_selector: str = "") -> set[tuple[str, str]]:
+        """The namespace and name of every ModelDeployment `label_selector` selects, in `namespace` or (None) in
+        every namespace: metadata only."""
+        answer = self._list_resources(namespace, label_selector)
+        return {
+            (str(item["metadata"]["namespace"]), str(item["metadata"]["name"])) for item in answer.get("items") or []
+        }
+
+    def _list_resources(self, namespace: str | None, label_selector: str) -> Manifest:
+        scope = f"/namespaces/{_segment(namespace)}" if namespace is not None else ""
+        return self._request(
+            "GET",
+            f"{RESOURCE_PREFIX}{scope}/{api.PLURAL}",
+            query={"labelSelector": label_selector} if label_selector else None,
+            accept=METADATA_LIST_ACCEPT,
+        )
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
