@@ -253,3 +253,48 @@ def test_watch_events_alone_do_not_look_for_orphans(config: OperatorConfig) -> N
         await controller.queue.stop()
 
     asyncio.run(scenario())
+
+
+def test_children_collected_for_a_resource_deleted_in_the_gap_are_not_created_again(config: OperatorConfig) -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        controller = controller_of(cluster, config)
+        key = cluster.create_resource(SPEC, name="gone")
+        controller.observe_resource("ADDED", copy.deepcopy(cluster.resource(key)))
+        await controller._reconcile(key)
+        for (kind, _, _), body in list(cluster.objects.items()):
+            if kind in ("Deployment", "Service"):
+                controller.observe_child("ADDED", copy.deepcopy(body))
+        children = [copy.deepcopy(body) for (kind, _, _), body in cluster.objects.items() if kind != "ModelDeployment"]
+        # Deleted during the gap; the collector's deletions of its children are what the watch shows first.
+        cluster.delete_resource(key)
+        before = Counter(cluster.writes)
+        for child in children:
+            controller.observe_child("DELETED", child)
+        assert await controller._reconcile(key) is None
+        assert cluster.writes == before, "no child created again for a resource that is gone"
+        assert controller.store.keys() == []
+        assert cluster.reads["get ModelDeployment"] == 1
+        await controller.queue.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_child_deleted_by_someone_is_created_again_after_one_read_of_its_owner(config: OperatorConfig) -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        controller = controller_of(cluster, config)
+        key = cluster.create_resource(SPEC, name="kept")
+        controller.observe_resource("ADDED", copy.deepcopy(cluster.resource(key)))
+        await controller._reconcile(key)
+        [(name, deployment)] = [(n, b) for (kind, _, n), b in cluster.objects.items() if kind == "Deployment"]
+        controller.observe_child("ADDED", copy.deepcopy(deployment))
+        del cluster.objects[("Deployment", "models", name)]
+        controller.observe_child("DELETED", copy.deepcopy(deployment))
+        await controller._reconcile(key)
+        assert ("Deployment", "models", name) in cluster.objects
+        assert cluster.reads["get ModelDeployment"] == 1
+        assert not controller.store.children_lost(key), "confirmed once, not at every pass"
+        await controller.queue.stop()
+
+    asyncio.run(scenario())

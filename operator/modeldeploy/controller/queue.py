@@ -531,7 +531,7 @@ class Controller:
             owner = owner_key(body)
             if owner is None or not (self.store.holds(owner) or owner in self._expected):
                 return  # another shard's resource (or nobody's): neither kept nor queued
-        key = self.store.remove_child(body) if event_type == "DELETED" else self.store.put_child(body)
+        key = self.store.child_deleted(body) if event_type == "DELETED" else self.store.put_child(body)
         if key is not None:
             self.queue.add(key)
             EVENT_HANDOFF.labels(kind="child").observe(time.perf_counter() - received)

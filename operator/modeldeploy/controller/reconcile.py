@@ -563,20 +563,30 @@ def _write_children(
     Service `<name>` selects the stable revision alone and the canary's Deployment has been scaled."""
     namespace = resource.metadata["namespace"]
     what = ""
+
+    def create(manifest: Manifest) -> None:
+        _confirm_owner(kube, store, resource)
+        store.put_child(kube.apply(manifest, force=False))
+
     try:
         for service in services:
             current = children.services.get(service["metadata"]["name"])
-            if current is None or not same_service(current, service):
+            if current is None:
                 what = f"Service/{service['metadata']['name']}"
-                store.put_child(kube.apply(service, force=current is not None))
+                create(service)
+            elif not same_service(current, service):
+                what = f"Service/{service['metadata']['name']}"
+                store.put_child(kube.apply(service, force=True))
         for revision, replicas in plan.replicas.items():
             deployment_name = builders.deployment_name(resource, revision)
             current = owned.get(deployment_name)
             what = f"Deployment/{deployment_name}"
             if revision == plan.apply_revision:
                 assert applied is not None
-                if current is None or not contains(current, applied):
-                    store.put_child(kube.apply(applied, force=current is not None))
+                if current is None:
+                    create(applied)
+                elif not contains(current, applied):
+                    store.put_child(kube.apply(applied, force=True))
             elif current is not None and current["spec"].get("replicas") != replicas:
                 what = f"the scale of Deployment/{deployment_name}"
                 store.put_child(kube.scale_deployment(namespace, deployment_name, replicas))
@@ -603,6 +613,20 @@ def _write_children(
         if not permanent(error):
             raise
         raise _RefusedWriteError(what, error) from error
+
+
+def _confirm_owner(kube: ClusterWriter, store: Store, resource: api.ModelDeployment) -> None:
+    """Before a child is created after a child of this resource was seen deleted: the resource itself must still
+    exist, with its uid. Garbage collection deletes the children of a resource deleted during a watch gap, and
+    their deletions come while the Store may still hold it; re-creating them would give them a dead owner (and the
+    collector would delete them again). One read, only then; ResourceGone ends the resource's work."""
+    key = (resource.metadata["namespace"], resource.metadata["name"])
+    if not store.children_lost(key):
+        return
+    live = kube.get_resource(*key)
+    if live is None or live["metadata"].get("uid") != resource.metadata.get("uid"):
+        raise ResourceGone(key, resource.metadata.get("resourceVersion"))
+    store.owner_confirmed(key)
 
 
 def same_service(current: Manifest, desired: Manifest) -> bool:

@@ -143,6 +143,7 @@ class Store:
         self._terminating: dict[str, _Terminating] = {}
         self._admits = admits
         self._tombstones: OrderedDict[Key, str] = OrderedDict()
+        self._lost_children: set[Key] = set()
 
     def put_parent(self, body: Manifest) -> bool:
         """Hold `body` unless what is held is newer, the resource went at a version at least as new, or it is not
@@ -181,6 +182,7 @@ class Store:
         self._uids.pop(key, None)
         self._children.pop(key, None)
         self._counts_behind.pop(key, None)
+        self._lost_children.discard(key)
         self._after_removal(key[0])
 
     def gone(self, key: Key, resource_version: str) -> None:
@@ -270,6 +272,24 @@ class Store:
             if children is not None:
                 children.of_kind(body["kind"]).pop(body["metadata"]["name"], None)
         return key
+
+    def child_deleted(self, body: Manifest) -> Key | None:
+        """A watch says a child was deleted: removed, and its owner marked, so that the next pass that would create
+        a child first asks the API server whether the owner still exists. Garbage collection deletes the children
+        of a resource deleted during a watch gap, and those deletions come while the Store may still hold it."""
+        key = self.remove_child(body)
+        if key is not None:
+            with self._lock:
+                self._lost_children.add(key)
+        return key
+
+    def children_lost(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._lost_children
+
+    def owner_confirmed(self, key: Key) -> None:
+        with self._lock:
+            self._lost_children.discard(key)
 
     def snapshot(self, key: Key) -> tuple[Manifest | None, Children]:
         """The resource and its children as last seen, decoded: copies the pass may change."""
