@@ -184,6 +184,9 @@ def test_no_request_fails_across_a_whole_canary(
     assert len(run.stopped) >= REPLICAS + 1, [p.name for p in run.stopped]
     for pod in run.stopped:
         assert pod.exit_code == 0, f"{pod.name} exited {pod.exit_code}: not drained within the grace period"
-        assert pod.conditions, f"{pod.name}'s endpoint was never seen terminating"
-        assert pod.conditions[0] == {"ready": False, "serving": True, "terminating": True}, pod.conditions
-        assert all(not c["ready"] for c in pod.conditions), pod.conditions
+        # A pod either leaves the Service's endpoints as it terminates (not ready, still serving), or had left them
+        # before its deletion: when a rollout ends, `<name>` narrows to the stable revision's pods first.
+        if pod.conditions:
+            assert pod.conditions[0] == {"ready": False, "serving": True, "terminating": True}, pod.conditions
+            assert all(not c["ready"] for c in pod.conditions), pod.conditions
+    assert any(pod.conditions for pod in run.stopped), "no endpoint was ever seen terminating"

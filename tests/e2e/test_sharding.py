@@ -47,7 +47,7 @@ class Shard:
     def holds(self, namespace: str, name: str) -> bool:
         """Whether it reports the resource in its metrics (it has a series for every resource its Store holds)."""
         return any(
-            f'namespace="{namespace}",name="{name}"' in labels
+            f'namespace="{namespace}"' in labels and f'name="{name}"' in labels
             for labels in self.operator.metric_lines("modeldeploy_resource_info")
         )
 
@@ -164,7 +164,8 @@ def test_two_shards_side_by_side_and_a_resource_moved_between_them_mid_rollout(
         what="alpha to change shards",
     )
     assert f'Resource left the shard namespace="{namespace}" name="alpha"' in first.log()
-    assert f'Adopted namespace="{namespace}" name="alpha" deployments=2 services=3' in second.log()
+    adopted = f'Adopted namespace="{namespace}" name="alpha" deployments=2 services=3'
+    wait_until(lambda: adopted in second.log(), timeout=30, what="the second shard to adopt alpha")
     time.sleep(3.0)  # time enough for a wrong pass to write something
     # Nothing was written on the way: the canary stands where it stood, with the same Deployments.
     assert status_of(cluster, namespace, "alpha") == standing

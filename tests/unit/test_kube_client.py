@@ -240,9 +240,13 @@ def test_lists_of_resources_ask_for_metadata_only_and_pass_a_shard_s_selector(
 def test_list_children_by_label_selector_gives_each_its_kind(kube: Kube, server: FakeApiServer) -> None:
     server.reply = lambda request: (200, {"items": [{"metadata": {"name": "web-r1"}}]})
     assert kube.list_children("Deployment", "ns", "app.kubernetes.io/instance=web") == [
-        {"kind": "Deployment", "metadata": {"name": "web-r1"}}
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web-r1"}}
     ]
-    assert kube.list_children("Service", "ns", "a=b")[0]["kind"] == "Service"
+    assert kube.list_children("Service", "ns", "a=b")[0] | {"metadata": {}} == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {},
+    }
     assert [(request.path, request.query) for request in server.requests] == [
         ("/apis/apps/v1/namespaces/ns/deployments", {"labelSelector": "app.kubernetes.io/instance=web"}),
         ("/api/v1/namespaces/ns/services", {"labelSelector": "a=b"}),

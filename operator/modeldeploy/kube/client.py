@@ -297,9 +297,16 @@ class Kube:
             raise
 
     def list_children(self, kind: str, namespace: str, label_selector: str) -> list[Manifest]:
-        """The Deployments or Services of `namespace` that `label_selector` selects, each with its kind."""
+        """The Deployments or Services of `namespace` that `label_selector` selects, each with its apiVersion and
+        kind as a watch event shows them (a list leaves both out of its items, and a pass compares what it builds,
+        apiVersion included, with what the Store holds)."""
         answer = self._request("GET", self._child_path(kind, namespace), query={"labelSelector": label_selector})
-        return [{"kind": kind, **item} for item in answer.get("items") or [] if isinstance(item, dict)]
+        api_version = CHILD_PATHS[kind][0].removeprefix("/apis/").removeprefix("/api/")
+        return [
+            {"apiVersion": api_version, "kind": kind, **item}
+            for item in answer.get("items") or []
+            if isinstance(item, dict)
+        ]
 
     def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
         """Server-side apply under our field manager. Forced onto the children the operator owns, which it owns
