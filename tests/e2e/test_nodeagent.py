@@ -476,10 +476,15 @@ def test_prometheus_sees_request_and_latency_series_of_both_versions(
 
     series = prometheus.query(f'modeldeploy_model_requests_total{{{selector}, outcome="success"}}')
     assert {s["metric"]["version"] for s in series} == {"1.0.0", "2.0.0"}
+    # A stable pod given up at the canary step is scraped while it drains (not ready, or gone by now): its series
+    # is checked against the pod where the pod can still be read.
+    every = {p["metadata"]["name"]: p for p in pods_of(cluster, namespace)}
     for sample in series:
         labels = sample["metric"]
-        pod = pods.get(labels["pod"])
-        assert pod is not None, labels
+        pod = pods.get(labels["pod"]) or every.get(labels["pod"])
+        if pod is None:
+            assert labels["pod"].startswith("split-"), labels
+            continue
         assert labels["namespace"] == namespace
         assert labels["revision"] == pod["metadata"]["labels"][REVISION_LABEL]
         assert labels["version"] == pod["metadata"]["labels"][VERSION_LABEL]
