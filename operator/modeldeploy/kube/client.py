@@ -413,11 +413,7 @@ class Kube:
 
     def list_resource_uids(self, namespace: str) -> dict[str, str]:
         """Each ModelDeployment's name and uid in `namespace` (metadata only)."""
-        answer = self._request(
-            "GET",
-            f"{RESOURCE_PREFIX}/namespaces/{_segment(namespace)}/{api.PLURAL}",
-            accept=METADATA_LIST_ACCEPT,
-        )
+        answer = self._list_resources(namespace, "")
         return {
             str(item["metadata"]["name"]): str(item["metadata"].get("uid", ""))
             for item in answer.get("items") or []
