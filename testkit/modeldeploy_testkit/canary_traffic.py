@@ -52,9 +52,10 @@ class StoppedPod:
     version: str
     deleted_at: float
     """time.time() the pod watch first showed its deletionTimestamp."""
-    conditions: list[dict[str, bool]] = field(default_factory=list)
-    """Its endpoint's conditions as the EndpointSlice watch showed them from the first one marked terminating on,
-    in order, repeats dropped."""
+    conditions: dict[str, list[dict[str, bool]]] = field(default_factory=dict)
+    """Per EndpointSlice that held it: its endpoint's conditions as the watch showed them from the first one marked
+    terminating on, in order, repeats dropped. Kept per slice because during a rollout the pod sits behind several
+    Services (`<name>` and `<name>-stable`), whose slices the endpoint controller updates one after another."""
     terminating_after: float | None = None
     """Seconds from the deletionTimestamp (pod watch) to its endpoint marked terminating (EndpointSlice watch)."""
     exit_code: int | None = None
@@ -132,17 +133,21 @@ def _stopped_pods(pods: EventLog, slices: EventLog, since: float) -> list[Stoppe
             if terminated is not None:
                 pod.exit_code = int(terminated.get("exitCode", -1))
     for event in slices.since(since):
+        slice_name = str(event.body.get("metadata", {}).get("name", ""))
         for endpoint in event.body.get("endpoints") or []:
             pod = stopped.get((endpoint.get("targetRef") or {}).get("name") or "")
             if pod is None:
                 continue
             conditions = {key: bool(value) for key, value in (endpoint.get("conditions") or {}).items()}
-            if not pod.conditions and not conditions.get("terminating"):
+            seen = pod.conditions.get(slice_name)
+            if not seen and not conditions.get("terminating"):
                 continue  # before its deletion
-            if not pod.conditions:
+            if pod.terminating_after is None:
                 pod.terminating_after = round(event.at - pod.deleted_at, 3)
-            if not pod.conditions or pod.conditions[-1] != conditions:
-                pod.conditions.append(conditions)
+            if seen is None:
+                pod.conditions[slice_name] = [conditions]
+            elif seen[-1] != conditions:
+                seen.append(conditions)
     return list(stopped.values())
 
 
