@@ -201,7 +201,8 @@ def aborted_v2() -> Plan:
 def test_first_visit() -> None:
     result = step("1.0", now=T0, generation=4)
     status = result.status
-    assert track(status.stable) == ("1.0", V1, 0, 0, ts(0))
+    # Its Deployment is created in this pass: the status says what it asks for, none of it ready yet.
+    assert track(status.stable) == ("1.0", V1, 3, 0, ts(0))
     assert status.canary is None
     assert status.aborted is None
     assert status.history == [
@@ -377,7 +378,7 @@ def test_new_version_starts_a_canary() -> None:
     status = result.status
     assert status.stable is not None
     assert (status.stable.revision, status.stable.version, status.stable.readyReplicas) == (V1, "1.0", 3)
-    assert track(status.canary) == ("2.0", V2, 0, 0, ts(100))
+    assert track(status.canary) == ("2.0", V2, 3, 0, ts(100))
     assert result.replicas == {V1: 3, V2: 3}
     assert result.apply_revision == V2
     assert status.phase == "Progressing"

@@ -34,6 +34,16 @@ class Health:
     degraded: ConditionValue
 
 
+def _asked(decision: Decision, revision: str, seen: ObservedRevision | None) -> int:
+    """The replicas a track's Deployment asks for once this pass has written it: the decision's count, which the
+    pass applies before it writes the status, or else what the cluster shows. The status of the pass that creates a
+    Deployment says so, rather than 0 followed by a second write moments later."""
+    asked = decision.replicas.get(revision)
+    if asked is not None:
+        return asked
+    return seen.replicas if seen is not None else 0
+
+
 def build_status(
     decision: Decision,
     resource: api.ModelDeployment,
@@ -51,7 +61,7 @@ def build_status(
     stable_seen = observed.get(decision.stable.revision)
     stable = decision.stable.model_copy(
         update={
-            "replicas": stable_seen.replicas if stable_seen is not None else 0,
+            "replicas": _asked(decision, decision.stable.revision, stable_seen),
             "readyReplicas": stable_seen.ready_replicas if stable_seen is not None else 0,
         }
     )
@@ -60,7 +70,7 @@ def build_status(
         canary_seen = observed.get(decision.canary.revision)
         canary = decision.canary.model_copy(
             update={
-                "replicas": canary_seen.replicas if canary_seen is not None else 0,
+                "replicas": _asked(decision, decision.canary.revision, canary_seen),
                 "readyReplicas": canary_seen.ready_replicas if canary_seen is not None else 0,
                 "desiredWeight": decision.desired_weight,
                 "actualWeight": decision.actual_weight,
