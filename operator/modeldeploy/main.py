@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,10 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return connection_info(load_settings())
 
 
+EXTRA_THREADS = 4
+"""Threads beyond the workers: the orphan scans, namespace and shard lists, and lease renewals' reads."""
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # The command line hands over the shard (a label selector, `--shard-selector`) and the namespaces in the memo.
@@ -66,7 +71,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.watching.label_selectors[api.GROUP, api.VERSION, api.PLURAL] = str(shard)
 
     config = OperatorConfig.from_env()
-    kube = Kube(load_settings(), pool_size=config.workers + 2)
+    # Every pass runs in a thread (asyncio.to_thread): the default pool has min(32, cores + 4) threads, which on a
+    # small node is fewer than the workers, and a worker waiting for a thread is a pass not sent.
+    threads = config.workers + EXTRA_THREADS
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="modeldeploy"))
+    kube = Kube(load_settings(), pool_size=threads)
     controller = Controller(kube, config, shard=shard)
     kube.on_namespace_terminating = controller.namespace_refused
     if WATCHES.namespaces:

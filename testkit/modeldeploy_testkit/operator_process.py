@@ -35,12 +35,15 @@ class OperatorProcess:
         namespaces: list[str] | None = None,
         lease_name: str | None = None,
         extra_args: list[str] | None = None,
+        memtrace_report: Path | None = None,
     ) -> None:
         """`lease_name`: the leader-election Lease to share with other processes; without it, each start takes a
-        fresh one, so that it leads at once even when a killed predecessor still holds its own."""
+        fresh one, so that it leads at once even when a killed predecessor still holds its own. `memtrace_report`:
+        run it under allocation tracing (`modeldeploy_testkit.memtrace`), which writes that report at exit."""
         self.cluster = cluster
         self.lease_name = lease_name
         self.extra_args = list(extra_args or [])
+        self.memtrace_report = memtrace_report
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.namespaces = list(namespaces or [])
@@ -64,6 +67,8 @@ class OperatorProcess:
         if self.running:
             return
         command = [str(Path(sys.executable).parent / "modeldeploy"), "run"]
+        if self.memtrace_report is not None:
+            command = [sys.executable, "-m", "modeldeploy_testkit.memtrace", str(self.memtrace_report), "--", "run"]
         for namespace in self.namespaces:
             command += ["--namespace", namespace]
         command += ["--metrics-bind-address", f"127.0.0.1:{self.metrics_port}"]

@@ -796,12 +796,12 @@ class OtherOperatorsMonitor:
                 return
 
 
-def bench_operator(log_path: Path, namespaces: list[str]) -> OperatorProcess:
+def bench_operator(log_path: Path, namespaces: list[str], memtrace_report: Path | None = None) -> OperatorProcess:
     """The operator as `modeldeploy run`, like the end-to-end tests', but watching only the benchmark's namespaces.
 
     Watching only those leaves alone whatever other people's tests run on the same control plane at the time.
     """
-    return OperatorProcess(cluster(), log_path, namespaces=namespaces)
+    return OperatorProcess(cluster(), log_path, namespaces=namespaces, memtrace_report=memtrace_report)
 
 
 def load_note() -> str:

@@ -645,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, help="the idle window (default 60)")
     parser.add_argument("--timeout", type=float, help="seconds to wait for all resources to be ready, per run")
     parser.add_argument("--no-runtime", action="store_true", help="do not run the runtime benchmark at the end")
+    parser.add_argument(
+        "--memtrace",
+        action="store_true",
+        help="run the operator under allocation tracing and write where its memory goes to "
+        ".cluster/bench/memtrace.txt (slower: its timings and memory figures are not the operator's own)",
+    )
     args = parser.parse_args(argv)
     count: int = args.resources or (100 if args.quick else 1000)
     samples: int = args.latency_samples or (20 if args.quick else 100)
@@ -680,7 +686,11 @@ def main(argv: list[str] | None = None) -> int:
     # 2. the operator
     log_path = cluster_dir() / "logs" / "operator-bench.log"
     log_path.write_bytes(b"")
-    operator = bench_operator(log_path, [scale_namespace, latency_namespace])
+    memtrace_report = cluster_dir() / "bench" / "memtrace.txt" if args.memtrace else None
+    if memtrace_report is not None:
+        memtrace_report.parent.mkdir(parents=True, exist_ok=True)
+        log(f"the operator runs under allocation tracing: figures below are slowed down; report {memtrace_report}")
+    operator = bench_operator(log_path, [scale_namespace, latency_namespace], memtrace_report)
     monitor = OtherOperatorsMonitor()
     audit = AuditLog()
     try:
