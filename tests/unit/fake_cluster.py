@@ -65,6 +65,8 @@ class FakeCluster:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], Manifest] = {}
         self.writes: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        """Writes refused with nothing written: a create_only apply onto a name that is held."""
         self.events: list[RecordedEvent] = []
         """Every Event recorded, repeats included (see event_counts for the Event objects they make)."""
         self.event_counts: dict[str, int] = {}
@@ -280,12 +282,16 @@ class FakeCluster:
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
-    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
+    def apply(self, manifest: Manifest, *, force: bool = True, create_only: bool = False) -> Manifest:
         kind, metadata = manifest["kind"], manifest["metadata"]
         self._fail("apply", kind)
-        self.writes[f"apply {kind}"] += 1
         key = (kind, metadata["namespace"], metadata["name"])
         current = self.objects.get(key)
+        if current is not None and create_only:
+            # The resourceVersion precondition the real client sends, which no object has: refused, nothing written.
+            self.refused[f"apply {kind}"] += 1
+            raise ApiError(409, "Conflict", f'{{"message": "Operation cannot be fulfilled on {kind} {key[2]}"}}')
+        self.writes[f"apply {kind}"] += 1
         if current is None:
             self._refuse_create(kind, metadata["namespace"])
         if current is not None and key in self.foreign and not force:

@@ -75,8 +75,10 @@ def test_an_unlabelled_service_is_never_taken_over(harness: Harness) -> None:
     assert status["message"] == degraded["message"]
     [event] = harness.cluster.events
     assert (event.type, event.reason) == ("Warning", "ChildConflict")
-    # Only the names the Store lacks were read, once each.
-    assert harness.cluster.reads == {"get Deployment": 1, "get Service": 1}
+    # A first pass reads nothing before it writes: the create of `<name>` was refused (nothing written), and then
+    # every name the Store lacks was read once, so that the message names all that are taken.
+    assert harness.cluster.refused == {"apply Service": 1}
+    assert harness.cluster.reads == {"get Deployment": 1, "get Service": 2}
 
     # The same conflict at each look again: status is not written again, and each retry is counted on the one
     # Event (a patch of its count), not a new Event object per attempt.
@@ -149,7 +151,9 @@ def test_what_a_restarted_operator_finds_by_name_and_owns_is_carried_on(harness:
     writes = harness.run()
     assert not [write for write in writes if write.split()[0] in {"apply", "scale", "delete"}]
     assert {key: body for key, body in harness.cluster.objects.items() if key[0] != api.KIND} == children
-    assert harness.cluster.reads["get Service"] == 1 + 1
+    # The Store held nothing of the resource: each create was refused (the name is held), and the holder read once.
+    assert harness.cluster.refused == {"apply Service": 1, "apply Deployment": 1}
+    assert harness.cluster.reads["get Service"] == 1
 
 
 def test_once_the_name_is_free_the_rollout_carries_on(harness: Harness) -> None:
@@ -177,25 +181,27 @@ def test_once_the_name_is_free_the_rollout_carries_on(harness: Harness) -> None:
     assert owners == {"uid-fraud-detector"}
 
 
-def test_a_name_taken_between_the_read_and_the_write_is_a_conflict_not_a_takeover(harness: Harness) -> None:
-    """The read found nothing, but someone created the object before the apply: created without force, the apply
-    fails with 409 Conflict, the pass fails (and is retried), and the next pass reads the object and stands back."""
+def test_a_name_that_is_held_when_its_child_is_created_is_never_taken_over(harness: Harness) -> None:
+    """A first pass reads nothing before its writes: each create carries a resourceVersion no object has, so a name
+    held by anyone is refused with 409 Conflict and nothing is written onto it. Here the holder is gone again by
+    the time it is read: the pass fails (and is retried), and the retry creates the child."""
     cluster = harness.cluster
+    cluster.add_foreign(service(NAME))
     original_get = cluster.get_child
 
-    def get_then_someone_creates(kind: str, namespace: str, name: str) -> Manifest | None:
-        found = original_get(kind, namespace, name)
-        if name == NAME and found is None:
-            cluster.add_foreign(service(name))
-        return found
+    def holder_deleted_meanwhile(kind: str, namespace: str, name: str) -> Manifest | None:
+        cluster.objects.pop((kind, namespace, name), None)
+        cluster.foreign.discard((kind, namespace, name))
+        return original_get(kind, namespace, name)
 
-    cluster.get_child = get_then_someone_creates  # type: ignore[method-assign]
+    cluster.get_child = holder_deleted_meanwhile  # type: ignore[method-assign]
     with pytest.raises(Exception, match="409"):
         harness.run()
     cluster.get_child = original_get  # type: ignore[method-assign]
-    assert cluster.objects[("Service", "models", NAME)]["spec"]["selector"] == {"app": "someone-elses"}
+    assert cluster.refused == {"apply Service": 1}
+    assert ("Service", "models", NAME) not in cluster.objects
     harness.run()
-    assert f"Service/{NAME} (no controller)" in harness.status["message"]
+    assert cluster.objects[("Service", "models", NAME)]["metadata"]["ownerReferences"][0]["uid"] == "uid-fraud-detector"
 
 
 def test_a_resource_created_again_during_a_watch_gap_takes_its_names_once_the_old_children_are_gone(

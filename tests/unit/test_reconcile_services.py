@@ -115,9 +115,9 @@ class Calls:
         apply, scale = cluster.apply, cluster.scale_deployment
         delete_deployment, delete_service = cluster.delete_deployment, cluster.delete_service
 
-        def applying(manifest: Manifest, *, force: bool = True) -> Manifest:
+        def applying(manifest: Manifest, *, force: bool = True, create_only: bool = False) -> Manifest:
             self.made.append(("apply", manifest["kind"], manifest["metadata"]["name"]))
-            return apply(manifest, force=force)
+            return apply(manifest, force=force, create_only=create_only)
 
         def scaling(namespace: str, name: str, replicas: int) -> Manifest:
             self.made.append(("scale", "Deployment", name))

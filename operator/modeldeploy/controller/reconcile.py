@@ -39,7 +39,7 @@ class ClusterWriter(Protocol):
 
     def get_child(self, kind: str, namespace: str, name: str) -> Manifest | None: ...
 
-    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest: ...
+    def apply(self, manifest: Manifest, *, force: bool = True, create_only: bool = False) -> Manifest: ...
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> Manifest: ...
 
@@ -152,37 +152,56 @@ CONFLICT_RECHECK_SECONDS = 30.0
 
 
 def claim_children(
-    kube: ClusterWriter, store: Store, children: Children, wanted: list[Manifest], uid: str
+    kube: ClusterWriter,
+    store: Store,
+    children: Children,
+    wanted: list[Manifest],
+    uid: str,
+    *,
+    read_unknown: bool = True,
 ) -> list[Manifest]:
     """The objects that hold names of children this pass wants to write and are not this resource's (by the uid of
     their controller owner reference); [] when every name is free or this resource's own.
 
     The Store holds only what the watches show (labelled as ours, controlled by a ModelDeployment of this name), so
-    a name it lacks is read once from the API server: an unlabelled Service or another owner's Deployment exists all
-    the same, and applying onto it would take it over. What the read finds and this resource owns (say, before the
-    watches caught up after a restart) goes into the Store and into `children`. So is a name the Store holds under
-    another owner: read again, since what the Store holds may be gone."""
+    an unlabelled Service or another owner's Deployment may hold a name all the same, and applying onto it would take
+    it over. A name the Store lacks is read once from the API server (`read_unknown`); what the read finds and this
+    resource owns (say, before the watches caught up after a restart) goes into the Store and into `children`. A
+    name the Store holds under another owner is read again too, since what the Store holds may be gone.
+
+    Without `read_unknown` (the Store holds no child of the resource: its first pass), names the Store lacks are not
+    read: the writes that create the children are the check (create_only in _write_children), which saves a read
+    per child of every new resource. Reading first keeps the rule that a pass that stands back writes nothing; for
+    a new resource, the children it created before the refused one are its own, and wait with it."""
     taken = []
     for manifest in wanted:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         known = children.of_kind(kind)
         current = known.get(name)
-        if current is not None and not owned_by(current, uid):
-            # Not ours as far as the Store knows; but it may be gone (deleted during a watch gap, which a re-list
-            # does not report) or a stale copy. A name is called taken only on what the API server says now.
+        if current is not None and owned_by(current, uid):
+            continue
+        if current is not None:
             store.remove_child(current)
             del known[name]
-            current = None
+        elif not read_unknown:
+            continue
+        current = kube.get_child(kind, manifest["metadata"]["namespace"], name)
         if current is None:
-            current = kube.get_child(kind, manifest["metadata"]["namespace"], name)
-            if current is None:
-                continue
-            if owned_by(current, uid):
-                store.put_child(current)
-                known[name] = current
-                continue
-            taken.append(current)
+            continue
+        if owned_by(current, uid):
+            store.put_child(current)
+            known[name] = current
+            continue
+        taken.append(current)
     return taken
+
+
+class _NameTakenError(Exception):
+    """A child could not be created: an object that is not this resource's holds its name."""
+
+    def __init__(self, holder: Manifest) -> None:
+        super().__init__(f"{holder.get('kind')}/{holder['metadata'].get('name')}")
+        self.holder = holder
 
 
 def _held_by(child: Manifest, resource: api.ModelDeployment) -> str:
@@ -207,8 +226,10 @@ def _stand_back(
     events: list[rollout.Event],
     now: datetime,
 ) -> float:
-    """A pass that writes no child at all, since a name it needs is taken: Degraded ChildConflict and not Ready, the
-    rest of status as it was (nothing the planner decided was carried out), and a look again later."""
+    """A pass that writes no (further) child, since a name it needs is taken: Degraded ChildConflict and not Ready,
+    the rest of status as it was (what the planner decided is not carried out), and a look again later. A name the
+    Store did not show taken is found by the write that would create the child, after the children written before
+    it in that pass (Services first); those are this resource's own and wait with it."""
     objects = ", ".join(_held_by(child, resource) for child in taken)
     exists = "exists and is" if len(taken) == 1 else "exist and are"
     message = f"{objects} {exists} not this ModelDeployment's: no child is written until the name is free"
@@ -499,7 +520,9 @@ def _pass(
     except Exception as error:
         return _unbuildable(kube, store, parent, resource, error, repair_events, now)
     uid = str(parent["metadata"].get("uid", ""))
-    conflicts = claim_children(kube, store, children, [*services, *([applied] if applied else [])], uid)
+    wanted = [*services, *([applied] if applied else [])]
+    first = not children.deployments and not children.services
+    conflicts = claim_children(kube, store, children, wanted, uid, read_unknown=not first)
     if conflicts:
         return _stand_back(kube, store, parent, resource, conflicts, repair_events, now)
     # Only this resource's own Deployments are scaled or deleted: a predecessor's (same name, another uid) is left
@@ -508,6 +531,10 @@ def _pass(
 
     try:
         _write_children(kube, store, resource, plan, applied, services, children, owned)
+    except _NameTakenError:
+        # Every name that is taken, read now, so that the message names them all at once.
+        conflicts = claim_children(kube, store, children, wanted, uid)
+        return _stand_back(kube, store, parent, resource, conflicts, repair_events, now)
     except _RefusedWriteError as refused_write:
         return _refused(kube, store, parent, resource, refused_write.what, refused_write.error, repair_events, now)
 
@@ -564,16 +591,34 @@ def _write_children(
     namespace = resource.metadata["namespace"]
     what = ""
 
-    def create(manifest: Manifest) -> None:
+    uid = str(resource.metadata.get("uid", ""))
+
+    def create(manifest: Manifest, same: Callable[[Manifest, Manifest], bool]) -> None:
+        """Create a child the Store does not hold. Refused because the name is held: by this resource (the watch
+        has not shown it yet, say after a restart), it is brought up to date like any other; by anyone else, the
+        pass stands back (_NameTakenError)."""
         _confirm_owner(kube, store, resource)
-        store.put_child(kube.apply(manifest, force=False))
+        try:
+            store.put_child(kube.apply(manifest, force=False, create_only=True))
+            return
+        except ApiError as error:
+            if error.status != HTTPStatus.CONFLICT:
+                raise
+            holder = kube.get_child(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+            if holder is None:
+                raise  # gone again since: the retried pass creates it
+        if not owned_by(holder, uid):
+            raise _NameTakenError(holder)
+        store.put_child(holder)
+        if not same(holder, manifest):
+            store.put_child(kube.apply(manifest, force=True))
 
     try:
         for service in services:
             current = children.services.get(service["metadata"]["name"])
             if current is None:
                 what = f"Service/{service['metadata']['name']}"
-                create(service)
+                create(service, same_service)
             elif not same_service(current, service):
                 what = f"Service/{service['metadata']['name']}"
                 store.put_child(kube.apply(service, force=True))
@@ -584,7 +629,7 @@ def _write_children(
             if revision == plan.apply_revision:
                 assert applied is not None
                 if current is None:
-                    create(applied)
+                    create(applied, contains)
                 elif not contains(current, applied):
                     store.put_child(kube.apply(applied, force=True))
             elif current is not None and current["spec"].get("replicas") != replicas:
@@ -597,7 +642,6 @@ def _write_children(
                 kube.delete_deployment(namespace, deployment_name)
                 store.remove_child(deployment)
         wanted = {service["metadata"]["name"] for service in services}
-        uid = str(resource.metadata.get("uid", ""))
         # `<name>-stable` last: it names the revision that served, and a pass that fails before it goes leaves that
         # evidence for the next pass, which then decides the same end again.
         for name in reversed(builders.revision_service_names(resource)):

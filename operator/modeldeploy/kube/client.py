@@ -38,6 +38,11 @@ USER_AGENT = "modeldeploy/0.1.0"
 # wakes, before its watchdog thread gets the chance to notice. None without leader election.
 WRITE_FENCE: Callable[[], None] | None = None
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+CREATE_ONLY_VERSION = "1"
+"""A resourceVersion no stored object has (etcd's first write is revision 2): an apply that carries it creates the
+object when the name is free, and is refused with 409 Conflict when anything holds it, as any write whose
+resourceVersion is not the object's is. One request instead of a read and then an apply, and no moment between
+them in which someone else's object of that name could be taken over."""
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
 JSON_CONTENT_TYPE = "application/json"
 METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
@@ -308,10 +313,10 @@ class Kube:
             if isinstance(item, dict)
         ]
 
-    def apply(self, manifest: Manifest, *, force: bool = True) -> Manifest:
+    def apply(self, manifest: Manifest, *, force: bool = True, create_only: bool = False) -> Manifest:
         """Server-side apply under our field manager. Forced onto the children the operator owns, which it owns
-        outright; without force when it creates one, so that an object someone made meanwhile is a 409 Conflict
-        rather than taken over."""
+        outright. `create_only`: create it, or fail with 409 Conflict if any object of that name exists, whoever
+        made it; nothing existing is changed (see CREATE_ONLY_VERSION)."""
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
@@ -320,6 +325,8 @@ class Kube:
         query = {"fieldManager": FIELD_MANAGER}
         if force:
             query["force"] = "true"
+        if create_only:
+            manifest = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": CREATE_ONLY_VERSION}}
         result = self._request("PATCH", path, query=query, body=manifest, content_type=APPLY_CONTENT_TYPE)
         log.info("Applied %s %s", kind, _kv(namespace=namespace, name=name))
         return result
