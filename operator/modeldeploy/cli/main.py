@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import signal
 import sys
 import urllib.parse
@@ -32,7 +34,27 @@ from modeldeploy.kube.lease import (
 log = logging.getLogger("modeldeploy.cli")
 
 
+MALLOC_ARENAS = 2
+"""glibc gives each thread that allocates its own malloc arena, up to 8 per core, and an arena keeps what was freed
+in it. The workers decode API answers in threads (bodies larger than Python's small-object allocator takes go to
+malloc), so without a limit each worker thread holds its own high-water mark of them."""
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's arenas before any thread starts (MALLOC_ARENA_MAX, set in the environment, wins). False where the
+    C library is not glibc or refuses."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
     # Imported here, not above: the kubectl plugin's commands need neither kopf nor its memory.
     from modeldeploy.kube.kopf_login import kopf
 
