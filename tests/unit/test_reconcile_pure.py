@@ -11,7 +11,7 @@ import pytest
 from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.reconcile import contains, observed_revisions, same_service, serving_revision
-from modeldeploy.controller.store import Children, Store, owner_key
+from modeldeploy.controller.store import LAST_APPLIED, Children, Store, owner_key
 from modeldeploy.rollout import plan as rollout
 
 from .conftest import NAME, NAMESPACE, ResourceFactory
@@ -477,3 +477,13 @@ def test_the_store_keeps_no_managed_fields() -> None:
     assert "managedFields" not in children.deployments["a-r1"]["metadata"]
     assert children.deployments["a-r1"]["spec"] == {"replicas": 1}
     assert parent["metadata"]["managedFields"] == fields, "the caller's object is left as it was"
+
+
+def test_the_store_keeps_no_copy_that_client_side_kubectl_apply_left() -> None:
+    store = Store()
+    annotations = {LAST_APPLIED: '{"spec": "a second copy of everything"}', "team": "fraud"}
+    parent = {"metadata": {"namespace": "ns", "name": "a", "resourceVersion": "5", "annotations": annotations}}
+    store.put_parent(parent)
+    stored_parent, _ = store.snapshot(("ns", "a"))
+    assert stored_parent["metadata"]["annotations"] == {"team": "fraud"}
+    assert LAST_APPLIED in parent["metadata"]["annotations"], "the caller's object is left as it was"

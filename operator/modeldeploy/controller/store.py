@@ -3,9 +3,10 @@
 reconcile() reads its snapshot of one resource instead of asking the API server: a pass with nothing to change
 makes no API call at all, and a late watch event never undoes a newer write (resourceVersions are compared).
 
-Objects are held as compact JSON, not as dicts: a Deployment decoded into Python objects takes several times the
-memory of its JSON, the Store holds every child of every resource (old revisions included), and a pass decodes
-only the few objects of one resource. Decoding also gives each pass its own copy, as a deep copy did before.
+Objects are held as compact JSON, packed with zlib, not as dicts: a Deployment decoded into Python objects takes
+several times the memory of its JSON, the Store holds every child of every resource (old revisions included), and
+a pass decodes only the few objects of one resource. Decoding also gives each pass its own copy, as a deep copy did
+before.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,9 +75,14 @@ class Children:
         return self.deployments if kind == "Deployment" else self.services
 
 
+PACK_LEVEL = 1
+"""zlib's fastest level: a Deployment's 3.8 KB of JSON packs into 1.5 KB (a ModelDeployment's 1.2 KB into 0.6) in
+tens of microseconds, and unpacks in less. At 1,000 resources the Store held 6-7 MiB of JSON; packed, under 3."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Packed:
-    """One object as the Store holds it: its resourceVersion, to compare without decoding, and its JSON."""
+    """One object as the Store holds it: its resourceVersion, to compare without decoding, and its JSON, packed."""
 
     resource_version: str
     data: bytes
@@ -83,10 +90,11 @@ class _Packed:
     @classmethod
     def of(cls, body: Manifest) -> _Packed:
         version = str(body["metadata"].get("resourceVersion", ""))
-        return cls(version, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(version, zlib.compress(text, PACK_LEVEL))
 
     def body(self) -> Manifest:
-        decoded: Manifest = json.loads(self.data)
+        decoded: Manifest = json.loads(zlib.decompress(self.data))
         return decoded
 
 
@@ -114,13 +122,25 @@ class _Terminating:
     until: float | None = None
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def slim(body: Manifest) -> Manifest:
-    """The object without metadata.managedFields, which the operator never reads: on a Deployment they are often
-    larger than everything else, and the Store holds every child of every resource."""
+    """The object without what the operator never reads and can be larger than the rest: metadata.managedFields (on
+    a Deployment often larger than everything else) and the annotation in which client-side `kubectl apply` keeps a
+    second copy of the whole object. The Store holds every child of every resource."""
     metadata = body.get("metadata")
-    if not isinstance(metadata, dict) or "managedFields" not in metadata:
+    if not isinstance(metadata, dict):
         return body
-    return {**body, "metadata": {key: value for key, value in metadata.items() if key != "managedFields"}}
+    annotations = metadata.get("annotations")
+    last_applied = isinstance(annotations, dict) and LAST_APPLIED in annotations
+    if "managedFields" not in metadata and not last_applied:
+        return body
+    slimmed = {key: value for key, value in metadata.items() if key != "managedFields"}
+    if last_applied:
+        assert isinstance(annotations, dict)
+        slimmed["annotations"] = {key: value for key, value in annotations.items() if key != LAST_APPLIED}
+    return {**body, "metadata": slimmed}
 
 
 class Store:

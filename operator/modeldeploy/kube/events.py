@@ -61,7 +61,7 @@ _SeriesKey = tuple[str, str, str, str, str, bytes | None]
 _SimilarKey = tuple[str, str, str, str, str]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     name: str
     count: int
@@ -69,7 +69,7 @@ class _Series:
     last: datetime
 
 
-@dataclass
+@dataclass(slots=True)
 class _Similar:
     last: datetime
     messages: set[bytes] = field(default_factory=set)
