@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from modeldeploy_testkit.bench.common import (
+    CpuWindow,
     EndpointCounts,
     PairRun,
     ScaleRun,
@@ -404,6 +406,10 @@ def measurements(**changes: Any) -> Measurements:
         "at_end": {"VmRSS": 91 * 1024, "VmHWM": 101 * 1024},
         "cpu_total": 30.0,
         "cpu_scale": 20.0,
+        "cpu_windows": {
+            "yardstick": CpuWindow(40.0, {"kube-apiserver": 40.0, "benchmark": 4.0}),
+            "scale run": CpuWindow(50.0, {"kube-apiserver": 55.0, "benchmark": 4.0, "operator": 20.0}),
+        },
         "problem_lines": 0,
         "cleanup_problem_lines": 0,
     }
@@ -472,3 +478,16 @@ def test_events_do_not_count_toward_the_writes_goal_but_are_shown() -> None:
     row = next(row for row in build_report(m).rows if row.figure.startswith("operator writes per new resource"))
     assert (row.value, row.met) == ("4.00", True)
     assert row.note.startswith("Events 3.00 more")
+
+
+def test_the_report_says_whose_cpu_a_run_took() -> None:
+    m = measurements()
+    lines = detail_lines(m)
+    start = next(i for i, line in enumerate(lines) if line.startswith("CPU seconds by process"))
+    table = lines[start + 2 : start + 8]
+    assert table[0].split() == ["process", "yardstick", "scale", "run"]
+    assert table[1].split() == ["benchmark", "4.0s", "4.0s"]
+    assert table[2].split() == ["kube-apiserver", "40.0s", "55.0s"]
+    assert table[3].split() == ["operator", "0.0s", "20.0s"]
+    assert table[4].split() == ["all", "of", "them", "44.0s", "79.0s"]
+    assert table[5].split()[-2:] == [f"{40.0 * (os.cpu_count() or 1):.1f}s", f"{50.0 * (os.cpu_count() or 1):.1f}s"]

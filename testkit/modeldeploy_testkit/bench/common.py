@@ -732,6 +732,43 @@ def component_pids() -> dict[str, int]:
     return pids
 
 
+def cpu_by_process(others: dict[str, int] | None = None) -> dict[str, float]:
+    """CPU seconds so far of each control-plane process, and of `others` (name -> pid)."""
+    pids = {**component_pids(), **(others or {})}
+    return {name: seconds for name, pid in pids.items() if (seconds := cpu_seconds(pid)) is not None}
+
+
+@dataclass
+class CpuWindow:
+    """The CPU seconds each process spent over one stretch of wall time: on a machine whose cores are all busy, the
+    stretch lasts as long as the work of all of them takes, so this says whose work made it long."""
+
+    wall: float
+    seconds: dict[str, float]
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float], wall: float) -> CpuWindow:
+        return cls(wall, {name: after[name] - before.get(name, 0.0) for name in after})
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def cpu_lines(windows: dict[str, CpuWindow], cores: int) -> list[str]:
+    """A table: CPU seconds by process (rows) in each window (columns), with the totals and the machine's capacity."""
+    names = sorted({name for window in windows.values() for name in window.seconds})
+    header = f"  {'process':<26}" + "".join(f"{label:>14}" for label in windows)
+    lines = [header]
+    for name in names:
+        lines.append(f"  {name:<26}" + "".join(f"{w.seconds.get(name, 0.0):>13.1f}s" for w in windows.values()))
+    lines.append(f"  {'all of them':<26}" + "".join(f"{w.total:>13.1f}s" for w in windows.values()))
+    lines.append(
+        f"  {f'capacity ({cores} cores x wall)':<26}" + "".join(f"{w.wall * cores:>13.1f}s" for w in windows.values())
+    )
+    return lines
+
+
 def component_memory() -> dict[str, dict[str, float]]:
     """Peak (VmHWM) and current (VmRSS) resident memory of each control-plane process, in MiB."""
     memory: dict[str, dict[str, float]] = {}

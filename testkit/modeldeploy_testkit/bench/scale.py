@@ -28,6 +28,7 @@ runs the `runtime` benchmark.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from modeldeploy_testkit.bench.common import (
     FIELD_MANAGER,
     OPERATOR_USER_AGENTS,
     USER_AGENT_PREFIX,
+    CpuWindow,
     EndpointsTracker,
     OtherOperatorsMonitor,
     PairRun,
@@ -58,6 +60,8 @@ from modeldeploy_testkit.bench.common import (
     bench_operator,
     cleanup_namespace,
     count_items,
+    cpu_by_process,
+    cpu_lines,
     cpu_seconds,
     create_namespace,
     delete_namespace,
@@ -387,6 +391,8 @@ class Measurements:
     at_end: dict[str, int]
     cpu_total: float
     cpu_scale: float
+    cpu_windows: dict[str, CpuWindow]
+    """CPU seconds by process while the yardstick ran and while the scale run did."""
     problem_lines: int
     cleanup_problem_lines: int
     load: str = ""
@@ -542,6 +548,12 @@ def detail_lines(m: Measurements) -> list[str]:
             f"dispatch to the handler, and the API reads before the first write (approximate: medians do not add "
             f"exactly, and compute is the median of every pass, a resource's first one costing more)"
         )
+    lines += [
+        "",
+        "CPU seconds by process, from the first apply until all were ready (/proc; the machine's cores are busy",
+        "in both, so a run lasts as long as the work of all of them takes, and the difference is whose work it is):",
+    ]
+    lines += cpu_lines(m.cpu_windows, os.cpu_count() or 1)
     lines += ["", f"Inside the operator during the scale run ({m.count} at once):"]
     lines += stage_lines(stage_figures(m.scale.stages))
     for label, writes, resources, own in m.write_runs():
@@ -628,6 +640,10 @@ def figures_json(m: Measurements, report: Report) -> dict[str, Any]:
             "at_end": {"peak": mib(m.at_end.get("VmHWM")), "rss": mib(m.at_end.get("VmRSS"))},
         },
         "operator_cpu_seconds": {"total": round(m.cpu_total, 2), "scale_run": round(m.cpu_scale, 2)},
+        "cpu_seconds_by_process": {
+            label: {"wall": round(window.wall, 1), **{k: round(v, 2) for k, v in window.seconds.items()}}
+            for label, window in m.cpu_windows.items()
+        },
         "operator_log_problems_cleanup": {"lines": m.cleanup_problem_lines},
         "short_of_goal": [row.figure for row in report.short()],
         "load": m.load,
@@ -675,7 +691,11 @@ def main(argv: list[str] | None = None) -> int:
     # 1. the yardstick, in this run
     log(f"yardstick: {count} bare Deployment + Service pairs, 16 threads, namespace {yard_namespace}")
     try:
+        yard_before, wall_before = cpu_by_process({"benchmark": os.getpid()}), time.monotonic()
         yard = bare_pairs_parallel(api, yard_namespace, count, timeout)
+        cpu_yard = CpuWindow.between(
+            yard_before, cpu_by_process({"benchmark": os.getpid()}), time.monotonic() - wall_before
+        )
         log(
             f"  all ready after {seconds(yard.pairs.seconds)} ({yard.pairs.ready}/{count}; Deployments Available "
             f"{seconds(yard.deployments_seconds)}, Services' endpoints {seconds(yard.endpoints_seconds)})"
@@ -710,8 +730,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = cpu_seconds(pid) or 0.0
         counted = writes_counter(operator)
         log(f"scale: {count} ModelDeployments, 16 threads, namespace {scale_namespace}")
+        processes = {"benchmark": os.getpid(), "operator": pid}
+        all_before, wall_before = cpu_by_process(processes), time.monotonic()
         scale = scale_run(api, scale_namespace, count, timeout, audit, operator)
         cpu_scale = (cpu_seconds(pid) or 0.0) - cpu_before
+        cpu_scale_run = CpuWindow.between(all_before, cpu_by_process(processes), time.monotonic() - wall_before)
         scale_counted = writes_counter(operator) - counted
         at_scale = proc_status(pid)
         log(f"  all Ready after {seconds(scale.run.seconds)} ({scale.run.ready}/{count})")
@@ -769,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         at_end=at_end,
         cpu_total=cpu_total,
         cpu_scale=cpu_scale,
+        cpu_windows={"yardstick": cpu_yard, "scale run": cpu_scale_run},
         problem_lines=problem_lines,
         cleanup_problem_lines=cleanup_problem_lines,
         load=load_note(),
