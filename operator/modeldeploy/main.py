@@ -15,7 +15,7 @@ from modeldeploy.config import OperatorConfig
 from modeldeploy.controller.queue import Controller
 from modeldeploy.kube.client import Kube
 from modeldeploy.kube.config import load_settings
-from modeldeploy.kube.kopf_login import connection_info, kopf
+from modeldeploy.kube.kopf_login import NoDiffBase, connection_info, kopf
 
 CHILD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
 CHILD_SELECTOR = f"{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}"
@@ -52,7 +52,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # these names are set anyway so that any later handler stays under our own prefix.
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = NoDiffBase()
     # We record our own Events for transitions; kopf's would be one API write per log line.
     settings.posting.enabled = False
     # The CRD is installed with the operator: no cluster-wide discovery (and no RBAC for it) needed.

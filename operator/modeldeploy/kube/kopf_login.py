@@ -22,9 +22,24 @@ import kopf
 
 from modeldeploy.kube.config import ConnectionSettings, Credentials, KubeconfigError
 
-__all__ = ["connection_info", "kopf"]
+__all__ = ["NoDiffBase", "connection_info", "kopf"]
 
 kopf.set_default_registry(kopf.OperatorRegistry())
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff base that is never kept. kopf builds one for every watch event (a deep copy of the whole object,
+    status and managedFields included) to tell its create/update handlers what changed; the operator has only
+    event handlers, which read nothing of it, and the copies were a few percent of its CPU in a burst."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def connection_info(settings: ConnectionSettings) -> kopf.ConnectionInfo:
