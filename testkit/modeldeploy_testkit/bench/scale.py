@@ -122,6 +122,13 @@ ROUTINE_LOG_LINES = (
     r"^Activity '[a-z_]+' succeeded\.",
     r"^Initial authentication has (been initiated|finished)\.",
     r"^Signal SIGTERM is received\. Operator is stopping\.",
+    # Leader election's start and stop, and the health endpoint's address: every run of a leader logs them.
+    r"^Serving health address=",
+    r"^Waiting to lead ",
+    r"^Became leader ",
+    r"^Released the lease ",
+    # The benchmark deletes its namespaces at the end; the operator learns of it from the watch or a refusal.
+    r"^Namespace terminating ",
 )
 # The audit log is written just after each answer: wait this long before reading up to "now".
 AUDIT_LAG_SECONDS = 1.0
