@@ -552,8 +552,9 @@ def detail_lines(m: Measurements) -> list[str]:
         lines.append(
             f"  'stored -> operator's Deployment write received' less the operator's stages on the way (hand-off, "
             f"queue, thread, compute): {to_write - operator_part:.2f} ms, the watch delivering the event, kopf's "
-            f"dispatch to the handler, and the API reads before the first write (approximate: medians do not add "
-            f"exactly, and compute is the median of every pass, a resource's first one costing more)"
+            f"dispatch to the handler, and the write before the Deployment's (its Service, created first) "
+            f"(approximate: medians do not add exactly, and compute is the median of every pass, a resource's first "
+            f"one costing more)"
         )
     lines += [
         "",
