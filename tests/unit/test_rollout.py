@@ -420,6 +420,16 @@ def test_canary_not_yet_ready_is_not_promoted(canary: ObservedRevision) -> None:
     assert result.status.phase == "Progressing"
 
 
+def test_a_canary_whose_controller_has_not_caught_up_leaves_the_stable_where_it_is() -> None:
+    """Just after the canary is scaled (at the final stage, say) its ready count is unknown until its controller
+    sees the new spec: the stable neither takes pods back (they would start and stop for nothing) nor gives any up."""
+    canary = seen("2.0", 3, 1, up_to_date=False)
+    result = step("2.0", seen("1.0", 2, 2), canary, status=rolling_v2().status, now=at(150))
+    assert result.replicas == {V2: 3, V1: 2}
+    caught_up = step("2.0", seen("1.0", 2, 2), seen("2.0", 3, 2), status=rolling_v2().status, now=at(151))
+    assert caught_up.replicas == {V2: 3, V1: 1}, "once it has, the stable gives up a pod per ready canary pod"
+
+
 def test_canary_all_ready_is_promoted() -> None:
     result = promoted_v2()
     status = result.status

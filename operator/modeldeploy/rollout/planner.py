@@ -128,6 +128,13 @@ def _replicas(d: Decision, s: Situation) -> dict[str, int]:
         asked = split_keeping_capacity(target, s.replicas, s.ready(d.canary.revision))
         replicas[d.canary.revision] = asked.canary
         replicas[d.stable.revision] = asked.stable
+        canary_seen = s.observed.get(d.canary.revision)
+        current = s.scaled_to(d.stable.revision)
+        if canary_seen is not None and not canary_seen.up_to_date and current is not None:
+            # The canary's controller has not caught up with its last scale, so its ready count is unknown for a
+            # moment, not zero: the stable keeps what it has, rather than being scaled up to full and back down
+            # (pods started and stopped for nothing) or down before canary pods are ready.
+            replicas[d.stable.revision] = current
     # Recent revisions keep their Deployments, scaled to zero, so a return to one of them is fast.
     keep = set(retained_revisions(d.history, s.retained))
     keep.update(recently_served(d.history, s.spec.rollout.rollbackWindow))
