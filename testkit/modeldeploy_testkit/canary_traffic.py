@@ -9,8 +9,8 @@ event, and the exit code of every container that was stopped.
 The scenario, 4 replicas, steps 25% / pause 5s / 50% / pause (until promoted):
 1. 1.0.0 serves; traffic starts;
 2. 2.0.0 rolls out to the open pause at 50% and is promoted: all of 1.0.0's pods go;
-3. 3.0.0 rolls out to 25% (the stable gives up a pod for it), then the spec returns to 2.0.0: the canary's pod
-   goes at once and the stable is back at 4.
+3. 3.0.0 rolls out to 25% (the stable gives up a pod for it) and answers requests, then the spec returns to 2.0.0:
+   the canary's pod goes at once and the stable is back at 4.
 
 Used by tests/e2e/test_graceful_shutdown.py (which asserts) and by the canary benchmark (which prints the line).
 """
@@ -44,6 +44,7 @@ STEPS: list[dict[str, Any]] = [
 ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
 # Pods start a real model server (a few seconds each on two busy cores) and stop in preStop + drain + exit.
 STEP_TIMEOUT_SECONDS = 240.0
+CANARY_ANSWERS_BEFORE_REVERT = 3
 
 
 @dataclass
@@ -224,7 +225,15 @@ def whole_canary_under_traffic(
             timeout=STEP_TIMEOUT_SECONDS,
             what="3.0.0 at 25%",
         )
-        phase("3.0.0 at 25%")
+        # The revert is to happen while 3.0.0 takes its share: its status says 25% once its pod is Ready, a moment
+        # before the load generator has seen the EndpointSlice change and sent it a request.
+        wait_until(
+            lambda: traffic.answered(started)["3.0.0"] >= CANARY_ANSWERS_BEFORE_REVERT,
+            timeout=STEP_TIMEOUT_SECONDS,
+            interval=0.1,
+            what=f"3.0.0 to answer {CANARY_ANSWERS_BEFORE_REVERT} requests",
+        )
+        phase("3.0.0 at 25%, answering requests")
         _set_version(cluster, namespace, "2.0.0")
         wait_for_status(
             cluster,
