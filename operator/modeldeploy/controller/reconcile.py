@@ -531,9 +531,10 @@ def _pass(
 
     try:
         _write_children(kube, store, resource, plan, applied, services, children, owned)
-    except _NameTakenError:
-        # Every name that is taken, read now, so that the message names them all at once.
-        conflicts = claim_children(kube, store, children, wanted, uid)
+    except _NameTakenError as taken:
+        # Every name that is taken, read now, so that the message names them all at once (the holder just found,
+        # should it be gone again by this read).
+        conflicts = claim_children(kube, store, children, wanted, uid) or [taken.holder]
         return _stand_back(kube, store, parent, resource, conflicts, repair_events, now)
     except _RefusedWriteError as refused_write:
         return _refused(kube, store, parent, resource, refused_write.what, refused_write.error, repair_events, now)
