@@ -134,6 +134,10 @@ class OperatorConfig:
     """The pods' terminationGracePeriodSeconds: preStop delay, drain, requests in flight and the exit all fit in it.
     What is left after the preStop delay and a margin is the runtime's MODEL_SHUTDOWN_TIMEOUT_SECONDS."""
 
+    traffic_routers: frozenset[str] = frozenset()
+    """The routers whose route objects this operator may write and watches (TRAFFIC_ROUTERS): each needs its CRDs in
+    the cluster and RBAC for its kind, so none is on unless asked for."""
+
     def __post_init__(self) -> None:
         for name in ("prestop_delay_seconds", "drain_seconds", "termination_grace_period_seconds"):
             value = getattr(self, name)
@@ -197,7 +201,23 @@ class OperatorConfig:
             prestop_delay_seconds=_whole_seconds(env, "MODELDEPLOY_PRESTOP_DELAY_SECONDS", 5),
             drain_seconds=_whole_seconds(env, "MODELDEPLOY_DRAIN_SECONDS", 5),
             termination_grace_period_seconds=_whole_seconds(env, "MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS", 30),
+            traffic_routers=parse_traffic_routers(env.get("MODELDEPLOY_TRAFFIC_ROUTERS", "")),
         )
+
+
+TRAFFIC_ROUTERS = {"gatewayAPI": "HTTPRoute", "istio": "VirtualService"}
+"""spec.trafficRouting's routers and the kind of route object each writes."""
+
+
+def parse_traffic_routers(raw: str) -> frozenset[str]:
+    """MODELDEPLOY_TRAFFIC_ROUTERS, `gatewayAPI,istio`: the kinds of route object those routers write."""
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRAFFIC_ROUTERS]
+    if unknown:
+        raise ValueError(
+            f"MODELDEPLOY_TRAFFIC_ROUTERS: unknown router {', '.join(unknown)} (known: {', '.join(TRAFFIC_ROUTERS)})"
+        )
+    return frozenset(TRAFFIC_ROUTERS[name] for name in names)
 
 
 def _whole_seconds(env: Mapping[str, str], name: str, default: int) -> int:

@@ -26,6 +26,8 @@ log = logging.getLogger("modeldeploy.main")
 @dataclass
 class _Watches:
     namespaces: bool = False
+    routes: frozenset[str] = frozenset()
+    """Kinds of route object watched (HTTPRoute, VirtualService): only those of the routers turned on."""
 
 
 WATCHES = _Watches()
@@ -71,6 +73,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Service of the cluster, and a shard only its own resources (one that leaves the selector comes as DELETED).
     settings.watching.label_selectors["apps", "v1", "deployments"] = CHILD_SELECTOR
     settings.watching.label_selectors["", "v1", "services"] = CHILD_SELECTOR
+    for kind in WATCHES.routes:
+        group, version, plural = ROUTE_RESOURCES[kind]
+        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
     if shard is not None:
         settings.watching.label_selectors[api.GROUP, api.VERSION, api.PLURAL] = str(shard)
 
@@ -134,3 +139,27 @@ def watch_namespaces() -> None:
     if not WATCHES.namespaces:
         WATCHES.namespaces = True
         kopf.on.event("", "v1", "namespaces")(namespace_event)
+
+
+ROUTE_RESOURCES = {
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
+}
+
+
+def _route_handler(kind: str) -> Any:
+    async def route_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller = memo["controller"]
+        controller.observe_child(event.get("type"), {"kind": kind, **event["object"]})
+
+    route_event.__name__ = f"{kind.lower()}_event"
+    return route_event
+
+
+def watch_routes(kinds: frozenset[str]) -> None:
+    """Watch the route objects of the routers turned on (config.traffic_routers), called before kopf runs: their
+    CRDs exist only where a gateway or mesh is installed, and a watch of a missing resource would fail forever."""
+    for kind in sorted(kinds - WATCHES.routes):
+        group, version, plural = ROUTE_RESOURCES[kind]
+        kopf.on.event(group, version, plural, labels=CHILD_LABELS)(_route_handler(kind))
+    WATCHES.routes = WATCHES.routes | kinds

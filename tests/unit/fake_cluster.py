@@ -87,6 +87,8 @@ class FakeCluster:
         """Namespaces being deleted: creates there are refused (403), as the API server does; patches are not."""
         self.on_namespace_terminating: Callable[[str], None] | None = None
         """As Kube's: told of each request refused because its namespace is being deleted."""
+        self.journal: list[tuple[str, Manifest]] = []
+        """Every write in order: ("apply HTTPRoute/x", what it stored), ("scale Deployment/y", ...), ..."""
         self._version = 100
         self._uids = 0
 
@@ -308,6 +310,7 @@ class FakeCluster:
         body["metadata"]["resourceVersion"] = self._next_version()
         self.objects[key] = body
         self.applied[key] = copy.deepcopy(manifest)
+        self.journal.append((f"apply {kind}/{key[2]}", copy.deepcopy(body)))
         return copy.deepcopy(body)
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> Manifest:
@@ -317,6 +320,7 @@ class FakeCluster:
         body["spec"]["replicas"] = replicas
         body["metadata"]["generation"] += 1
         body["metadata"]["resourceVersion"] = self._next_version()
+        self.journal.append((f"scale Deployment/{name}", copy.deepcopy(body)))
         return copy.deepcopy(body)
 
     def delete_deployment(self, namespace: str, name: str) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from modeldeploy.traffic.routers import (
+    ExactRouter,
     ReplicaRatioRouter,
+    RouteState,
     Split,
     canary_replicas_for,
+    route_weight,
     split_keeping_capacity,
     stable_replicas_keeping_capacity,
 )
@@ -110,3 +113,87 @@ def test_canary_replicas_for_edges() -> None:
     assert canary_replicas_for(0, 100) == 0
     assert canary_replicas_for(5, 0) == 0
     assert canary_replicas_for(5, 100) == 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The exact router (Gateway API, Istio): weights at the gateway, replicas for capacity only.
+
+exact = ExactRouter()
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "mirror", "expected"),
+    [
+        (0, 50, False, Split(0, 0)),
+        (4, 0, False, Split(4, 0)),  # before any weight: no canary pod
+        (4, 5, False, Split(4, 1)),  # a 5 % canary needs one pod, not twenty
+        (4, 25, False, Split(4, 1)),
+        (4, 26, False, Split(4, 2)),  # its share rounds up: the pods must carry the load
+        (4, 50, False, Split(4, 2)),
+        (4, 100, False, Split(4, 4)),  # the stable keeps every pod until the promotion
+        (1, 5, False, Split(1, 1)),
+        (10, 33, False, Split(10, 4)),
+        (4, 0, True, Split(4, 4)),  # mirrored: the canary gets a copy of every request
+        (4, 20, True, Split(4, 4)),
+    ],
+)
+def test_exact_split_keeps_the_stable_whole(replicas: int, weight: int, mirror: bool, expected: Split) -> None:
+    assert exact.split(replicas, weight, mirror=mirror) == expected
+
+
+def test_the_ratio_router_ignores_a_mirror() -> None:
+    assert router.split(4, 20, mirror=True) == router.split(4, 20)
+    assert router.in_force(None, 50, mirror=True)
+
+
+@pytest.mark.parametrize(
+    ("route", "canary_ready", "actual"),
+    [
+        (None, 3, None),  # no route yet: unknown
+        (RouteState(weight=20, mirror=False, accepted=False), 3, None),  # not accepted: unknown
+        (RouteState(weight=20, mirror=False, accepted=True), 3, 20),
+        (RouteState(weight=20, mirror=False, accepted=True), 0, 0),  # no ready pod answers nothing
+        (RouteState(weight=0, mirror=True, accepted=True), 4, 0),  # a mirror is not a share of the answers
+    ],
+)
+def test_exact_actual_weight_is_what_the_accepted_route_holds(
+    route: RouteState | None, canary_ready: int, actual: int | None
+) -> None:
+    assert exact.actual_weight(4, canary_ready, route) == actual
+
+
+@pytest.mark.parametrize(
+    ("route", "weight", "mirror", "in_force"),
+    [
+        (None, 0, False, False),
+        (RouteState(weight=5, mirror=False, accepted=True), 5, False, True),
+        (RouteState(weight=5, mirror=False, accepted=False), 5, False, False),
+        (RouteState(weight=5, mirror=False, accepted=True), 20, False, False),
+        (RouteState(weight=0, mirror=False, accepted=True), 0, True, False),
+        (RouteState(weight=0, mirror=True, accepted=True), 0, True, True),
+        (RouteState(weight=0, mirror=True, accepted=True), 0, False, False),
+    ],
+)
+def test_exact_in_force_needs_weight_mirror_and_acceptance(
+    route: RouteState | None, weight: int, mirror: bool, in_force: bool
+) -> None:
+    assert exact.in_force(route, weight, mirror=mirror) is in_force
+
+
+@pytest.mark.parametrize(
+    ("target_canary", "weight", "canary_ready", "held", "expected"),
+    [
+        (1, 5, 0, 0, 0),  # no canary pod ready: nothing for it
+        (1, 5, 1, 0, 5),  # its pods ready: the step's weight
+        (2, 50, 1, 5, 5),  # not all the pods the next weight needs: the route keeps what it holds
+        (2, 50, 2, 5, 50),
+        (2, 20, 1, 50, 20),  # a lower weight never waits
+        (4, 100, 3, 50, 50),  # the final 100 % only with every canary pod ready
+        (4, 100, 4, 50, 100),
+        (2, 50, 0, 50, 0),  # a replaced canary (no ready pod of the new one): 0 at once
+    ],
+)
+def test_route_weight_moves_up_only_with_ready_pods(
+    target_canary: int, weight: int, canary_ready: int, held: int, expected: int
+) -> None:
+    assert route_weight(Split(4, target_canary), weight, canary_ready, held) == expected

@@ -944,14 +944,19 @@ class Pause(_Model):
     ]
 
 
+class Mirror(_Model):
+    """Shadow traffic: the canary gets a copy of every request and answers nobody. No settings yet; an object so
+    that settings can come without changing the step's shape."""
+
+
 class CanaryStep(_Model):
-    """One step of a canary rollout: exactly one of setWeight or pause."""
+    """One step of a canary rollout: exactly one of setWeight, setMirror or pause."""
 
     model_config = ConfigDict(
         json_schema_extra=_rules(
             (
-                "has(self.setWeight) != has(self.pause)",
-                "each spec.rollout.steps entry must set exactly one of setWeight or pause",
+                "[has(self.setWeight), has(self.pause), has(self.setMirror)].filter(set, set).size() == 1",
+                "each spec.rollout.steps entry must set exactly one of setWeight, setMirror or pause",
             ),
         )
     )
@@ -960,7 +965,28 @@ class CanaryStep(_Model):
         int | None,
         Field(default=None, ge=0, le=100, description="Percent of the traffic the new revision should take (0-100)."),
     ]
+    setMirror: Annotated[
+        Mirror | None,
+        Field(
+            default=None,
+            description=(
+                "Send the canary a copy of every request from here until the next setWeight step; its answers are "
+                "dropped, users get the stable revision's. Analysis runs on the mirrored traffic, so the canary is "
+                "judged on the very requests the stable serves before anyone sees its answers. The canary runs "
+                "spec.replicas pods meanwhile (it takes the whole load). Needs spec.trafficRouting."
+            ),
+        ),
+    ]
     pause: Annotated[Pause | None, Field(default=None, description="Wait before the next step.")]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CanaryStep:
+        kinds = (self.setWeight, self.setMirror, self.pause)
+        _refuse_unless(
+            sum(kind is not None for kind in kinds) == 1,
+            "each spec.rollout.steps entry must set exactly one of setWeight, setMirror or pause",
+        )
+        return self
 
 
 def default_steps() -> list[CanaryStep]:
@@ -1309,8 +1335,179 @@ class ServiceSpec(_Model):
     ]
 
 
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOSTNAME_LENGTH = 253
+HTTP_PATH_LENGTH = 1024
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+HEADER_NAME_LENGTH = 256
+HEADER_VALUE_LENGTH = 4096
+MAX_PARENTS = 8
+MAX_HOSTNAMES = 16
+MAX_HEADER_MATCHES = 16
+
+
+class PathMatchType(StrEnum):
+    PATH_PREFIX = "PathPrefix"
+    EXACT = "Exact"
+
+
+class PathMatch(_Model):
+    """Which request paths the route takes."""
+
+    type: Annotated[
+        PathMatchType,
+        Field(default=PathMatchType.PATH_PREFIX, description="PathPrefix (by path segments) or Exact."),
+    ]
+    value: Annotated[
+        str,
+        Field(
+            default="/",
+            min_length=1,
+            max_length=HTTP_PATH_LENGTH,
+            pattern=r"^/[^?#\s]*$",
+            description="An absolute path, without query or fragment. Default: / (every path).",
+        ),
+    ]
+
+
+class HeaderMatch(_Model):
+    """A request header that must have exactly this value."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=HEADER_NAME_LENGTH, pattern=HEADER_NAME_PATTERN, description="Name.")
+    ]
+    value: Annotated[str, Field(max_length=HEADER_VALUE_LENGTH, description="Exact value.")]
+
+
+class ParentReference(_Model):
+    """A Gateway the route attaches to."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=DNS_SUBDOMAIN_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN, description="Its name."),
+    ]
+    namespace: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description="Its namespace. Absent: the resource's own (the Gateway must allow routes from it).",
+        ),
+    ]
+    sectionName: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=DNS_SUBDOMAIN_LENGTH,
+            pattern=DNS_SUBDOMAIN_PATTERN,
+            description="One listener of the Gateway, by name. Absent: every listener that accepts the route.",
+        ),
+    ]
+
+
+class GatewayAPIRouting(_Model):
+    """An HTTPRoute (gateway.networking.k8s.io/v1) named like the resource, owned by it: its backends are the
+    Services <name>-stable and <name>-canary, weighted by the rollout; a mirror step adds a RequestMirror filter."""
+
+    parentRefs: Annotated[
+        list[ParentReference],
+        Field(min_length=1, max_length=MAX_PARENTS, description="The Gateways the route attaches to (1-8)."),
+    ]
+    hostnames: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=HOSTNAME_LENGTH, pattern=HOSTNAME_PATTERN)]],
+        Field(
+            default_factory=list,
+            max_length=MAX_HOSTNAMES,
+            description="Host names the route answers for (at most 16). Empty: every host the listeners accept.",
+        ),
+    ]
+    path: Annotated[
+        PathMatch, Field(default_factory=PathMatch, description="Which paths the route takes. Default: all.")
+    ]
+    headers: Annotated[
+        list[HeaderMatch],
+        Field(
+            default_factory=list,
+            max_length=MAX_HEADER_MATCHES,
+            description="Headers a request must carry, all of them (at most 16).",
+        ),
+    ]
+
+
+class IstioRouting(_Model):
+    """A VirtualService (networking.istio.io/v1) named like the resource, owned by it: its destinations are the
+    Services <name>-stable and <name>-canary, weighted by the rollout; a mirror step adds a 100 % mirror."""
+
+    hosts: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=HOSTNAME_LENGTH, pattern=HOSTNAME_PATTERN)]],
+        Field(
+            default_factory=list,
+            max_length=MAX_HOSTNAMES,
+            description=("Hosts the VirtualService routes (at most 16). Empty: the Service <name> inside the mesh."),
+        ),
+    ]
+    gateways: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=DNS_SUBDOMAIN_LENGTH + 64, pattern=r"^[a-z0-9./-]+$")]],
+        Field(
+            default_factory=list,
+            max_length=MAX_PARENTS,
+            description="Istio Gateways (namespace/name) and/or mesh. Empty: the mesh only.",
+        ),
+    ]
+    path: Annotated[
+        PathMatch, Field(default_factory=PathMatch, description="Which paths the route takes. Default: all.")
+    ]
+
+
+class TrafficRouting(_Model):
+    """Where the traffic split is made: exactly one router."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.gatewayAPI) != has(self.istio)",
+                "spec.trafficRouting must set exactly one of gatewayAPI or istio",
+            ),
+        )
+    )
+
+    gatewayAPI: Annotated[
+        GatewayAPIRouting | None,
+        Field(default=None, description="Kubernetes Gateway API: an HTTPRoute owned by the resource."),
+    ]
+    istio: Annotated[
+        IstioRouting | None,
+        Field(default=None, description="Istio: a VirtualService owned by the resource."),
+    ]
+
+    @model_validator(mode="after")
+    def _one_router(self) -> TrafficRouting:
+        _refuse_unless(
+            (self.gatewayAPI is None) != (self.istio is None),
+            "spec.trafficRouting must set exactly one of gatewayAPI or istio",
+        )
+        return self
+
+
+MIRROR_NEEDS_ROUTER = (
+    "spec.rollout.steps: setMirror needs spec.trafficRouting (gatewayAPI or istio): without a gateway or a mesh "
+    "every request reaching a canary pod is answered by it, so it cannot see copies of traffic it does not answer"
+)
+
+
 class ModelDeploymentSpec(_Model):
     """Desired state of a ModelDeployment. The operator never writes it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.trafficRouting) || !has(self.rollout) || !has(self.rollout.steps) || "
+                "!self.rollout.steps.exists(step, has(step.setMirror))",
+                MIRROR_NEEDS_ROUTER,
+            ),
+        )
+    )
 
     model: Annotated[ModelSpec, Field(description="The model version to serve and where its artifact lives.")]
     runtime: Annotated[
@@ -1328,6 +1525,24 @@ class ModelDeploymentSpec(_Model):
     service: Annotated[
         ServiceSpec, Field(default_factory=ServiceSpec, description="The Service in front of the model.")
     ]
+    trafficRouting: Annotated[
+        TrafficRouting | None,
+        Field(
+            default=None,
+            description=(
+                "Split traffic at a gateway or a mesh, by exact weights, instead of by the ratio of ready pods. "
+                "The operator creates and owns the route object (an HTTPRoute or a VirtualService named like the "
+                "resource), so git holds only this resource and the weights it sets are never drift. Absent: "
+                "traffic follows the ready pods behind the Service <name>."
+            ),
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _mirror_needs_router(self) -> ModelDeploymentSpec:
+        mirrors = any(step.setMirror is not None for step in self.rollout.steps)
+        _refuse_unless(self.trafficRouting is not None or not mirrors, MIRROR_NEEDS_ROUTER)
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------------------

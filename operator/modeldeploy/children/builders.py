@@ -336,12 +336,14 @@ def build_services(
     - `<name>` always (status.url names it). At rest it selects the serving revision's pods only: a revision kept
       scaled to zero for a fast return, a pod someone scaled up by hand or a predecessor's pods never take its
       traffic. While a canary rolls out it selects every serving pod of the resource, so that traffic follows the
-      ready pods of both revisions (the replica-ratio router).
+      ready pods of both revisions (the replica-ratio router); behind a router (`revision_services`) it keeps
+      selecting the serving revision alone: the gateway or mesh makes the split, and a client that goes around it
+      must not reach a canary that is only mirrored to.
     - `<name>-stable` and `<name>-canary`, each selecting one revision's pods, only while a canary rolls out, or
       always when the traffic router sends traffic through them (`revision_services`; then at rest both select the
       serving revision). At rest they would cost a ClusterIP and an EndpointSlice each for nothing.
     """
-    services = [build_service(resource, "", stable if canary is None else None)]
+    services = [build_service(resource, "", stable if canary is None or revision_services else None)]
     if canary is not None or revision_services:
         services.append(build_service(resource, STABLE_SUFFIX, stable))
         services.append(build_service(resource, CANARY_SUFFIX, canary if canary is not None else stable))

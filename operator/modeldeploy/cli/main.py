@@ -17,6 +17,7 @@ from modeldeploy import redaction
 from modeldeploy.api.selectors import LabelSelector, SelectorError, parse_selector
 from modeldeploy.cli.commands import COMMAND_HELP, PLAIN_KUBECTL, command_body, render_status
 from modeldeploy.cli.health import HealthServer, parse_bind_address
+from modeldeploy.config import OperatorConfig
 from modeldeploy.kube import client as kube_client
 from modeldeploy.kube.client import Kube
 from modeldeploy.kube.config import current_namespace, load_settings
@@ -55,6 +56,12 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 def _run(args: argparse.Namespace) -> int:
     limit_malloc_arenas()
+    try:
+        # Read once here so that a bad setting stops the start with its message, before any lease is taken.
+        config = OperatorConfig.from_env()
+    except ValueError as error:
+        print(f"modeldeploy run: {error}", file=sys.stderr)
+        return 2
     # Imported here, not above: the kubectl plugin's commands need neither kopf nor its memory.
     from modeldeploy.kube.kopf_login import kopf
 
@@ -90,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     namespaces = args.namespace or []
     if not namespaces:
         modeldeploy.main.watch_namespaces()
+    modeldeploy.main.watch_routes(config.traffic_routers)
     shard: LabelSelector | None = args.shard_selector
     if shard is not None:
         log.info(

@@ -29,6 +29,7 @@ from modeldeploy.rollout import plan as rollout
 from modeldeploy.rollout.changes import COUNTS_LAG_SECONDS, StatusChange, status_change, written_form
 from modeldeploy.rollout.conditions import set_condition, sorted_conditions
 from modeldeploy.rollout.status import phase_change_event
+from modeldeploy.traffic import routes
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -46,6 +47,8 @@ class ClusterWriter(Protocol):
     def delete_deployment(self, namespace: str, name: str) -> None: ...
 
     def delete_service(self, namespace: str, name: str, uid: str | None = None) -> None: ...
+
+    def delete_child(self, kind: str, namespace: str, name: str, uid: str) -> bool: ...
 
     def get_resource(self, namespace: str, name: str) -> Manifest | None: ...
 
@@ -237,6 +240,7 @@ def _stand_back(
     return CONFLICT_RECHECK_SECONDS
 
 
+ROUTER_NOT_ENABLED = "RouterNotEnabled"
 RECONCILE_ERROR = "ReconcileError"
 ERROR_RECHECK_SECONDS = 300.0
 """How often a resource whose writes the API server refused (or whose children cannot be built) tries again: an
@@ -467,6 +471,17 @@ def _pass(
     model = builders.model_name(resource)
     observed = observed_revisions(children, str(parent["metadata"].get("uid", "")))
     serving = serving_revision(children, resource)
+    route_kind = routes.route_kind(resource)
+    if route_kind is not None and route_kind not in config.traffic_routers:
+        message = (
+            f"spec.trafficRouting asks for a {route_kind}, but this operator does not route traffic with "
+            f"{route_kind}s (enabled: {', '.join(sorted(config.traffic_routers)) or 'none'}): nothing is changed "
+            "until it does (the chart's trafficRouting values) or the spec stops asking"
+        )
+        _hold(kube, store, parent, resource, ROUTER_NOT_ENABLED, message, [], now)
+        return ERROR_RECHECK_SECONDS
+    route_seen = routed_by(children, resource, route_kind)
+    route = routes.route_state(route_seen, config.cluster_domain) if route_seen is not None else None
     # Status is untrusted input (anyone with patch on the status subresource writes it): it is checked against what
     # the Store shows before anything reads it, the measurement below included.
     resource, checked = rollout.trusted(
@@ -478,6 +493,7 @@ def _pass(
         serving=serving,
         history_limit=config.history_limit,
         retained=config.retained_revisions,
+        route=route,
     )
     repairs = (*unreadable, *checked)
     for repair in repairs:
@@ -503,24 +519,29 @@ def _pass(
         retained=config.retained_revisions,
         measurements=measurements,
         serving=serving,
+        route=route,
     )
 
     stable = plan.status.stable
     assert stable is not None  # the planner always names a serving revision
-    # The revision rolling out, None at rest: `<name>-stable` and `<name>-canary` exist only while one does (the
-    # replica-ratio router, the only one, routes through `<name>` alone).
+    # The revision rolling out, None at rest: without a router, `<name>-stable` and `<name>-canary` exist only while
+    # one does (the replica-ratio router routes through `<name>` alone); a router's route sends traffic through
+    # them, so they always exist with one.
     canary_revision = plan.status.canary.revision if plan.status.canary else None
     repair_events = [repair.event() for repair in repairs]
     try:
-        services = builders.build_services(resource, stable.revision, canary_revision)
+        services = builders.build_services(
+            resource, stable.revision, canary_revision, revision_services=route_kind is not None
+        )
         applied = None
         if plan.apply_revision is not None:
             replicas = plan.replicas[plan.apply_revision]
             applied = builders.build_deployment(resource, plan.apply_revision, replicas, config)
+        route_wanted = routes.build_route(resource, plan.route_weight, plan.mirror, config.cluster_domain)
     except Exception as error:
         return _unbuildable(kube, store, parent, resource, error, repair_events, now)
     uid = str(parent["metadata"].get("uid", ""))
-    wanted = [*services, *([applied] if applied else [])]
+    wanted = [*services, *([applied] if applied else []), *([route_wanted] if route_wanted else [])]
     first = not children.deployments and not children.services
     conflicts = claim_children(kube, store, children, wanted, uid, read_unknown=not first)
     if conflicts:
@@ -530,7 +551,7 @@ def _pass(
     owned = {name: body for name, body in children.deployments.items() if owned_by(body, uid)}
 
     try:
-        _write_children(kube, store, resource, plan, applied, services, children, owned)
+        _write_children(kube, store, resource, plan, applied, services, children, owned, route_wanted)
     except _NameTakenError as taken:
         # Every name that is taken, read now, so that the message names them all at once (the holder just found,
         # should it be gone again by this read).
@@ -582,13 +603,18 @@ def _write_children(
     services: list[Manifest],
     children: Children,
     owned: dict[str, Manifest],
+    route: Manifest | None = None,
 ) -> None:
     """Apply, scale and delete what differs from the Store. A permanent refusal is raised as _RefusedWriteError
     naming the object; any other error ends the pass as it is (the queue retries it).
 
     The Services wanted come first, so that a rollout's Services exist (and `<name>` selects both revisions) before
     a canary pod can be Ready or the stable revision gives up one; the Services no longer wanted go last, once the
-    Service `<name>` selects the stable revision alone and the canary's Deployment has been scaled."""
+    Service `<name>` selects the stable revision alone and the canary's Deployment has been scaled.
+
+    A router's route takes traffic away from the canary before anything else is written (before `<name>-canary`
+    selects another revision, before the canary is scaled down) and gives it traffic after (once the Services and
+    the Deployments are as wanted): a weight never points at pods that are not there."""
     namespace = resource.metadata["namespace"]
     what = ""
 
@@ -614,7 +640,24 @@ def _write_children(
         if not same(holder, manifest):
             store.put_child(kube.apply(manifest, force=True))
 
+    route_current = None
+    if route is not None:
+        route_current = children.of_kind(route["kind"]).get(route["metadata"]["name"])
+    route_first = route is not None and route_current is not None and _takes_traffic_away(route_current, route)
+
+    def write_route() -> None:
+        nonlocal what
+        if route is None:
+            return
+        what = f"{route['kind']}/{route['metadata']['name']}"
+        if route_current is None:
+            create(route, routes.same_route)
+        elif not routes.same_route(route_current, route):
+            store.put_child(kube.apply(route, force=True))
+
     try:
+        if route_first:
+            write_route()
         for service in services:
             current = children.services.get(service["metadata"]["name"])
             if current is None:
@@ -642,6 +685,16 @@ def _write_children(
                 what = f"the deletion of Deployment/{deployment_name}"
                 kube.delete_deployment(namespace, deployment_name)
                 store.remove_child(deployment)
+        if not route_first:
+            write_route()
+        for kind in routes.ROUTE_KINDS:
+            # A router no longer asked for (or another asked for instead): its route goes, once the other is there.
+            stale = children.of_kind(kind).get(builders.resource_name(resource))
+            if stale is None or not owned_by(stale, uid) or (route is not None and route["kind"] == kind):
+                continue
+            what = f"the deletion of {kind}/{stale['metadata']['name']}"
+            kube.delete_child(kind, namespace, stale["metadata"]["name"], uid=str(stale["metadata"].get("uid")))
+            store.remove_child(stale)
         wanted = {service["metadata"]["name"] for service in services}
         # `<name>-stable` last: it names the revision that served, and a pass that fails before it goes leaves that
         # evidence for the next pass, which then decides the same end again.
@@ -658,6 +711,22 @@ def _write_children(
         if not permanent(error):
             raise
         raise _RefusedWriteError(what, error) from error
+
+
+def _takes_traffic_away(current: Manifest, desired: Manifest) -> bool:
+    """Whether writing `desired` over `current` lowers the canary's weight or ends its mirror."""
+    before, after = routes.route_state(current), routes.route_state(desired)
+    return after.weight < before.weight or (before.mirror and not after.mirror)
+
+
+def routed_by(children: Children, resource: api.ModelDeployment, kind: str | None) -> Manifest | None:
+    """The route object of this resource's router, when one exists and is this resource's own."""
+    if kind is None:
+        return None
+    current = children.of_kind(kind).get(builders.resource_name(resource))
+    if current is None or not owned_by(current, str(resource.metadata.get("uid", ""))):
+        return None
+    return current
 
 
 def _confirm_owner(kube: ClusterWriter, store: Store, resource: api.ModelDeployment) -> None:

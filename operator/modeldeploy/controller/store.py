@@ -70,9 +70,25 @@ def _newer_or_equal(new_version: str, current: _Packed | None) -> bool:
 class Children:
     deployments: dict[str, Manifest] = field(default_factory=dict)
     services: dict[str, Manifest] = field(default_factory=dict)
+    http_routes: dict[str, Manifest] = field(default_factory=dict)
+    virtual_services: dict[str, Manifest] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Manifest]:
-        return self.deployments if kind == "Deployment" else self.services
+        found: dict[str, Manifest] = _of_kind(self, kind)
+        return found
+
+
+def _of_kind(children: Any, kind: str) -> Any:
+    """The name -> object map of `kind` in Children or _PackedChildren (the same fields)."""
+    if kind == "Deployment":
+        return children.deployments
+    if kind == "Service":
+        return children.services
+    if kind == "HTTPRoute":
+        return children.http_routes
+    if kind == "VirtualService":
+        return children.virtual_services
+    raise ValueError(f"not a kind of child: {kind}")
 
 
 PACK_LEVEL = 1
@@ -102,9 +118,12 @@ class _Packed:
 class _PackedChildren:
     deployments: dict[str, _Packed] = field(default_factory=dict)
     services: dict[str, _Packed] = field(default_factory=dict)
+    http_routes: dict[str, _Packed] = field(default_factory=dict)
+    virtual_services: dict[str, _Packed] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, _Packed]:
-        return self.deployments if kind == "Deployment" else self.services
+        packed: dict[str, _Packed] = _of_kind(self, kind)
+        return packed
 
 
 REFUSAL_MARK_SECONDS = 600.0
@@ -318,12 +337,16 @@ class Store:
             children = self._children.get(key, _PackedChildren())
             deployments = dict(children.deployments)
             services = dict(children.services)
+            http_routes = dict(children.http_routes)
+            virtual_services = dict(children.virtual_services)
         # Decoded outside the lock: the packed objects are immutable, and decoding is the slow part.
         return (
             parent.body() if parent is not None else None,
             Children(
                 {name: packed.body() for name, packed in deployments.items()},
                 {name: packed.body() for name, packed in services.items()},
+                {name: packed.body() for name, packed in http_routes.items()},
+                {name: packed.body() for name, packed in virtual_services.items()},
             ),
         )
 

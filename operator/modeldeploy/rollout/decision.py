@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from modeldeploy.api import models as api
-from modeldeploy.traffic.routers import TrafficRouter
+from modeldeploy.traffic.routers import RouteState, TrafficRouter
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class Situation:
     retained: int = 3
     serving: Serving | None = None
     """The revision a Service of this resource says serves, when one does (see Serving)."""
+    route: RouteState | None = None
+    """What the router's object holds, with a router that has one (Gateway API, Istio) and once it exists."""
 
     @property
     def spec(self) -> api.ModelDeploymentSpec:
@@ -158,7 +160,12 @@ class Decision:
     desired_weight: int = 0
     """The canary's share of traffic its current step asks for, in percent (0 without a canary)."""
     actual_weight: int = 0
-    """The canary's share of the ready pods now, in percent (0 without a canary)."""
+    """The canary's share of the traffic now, in percent (0 without a canary): of the ready pods, or what its
+    accepted route holds."""
+    route_weight: int = 0
+    """The canary weight the router's object should hold after this pass (0 without a canary)."""
+    mirror: bool = False
+    """Whether the router's object should mirror every request to the canary after this pass."""
 
     def with_event(self, kind: str, reason: str, message: str) -> Decision:
         return replace(self, events=(*self.events, Event(kind, reason, message)))

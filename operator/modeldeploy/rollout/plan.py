@@ -21,10 +21,10 @@ from modeldeploy.rollout.decision import Event, ObservedRevision, Serving, Situa
 from modeldeploy.rollout.planner import decide
 from modeldeploy.rollout.status import build_status, phase_change_event
 from modeldeploy.rollout.trust import Repair, check_status, read_status
-from modeldeploy.traffic.routers import ReplicaRatioRouter, TrafficRouter
+from modeldeploy.traffic.routers import ExactRouter, ReplicaRatioRouter, RouteState, TrafficRouter
 
 # plan()'s inputs and outputs, importable from here with it.
-__all__ = ["Event", "ObservedRevision", "Plan", "Repair", "Serving", "plan", "read_status", "trusted"]
+__all__ = ["Event", "ObservedRevision", "Plan", "Repair", "RouteState", "Serving", "plan", "read_status", "trusted"]
 
 
 @dataclass
@@ -37,6 +37,10 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     """Seconds until the decision may change with no event (a pause or deadline running out)."""
+    route_weight: int = 0
+    """The canary weight the router's object should hold (0 at rest)."""
+    mirror: bool = False
+    """Whether the router's object should mirror every request to the canary."""
 
 
 def trusted(
@@ -50,12 +54,13 @@ def trusted(
     history_limit: int = 10,
     retained: int = 3,
     router: TrafficRouter | None = None,
+    route: RouteState | None = None,
 ) -> tuple[api.ModelDeployment, tuple[Repair, ...]]:
     """`resource` with its status checked against what is observed (see trust.py), and what was repaired. plan()
     does the same itself; the reconciler calls this first because it reads status before planning (whether a
     measurement is due)."""
     situation = _situation(
-        resource, desired_revision, observed, now, model, router, {}, history_limit, retained, serving
+        resource, desired_revision, observed, now, model, router, {}, history_limit, retained, serving, route
     )
     status, repairs = check_status(situation)
     if not repairs:
@@ -76,12 +81,24 @@ def plan(
     router: TrafficRouter | None = None,
     measurements: Mapping[str, api.Measurement] | None = None,
     serving: Serving | None = None,
+    route: RouteState | None = None,
 ) -> Plan:
     """Decide the next state. Level-based: the same inputs always give the same plan. `measurements` are the
     analysis results of this pass, when one was due (see analysis.measurement_due); `serving` is the revision a
-    Service of the resource says serves, when the caller knows one."""
+    Service of the resource says serves, when the caller knows one; `route` what the router's object holds, with a
+    router that has one."""
     situation = _situation(
-        resource, desired_revision, observed, now, model, router, measurements or {}, history_limit, retained, serving
+        resource,
+        desired_revision,
+        observed,
+        now,
+        model,
+        router,
+        measurements or {},
+        history_limit,
+        retained,
+        serving,
+        route,
     )
     checked, repairs = check_status(situation)
     if repairs:
@@ -100,6 +117,8 @@ def plan(
         apply_revision=desired_revision if desired_revision in decision.replicas else None,
         events=events,
         requeue_after=decision.requeue_after,
+        route_weight=decision.route_weight if decision.canary is not None else 0,
+        mirror=decision.mirror and decision.canary is not None,
     )
 
 
@@ -114,6 +133,7 @@ def _situation(
     history_limit: int,
     retained: int,
     serving: Serving | None,
+    route: RouteState | None = None,
 ) -> Situation:
     return Situation(
         resource=resource,
@@ -121,9 +141,15 @@ def _situation(
         observed=observed,
         now=now,
         model=model,
-        router=router or ReplicaRatioRouter(),
+        router=router or router_for(resource.spec),
         measurements=measurements,
         history_limit=history_limit,
         retained=retained,
         serving=serving,
+        route=route,
     )
+
+
+def router_for(spec: api.ModelDeploymentSpec) -> TrafficRouter:
+    """The router the spec asks for: exact weights at a gateway or mesh, else the ratio of ready pods."""
+    return ExactRouter() if spec.trafficRouting is not None else ReplicaRatioRouter()

@@ -12,9 +12,9 @@ from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time, parse_time
 from modeldeploy.rollout.decision import Decision, Situation
 from modeldeploy.rollout.history import recently_served, retained_revisions
-from modeldeploy.rollout.steps import advance, target_weight
+from modeldeploy.rollout.steps import advance, mirroring, target_split, target_weight
 from modeldeploy.rollout.transitions import end_canary, record, start_canary
-from modeldeploy.traffic.routers import Split, split_keeping_capacity
+from modeldeploy.traffic.routers import route_weight, split_keeping_capacity
 
 FIRST_REVISION = "FirstRevision"
 
@@ -120,11 +120,9 @@ def _replicas(d: Decision, s: Situation) -> dict[str, int]:
     replicas = {d.stable.revision: s.replicas}
     if d.canary is not None:
         _, step_index = d.rolling_out()
-        if step_index >= len(s.steps):
-            # Final stage: the canary comes up in full; the stable gives up a pod for each canary pod ready.
-            target = Split(stable=0, canary=s.replicas)
-        else:
-            target = s.router.split(s.replicas, target_weight(s.steps, step_index))
+        # Past the last step the canary comes up in full; by the ready pods, the stable gives up a pod for each
+        # canary pod ready; behind a router, it keeps them all until the canary takes every request.
+        target = target_split(s, step_index)
         asked = split_keeping_capacity(target, s.replicas, s.ready(d.canary.revision))
         replicas[d.canary.revision] = asked.canary
         replicas[d.stable.revision] = asked.stable
@@ -147,17 +145,29 @@ def _replicas(d: Decision, s: Situation) -> dict[str, int]:
 
 
 def _weigh(d: Decision, s: Situation) -> Decision:
-    """The canary's desired weight (its step's) and actual weight (its share of every ready pod)."""
+    """The canary's desired weight (its step's), the weight its route should hold now, and its actual weight (its
+    share of every ready pod, or what its accepted route holds; while a route is not accepted yet, what status last
+    said)."""
     if d.canary is None:
         return d
-    _, step_index = d.rolling_out()
+    canary, step_index = d.rolling_out()
     stable_seen = s.observed.get(d.stable.revision)
-    canary_seen = s.observed.get(d.canary.revision)
+    canary_seen = s.observed.get(canary.revision)
+    desired = target_weight(s.steps, step_index)
+    canary_ready = s.ready(canary.revision)
+    held = s.route.weight if s.route is not None else 0
+    actual = s.router.actual_weight(
+        stable_seen.ready_replicas if stable_seen is not None else 0,
+        canary_seen.ready_replicas if canary_seen is not None else 0,
+        s.route,
+    )
+    if actual is None:
+        previous = s.previous.canary
+        actual = previous.actualWeight if previous is not None and previous.revision == canary.revision else 0
     return replace(
         d,
-        desired_weight=target_weight(s.steps, step_index),
-        actual_weight=s.router.actual_weight(
-            stable_seen.ready_replicas if stable_seen is not None else 0,
-            canary_seen.ready_replicas if canary_seen is not None else 0,
-        ),
+        desired_weight=desired,
+        actual_weight=actual,
+        route_weight=route_weight(target_split(s, step_index), desired, canary_ready, held),
+        mirror=mirroring(s.steps, step_index),
     )

@@ -1,5 +1,6 @@
-"""A canary's walk through spec.rollout.steps: setWeight steps end once the traffic is in place, pauses end on time
-or on request, the analysis may hold any of them, and past the last one the canary is scaled up and promoted.
+"""A canary's walk through spec.rollout.steps: setWeight and setMirror steps end once the traffic is in place,
+pauses end on time or on request, the analysis may hold any of them, and past the last one the canary is scaled up
+and promoted.
 
 `advance()` goes as far as the observed state allows in one pass; each step function returns the next Decision,
 and a step that holds leaves the step index where it is.
@@ -28,6 +29,24 @@ def target_weight(steps: list[api.CanaryStep], step_index: int) -> int:
         if step.setWeight is not None:
             weight = step.setWeight
     return weight
+
+
+def mirroring(steps: list[api.CanaryStep], step_index: int) -> bool:
+    """Whether the canary gets a copy of every request at this step: from a setMirror step until the next
+    setWeight step. Never past the last step (the final scale-up)."""
+    if step_index >= len(steps):
+        return False
+    for step in reversed(steps[: step_index + 1]):
+        if step.setMirror is not None:
+            return True
+        if step.setWeight is not None:
+            return False
+    return False
+
+
+def target_split(s: Situation, step_index: int) -> Split:
+    """The replicas a step (or, past the last one, the promotion) asks of each revision."""
+    return s.router.split(s.replicas, target_weight(s.steps, step_index), mirror=mirroring(s.steps, step_index))
 
 
 def stable_gave_way(stable: ObservedRevision | None, target: Split) -> bool:
@@ -141,8 +160,13 @@ def _pause_step(d: Decision, s: Situation, pause: api.Pause, started: datetime) 
 def _weight_step(d: Decision, s: Situation, started: datetime) -> Decision:
     """A setWeight step is done when the canary has its pods ready and the stable has given up its share."""
     canary, step_index = d.rolling_out()
-    target = s.router.split(s.replicas, target_weight(s.steps, step_index))
-    if s.ready(canary.revision) >= target.canary and stable_gave_way(s.observed.get(d.stable.revision), target):
+    target = target_split(s, step_index)
+    weight, mirror = target_weight(s.steps, step_index), mirroring(s.steps, step_index)
+    if (
+        s.ready(canary.revision) >= target.canary
+        and stable_gave_way(s.observed.get(d.stable.revision), target)
+        and s.router.in_force(s.route, weight, mirror=mirror)
+    ):
         # Only the analysis holds the step now: its own limits end the wait, not the progress deadline.
         d = replace(d, pause=None, awaiting=awaited(d, s, started) if target.canary > 0 else ())
         if d.awaiting:
@@ -155,16 +179,26 @@ def _completed(d: Decision, s: Situation, step_index: int) -> Decision:
     """A Normal Event for a step that ended by itself (a person's promote says so with its own Event)."""
     canary, _ = d.rolling_out()
     step = s.steps[step_index]
-    what = f"setWeight {step.setWeight}" if step.pause is None else f"pause {step.pause.duration}"
+    if step.pause is not None:
+        what = f"pause {step.pause.duration}"
+    elif step.setMirror is not None:
+        what = "setMirror"
+    else:
+        what = f"setWeight {step.setWeight}"
     return d.with_event(
         "Normal", "StepCompleted", f"Step {step_index + 1}/{len(s.steps)} of {canary.version} completed ({what})"
     )
 
 
 def _finish(d: Decision, s: Situation, started: datetime) -> Decision:
-    """Past the last step: the canary gets every replica and is promoted once they are all ready."""
+    """Past the last step: the canary gets every replica and is promoted once they are all ready (and, with a
+    router, once its route gives it all the traffic: the revision that stops serving then serves nothing)."""
     canary, _ = d.rolling_out()
-    if (s.scaled_to(canary.revision) or 0) >= s.replicas and s.ready(canary.revision) >= s.replicas:
+    if (
+        (s.scaled_to(canary.revision) or 0) >= s.replicas
+        and s.ready(canary.revision) >= s.replicas
+        and s.router.in_force(s.route, 100, mirror=False)
+    ):
         return promote(d, s)
     return _check_deadline(d, s, started)
 

@@ -54,7 +54,7 @@ from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time, parse_duration, parse_time
 from modeldeploy.rollout.decision import Event, ObservedRevision, Situation
 from modeldeploy.rollout.history import may_fast_track
-from modeldeploy.rollout.steps import target_weight
+from modeldeploy.rollout.steps import mirroring, target_weight
 
 REPAIRED = "StatusRepaired"
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -467,8 +467,15 @@ def _granted(s: Situation, status: api.ModelDeploymentStatus, index: int) -> boo
     stable_asked = 0
     if status.stable is not None and status.stable.revision in owned:
         stable_asked = owned[status.stable.revision].replicas
-    weight = target_weight(s.steps, index)
-    return any(s.router.split(total, weight).canary <= asked for total in (s.replicas, asked + stable_asked))
+    weight, mirror = target_weight(s.steps, index), mirroring(s.steps, index)
+    scaled = any(
+        s.router.split(total, weight, mirror=mirror).canary <= asked for total in (s.replicas, asked + stable_asked)
+    )
+    if not scaled or not s.router.exact:
+        return scaled
+    # Behind a router the replicas say little (one pod carries 5 % or 25 %); the route is the operator's own write
+    # too, and it holds the weight of the step before `index` (which had to be in force for `index` to begin).
+    return s.route is not None and s.route.weight >= target_weight(s.steps, index - 1)
 
 
 def _progress(status: api.ModelDeploymentStatus, s: Situation, found: list[Repair]) -> api.ModelDeploymentStatus:
