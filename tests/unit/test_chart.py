@@ -254,6 +254,8 @@ def test_values_reach_the_operator() -> None:
         "modelShutdown.preStopDelaySeconds=15",
         "modelShutdown.drainSeconds=10",
         "modelShutdown.terminationGracePeriodSeconds=60",
+        "trafficRouting.gatewayAPI=true",
+        "trafficRouting.istio=true",
     )
     operator = container(docs)
     assert operator["image"] == "modeldeploy/operator:1.2.3"
@@ -271,8 +273,26 @@ def test_values_reach_the_operator() -> None:
         "MODELDEPLOY_PRESTOP_DELAY_SECONDS": "15",
         "MODELDEPLOY_DRAIN_SECONDS": "10",
         "MODELDEPLOY_TERMINATION_GRACE_PERIOD_SECONDS": "60",
+        "MODELDEPLOY_TRAFFIC_ROUTERS": "gatewayAPI,istio",
     }
     assert "--verbose" not in container(template())["args"]
+    assert env(template())["MODELDEPLOY_TRAFFIC_ROUTERS"] == ""
+
+
+def test_a_router_turned_on_adds_the_rights_for_its_route_kind_only() -> None:
+    def route_rules(*values: str) -> list[tuple[str, ...]]:
+        found = []
+        for doc in template(*values):
+            if doc["kind"] in ("ClusterRole", "Role"):
+                for rule in doc.get("rules") or []:
+                    if set(rule["apiGroups"]) & {"gateway.networking.k8s.io", "networking.istio.io"}:
+                        found.append((doc["kind"], *rule["resources"], *rule["verbs"]))
+        return found
+
+    assert route_rules() == []
+    verbs = ("get", "list", "watch", "create", "patch", "delete")
+    assert route_rules("trafficRouting.gatewayAPI=true") == [("ClusterRole", "httproutes", *verbs)]
+    assert route_rules("trafficRouting.istio=true", "watch.namespaces={a}") == [("Role", "virtualservices", *verbs)]
 
 
 def test_by_default_a_spec_may_name_only_the_operators_own_prometheus() -> None:

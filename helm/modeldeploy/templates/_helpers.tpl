@@ -102,4 +102,17 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.trafficRouting.gatewayAPI }}
+# spec.trafficRouting.gatewayAPI: the HTTPRoute named like the resource, owned by it; weights set on it, deleted
+# when the spec stops asking for it.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, create, patch, delete]
+{{- end }}
+{{- if .Values.trafficRouting.istio }}
+# spec.trafficRouting.istio: the VirtualService named like the resource, owned by it.
+- apiGroups: [networking.istio.io]
+  resources: [virtualservices]
+  verbs: [get, list, watch, create, patch, delete]
+{{- end }}
 {{- end }}
