@@ -80,7 +80,55 @@ def node_terms(*requirements: dict[str, Any]) -> dict[str, Any]:
     return {"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [{"matchExpressions": list(requirements)}]}}}
 
 
+GATEWAY_ROUTING = {"gatewayAPI": {"parentRefs": [{"name": "public"}]}}
+
 INVALID = [
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"steps": [{"setMirror": {}}, {"setWeight": 50}]}),
+        ["spec", "setMirror needs spec.trafficRouting"],
+        id="mirror-without-router",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL, spec__rollout={"steps": [{"setMirror": {}, "setWeight": 5}]}, spec__trafficRouting=GATEWAY_ROUTING
+        ),
+        ["spec.rollout.steps[0]", "exactly one of setWeight, setMirror or pause"],
+        id="mirror-and-weight-in-one-step",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__trafficRouting={**GATEWAY_ROUTING, "istio": {}}),
+        ["spec.trafficRouting", "exactly one of gatewayAPI or istio"],
+        id="two-routers",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__trafficRouting={"gatewayAPI": {"parentRefs": []}}),
+        ["spec.trafficRouting.gatewayAPI.parentRefs", "should have at least 1 items"],
+        id="route-without-parent",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__trafficRouting={"gatewayAPI": {"parentRefs": [{"name": "Public Gateway"}]}}),
+        ["spec.trafficRouting.gatewayAPI.parentRefs[0].name", "should match"],
+        id="route-parent-name",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__trafficRouting={
+                **GATEWAY_ROUTING,
+                "gatewayAPI": {**GATEWAY_ROUTING["gatewayAPI"], "hostnames": ["a..b"]},
+            },
+        ),
+        ["spec.trafficRouting.gatewayAPI.hostnames[0]", "should match"],
+        id="route-hostname",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__trafficRouting={"gatewayAPI": {"parentRefs": [{"name": "g"}], "path": {"value": "no-slash"}}},
+        ),
+        ["spec.trafficRouting.gatewayAPI.path.value", "should match"],
+        id="route-path",
+    ),
     pytest.param(
         edited(MINIMAL, spec__rollout={"steps": [{"setWeight": 101}]}),
         ["spec.rollout.steps[0].setWeight", "less than or equal to 100"],
@@ -93,12 +141,12 @@ INVALID = [
     ),
     pytest.param(
         edited(MINIMAL, spec__rollout={"steps": [{"setWeight": 20, "pause": {}}]}),
-        ["spec.rollout.steps[0]", "exactly one of setWeight or pause"],
+        ["spec.rollout.steps[0]", "exactly one of setWeight, setMirror or pause"],
         id="step-with-two-actions",
     ),
     pytest.param(
         edited(MINIMAL, spec__rollout={"steps": [{}]}),
-        ["spec.rollout.steps[0]", "exactly one of setWeight or pause"],
+        ["spec.rollout.steps[0]", "exactly one of setWeight, setMirror or pause"],
         id="step-with-no-action",
     ),
     pytest.param(
