@@ -176,3 +176,36 @@ def test_traffic_routers_setting() -> None:
     assert parse_traffic_routers("gatewayAPI, istio") == frozenset({"HTTPRoute", "VirtualService"})
     with pytest.raises(ValueError, match="unknown router linkerd"):
         parse_traffic_routers("gatewayAPI,linkerd")
+
+
+def test_a_route_the_gateway_refuses_shows_in_status(routed: Harness) -> None:
+    routed.run()
+    route = routed.cluster.objects[("HTTPRoute", "models", NAME)]
+    route["status"] = {
+        "parents": [
+            {
+                "parentRef": route["spec"]["parentRefs"][0],
+                "controllerName": "example.com/gateway",
+                "conditions": [
+                    {
+                        "type": "Accepted",
+                        "status": "False",
+                        "observedGeneration": route["metadata"]["generation"],
+                        "reason": "NotAllowedByListeners",
+                        "message": "namespace models is not allowed",
+                    }
+                ],
+            }
+        ]
+    }
+    routed.store.put_child(copy.deepcopy(route))
+    routed.run()
+    degraded = next(c for c in routed.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RouteNotAccepted")
+    assert "NotAllowedByListeners: namespace models is not allowed" in degraded["message"]
+    assert routed.status["phase"] == "Degraded"
+    accept(routed)
+    routed.cluster.make_ready(routed.store)
+    routed.run()
+    degraded = next(c for c in routed.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"

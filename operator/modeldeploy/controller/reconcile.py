@@ -241,6 +241,8 @@ def _stand_back(
 
 
 ROUTER_NOT_ENABLED = "RouterNotEnabled"
+ROUTE_NOT_ACCEPTED = "RouteNotAccepted"
+INVALID_SPEC = "InvalidSpec"
 RECONCILE_ERROR = "ReconcileError"
 ERROR_RECHECK_SECONDS = 300.0
 """How often a resource whose writes the API server refused (or whose children cannot be built) tries again: an
@@ -372,18 +374,21 @@ def refused_prometheus_address(resource: api.ModelDeployment, config: OperatorCo
 
 
 def _refused_status(
-    status: api.ModelDeploymentStatus, previous: api.ModelDeploymentStatus, message: str, now: datetime
+    status: api.ModelDeploymentStatus,
+    previous: api.ModelDeploymentStatus,
+    message: str,
+    now: datetime,
+    *,
+    reason: str = "InvalidSpec",
 ) -> api.ModelDeploymentStatus:
-    """The planner's status, Degraded with reason InvalidSpec and not Ready, as for a spec the models refuse.
+    """The planner's status, Degraded with `reason` and not Ready (InvalidSpec: as for a spec the models refuse).
 
     The conditions' transition times come from the stored status, not from the planner's (which does not know
     about the refusal, and would flip them every pass)."""
     generation = status.observedGeneration
     conditions = list(status.conditions)
     for kind, value in ((api.ConditionType.DEGRADED, True), (api.ConditionType.READY, False)):
-        updated = set_condition(
-            previous.conditions, kind, value, "InvalidSpec", message, generation=generation, now=now
-        )
+        updated = set_condition(previous.conditions, kind, value, reason, message, generation=generation, now=now)
         conditions = [c for c in conditions if c.type != kind] + [c for c in updated if c.type == kind]
     return status.model_copy(
         update={"phase": str(api.Phase.DEGRADED), "message": message, "conditions": sorted_conditions(conditions)}
@@ -561,11 +566,18 @@ def _pass(
         return _refused(kube, store, parent, resource, refused_write.what, refused_write.error, repair_events, now)
 
     status, events = plan.status, plan.events
+    degraded: tuple[str, str] | None = None
     if refused is not None:
         # The rollout goes on as the planner decided, but its analysis cannot succeed: every measurement is an
         # Error (see measure()), so the canary never passes a step and is rolled back at consecutiveErrorLimit,
         # exactly as with a Prometheus that does not answer.
-        status = _refused_status(plan.status, resource.status, refused, now)
+        degraded = (INVALID_SPEC, refused)
+    elif route_seen is not None and (refusal := routes.route_refusal(route_seen)) is not None:
+        # The gateway refuses the route (a listener that does not allow its namespace, a Service it cannot resolve):
+        # no weight the operator sets is in force, so a step waits for it until the progress deadline.
+        degraded = (ROUTE_NOT_ACCEPTED, f"the {route_seen['kind']} is not accepted: {refusal}")
+    if degraded is not None:
+        status = _refused_status(plan.status, resource.status, degraded[1], now, reason=degraded[0])
         planned = phase_change_event(resource.status, plan.status)
         events = [event for event in plan.events if event != planned]
         changed = phase_change_event(resource.status, status)
