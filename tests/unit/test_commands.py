@@ -141,3 +141,20 @@ def test_status_of_an_inconclusive_analysis_asks_for_a_decision() -> None:
         "Waiting for: `promote` to go on measuring, or `abort` (the analysis was inconclusive)"
         in render_status(body, now=NOW).splitlines()
     )
+
+
+def test_status_names_a_mirror_step() -> None:
+    body = resource(
+        {
+            "phase": "Paused",
+            "currentStepIndex": 1,
+            "stable": {"version": "1.4.0", "revision": "r111"},
+            "canary": {"version": "1.5.0", "revision": "r222", "replicas": 4, "readyReplicas": 4},
+        },
+        steps=[{"setMirror": {}}, {"pause": {}}, {"setWeight": 5}],
+    )
+    body["spec"]["trafficRouting"] = {"gatewayAPI": {"parentRefs": [{"name": "public"}]}}
+    lines = render_status(body, now=NOW).splitlines()
+    assert "  ✔ 1. setMirror: a copy of every request, no answers" in lines
+    assert "  ▶ 2. pause: until promoted" in lines
+    assert "    3. setWeight: 5%" in lines

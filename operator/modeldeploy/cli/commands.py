@@ -36,6 +36,8 @@ def command_body(full: bool = False, now: datetime | None = None) -> dict[str, A
 def _step_text(step: api.CanaryStep) -> str:
     if step.setWeight is not None:
         return f"setWeight: {step.setWeight}%"
+    if step.setMirror is not None:
+        return "setMirror: a copy of every request, no answers"
     assert step.pause is not None
     return f"pause: {step.pause.duration}" if step.pause.duration else "pause: until promoted"
 
