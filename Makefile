@@ -32,7 +32,7 @@ tools-prometheus: ## Build (or reuse from the cache) Prometheus, for the metrics
 	$(SCRIPTS)/build-tools.sh prometheus
 
 .PHONY: tools-gateway
-tools-gateway: ## Build (or reuse from the cache) Contour and fetch the gateway's CRDs (2 minutes with warm Go caches)
+tools-gateway: ## Build (or reuse from the cache) Contour and fetch the gateway's CRDs (2-5 minutes with warm Go caches)
 	$(SCRIPTS)/build-tools.sh gateway
 
 .PHONY: cluster-up

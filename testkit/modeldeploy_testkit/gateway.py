@@ -405,7 +405,7 @@ def ensure_tools(echo: bool = True) -> None:
     Raises ToolsUnavailableError saying why not."""
     if not contour_binary().exists() or not all(path.is_file() for path in crd_files()):
         if echo:
-            print(f"\nContour is not built ({contour_binary()}): building it (2 minutes with warm Go caches)")
+            print(f"\nContour is not built ({contour_binary()}): building it (2-5 minutes with warm Go caches)")
         try:
             # Streams its progress lines; nothing is captured so that a long build shows what it does.
             run_script("build-tools.sh", "gateway", capture=False)

@@ -2,7 +2,7 @@
 # Builds the local control plane's binaries from pinned Go modules and caches them outside the repository.
 # `build-tools.sh prometheus` (or MODELDEPLOY_WITH_PROMETHEUS=1) builds Prometheus as well (5-13 minutes cold).
 # `build-tools.sh argocd` (or MODELDEPLOY_WITH_ARGOCD=1) builds Argo CD as well (6+ minutes).
-# `build-tools.sh gateway` (or MODELDEPLOY_WITH_GATEWAY=1) builds Contour (2 minutes with warm Go caches, more cold)
+# `build-tools.sh gateway` (or MODELDEPLOY_WITH_GATEWAY=1) builds Contour (2-5 minutes with warm Go caches, more cold)
 # and fetches the CRDs the gateway installs (Gateway API, Contour's own, Istio's) into the cache; `gateway-crds`
 # fetches only the CRDs (a download, no build).
 # Only missing binaries are built. Each lands under a temporary name first and is moved into place when complete,
@@ -179,7 +179,7 @@ if [ "${with_argocd}" = 1 ] && missing "${ARGOCD_BIN}" argocd; then
 	install_binaries "${ARGOCD_BIN}" argocd
 fi
 if [ "${with_contour}" = 1 ] && missing "${CONTOUR_BIN}" contour; then
-	step "building contour ${CONTOUR_VERSION} (about 2 minutes with warm Go caches, more cold)"
+	step "building contour ${CONTOUR_VERSION} (2-5 minutes with warm Go caches, more cold)"
 	# Without the stamp `contour version` says "unknown".
 	stamp="-X github.com/projectcontour/contour/internal/build.Version=${CONTOUR_VERSION}"
 	(cd "${TOOLS_DIR}/contour" && go build "${FLAGS[@]}" -ldflags "-s -w ${stamp}" -o "${STAGING}/contour" github.com/projectcontour/contour/cmd/contour)

@@ -64,7 +64,7 @@ if [ "${mode}" = up ] && healthy >/dev/null 2>&1; then
 	log "gateway already running: Envoy on 127.0.0.1:${ENVOY_PORT}; settings in ${GATEWAY_ENV}"
 	exit 0
 fi
-: >"${LOGS}/gateway-up.log"
+printf '%s gateway-up.sh %s\n' "$(date +%H:%M:%S)" "${mode}" >>"${LOGS}/gateway-up.log"
 
 # --- CRDs ---------------------------------------------------------------------------------------------------------
 for file in "${GATEWAY_API_CRDS}" "${CONTOUR_CRDS}" "${ISTIO_CRDS}"; do

@@ -121,7 +121,7 @@ def skip_without_tools(what: str, error: ToolsUnavailableError) -> None:
 @pytest.fixture(scope="session")
 def gateway(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """Contour and Envoy from testkit/scripts/gateway-up.sh, with the Gateway they serve: the running ones, or ones
-    started for the session, Contour built first when it is not cached (2 minutes with warm Go caches)."""
+    started for the session, Contour built first when it is not cached (2-5 minutes with warm Go caches)."""
     # A build takes minutes: its progress goes to the terminal even when pytest captures output.
     capture = request.config.pluginmanager.getplugin("capturemanager")
     try:

@@ -45,7 +45,7 @@ from modeldeploy_testkit.runtime_server import parse_metrics
 from modeldeploy_testkit.traffic import loadgen_via_gateway
 from modeldeploy_testkit.waiting import http_get, wait_until
 
-# The first test's setup may build Contour (2 minutes with warm Go caches, more cold) and start two model servers.
+# The first test's setup may build Contour (2-5 minutes with warm Go caches, more cold) and start two model servers.
 pytestmark = [pytest.mark.nodeagent, pytest.mark.gateway, pytest.mark.timeout(1200)]
 
 PRIMARY, SECOND = "primary", "second"
