@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-# The local control plane, the node agent, Prometheus and Argo CD are started and stopped by these scripts.
+# The local control plane, the node agent, Prometheus, Argo CD and the gateway are started and stopped by these scripts.
 SCRIPTS := testkit/scripts
 export KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
 
@@ -31,6 +31,10 @@ tools: ## Build (or reuse from the cache) the control plane's binaries
 tools-prometheus: ## Build (or reuse from the cache) Prometheus, for the metrics tests (5-13 minutes cold)
 	$(SCRIPTS)/build-tools.sh prometheus
 
+.PHONY: tools-gateway
+tools-gateway: ## Build (or reuse from the cache) Contour and fetch the gateway's CRDs (2-5 minutes with warm Go caches)
+	$(SCRIPTS)/build-tools.sh gateway
+
 .PHONY: cluster-up
 cluster-up: tools ## Start the local control plane (idempotent); kubeconfig in .cluster/kubeconfig
 	$(SCRIPTS)/cluster-up.sh
@@ -42,6 +46,14 @@ cluster-up-agent: install tools ## The control plane plus the node agent, whose 
 .PHONY: prometheus-up
 prometheus-up: tools-prometheus cluster-up ## Prometheus on 127.0.0.1:9090 scraping the model servers' pods
 	$(SCRIPTS)/prometheus-up.sh
+
+.PHONY: gateway-up
+gateway-up: install tools-gateway cluster-up ## Contour + Envoy on the host, a Gateway on 127.0.0.1:18080 (docs/testing.md)
+	$(SCRIPTS)/gateway-up.sh
+
+.PHONY: gateway-down
+gateway-down: ## Stop Contour and Envoy (the cluster and the Gateway's objects stay)
+	$(SCRIPTS)/gateway-down.sh
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane and remove its state

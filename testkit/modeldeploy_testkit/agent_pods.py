@@ -112,6 +112,71 @@ def healthy(version: str, ready: int) -> Any:
     )
 
 
+# --- plain Deployments of the model server on the agent's nodes (no operator) ---------------------------------------
+
+RUNTIME_HTTP_PORT = 9000
+RUNTIME_METRICS_PORT = 6000
+
+
+def runtime_deployment(name: str, artifact: Artifact, version: str, replicas: int = 1) -> Manifest:
+    """A Deployment of the model server placed on the agent's nodes, written by hand rather than by the operator: the
+    environment of the runtime's contract (as the operator sets it), its ports and readiness on /health/status, and
+    the labels `app=<name>` and app.kubernetes.io/version. For tests of what sits in front of model servers (a
+    gateway, say) that must not depend on the operator."""
+    labels = {"app": name, VERSION_LABEL: version}
+    env = {
+        "MODEL_NAME": name,
+        "MODEL_VERSION": version,
+        "MODEL_URI": artifact.uri,
+        "MODEL_FORMAT": artifact.format,
+        "MODEL_SHA256": artifact.sha256,
+        "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(RUNTIME_HTTP_PORT),
+        "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(RUNTIME_METRICS_PORT),
+        # A deleted test namespace takes its pods at once: nothing waits on their traffic.
+        "MODEL_DRAIN_SECONDS": "0",
+    }
+    container = {
+        "name": "model-server",
+        "image": RUNTIME_IMAGE,
+        "env": [{"name": key, "value": value} for key, value in env.items()],
+        "ports": [
+            {"name": "http", "containerPort": RUNTIME_HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": RUNTIME_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/health/status", "port": "http"}, "periodSeconds": 1},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {**PLACEMENT, "terminationGracePeriodSeconds": 5, "containers": [container]},
+            },
+        },
+    }
+
+
+def runtime_service(name: str, port: int = 80) -> Manifest:
+    """The Service of runtime_deployment(name): `http` on `port` and `metrics`, both TCP (Contour skips EndpointSlice
+    ports without a protocol)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [
+                {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": RUNTIME_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
 # --- observing pods -------------------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from modeldeploy_testkit.scripts import (
     cached_binary,
     cluster_dir,
     lib_function_succeeds,
+    read_env,
     run_script,
 )
 
@@ -33,15 +34,6 @@ ARGOCD_API_VERSION, APPLICATIONS = "argoproj.io/v1alpha1", "applications"
 MDEP_API_VERSION, MDEP_PLURAL = "modeldeploy.io/v1alpha1", "modeldeployments"
 REFRESH_ANNOTATION = "argocd.argoproj.io/refresh"
 IN_CLUSTER = "https://kubernetes.default.svc"
-
-
-def read_env(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key and not key.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
 
 
 def argocd_binary() -> Path:

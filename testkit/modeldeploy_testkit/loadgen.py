@@ -2,6 +2,7 @@
 
     .venv/bin/python -m modeldeploy_testkit.loadgen -n NAMESPACE SERVICE --requests 2000 --rate 200 [--json]
     .venv/bin/python -m modeldeploy_testkit.loadgen -n NAMESPACE SERVICE --duration 30 --rate 50
+    .venv/bin/python -m modeldeploy_testkit.loadgen --gateway 127.0.0.1:18080 --host HOST --requests 2000 --rate 200
 
 There is no kube-proxy on the local cluster, so the Service is resolved here, the way kube-proxy does it: a list of
 its EndpointSlices, then a watch that follows them for as long as the run lasts (EndpointWatch). Only ready
@@ -16,6 +17,11 @@ mdpods0 or a per-pod veth of the node agent). At the start, one endpoint that is
 endpoint that appears later and is not is never sent to, and the report names it. The run is bounded: a rate and
 a request count or a duration are required.
 
+Through a gateway (--gateway ADDRESS:PORT --host HOST), every request goes to that one address, on this machine
+only (loopback), with the Host header a route matches; the gateway picks the backend, and the report counts the
+answers per version as before (per pod there is only the gateway). The gateway's own data plane checked the pod
+range's routes before it started (modeldeploy_testkit.gateway).
+
 Reported per pod and per model version: how many requests each answered, and mismatches between the version a
 pod should serve (its `app.kubernetes.io/version` label) and the `meta.tags.version` it answered with. Every
 failed request is counted by kind (FAILURE_KINDS): a request never sent for want of a ready endpoint, a connection
@@ -26,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import ipaddress
 import json
 import os
 import queue
 import random
+import re
 import socket
 import statistics
 import sys
@@ -63,6 +71,10 @@ OTHER = "other"
 FAILURE_KINDS = (NO_ENDPOINT, REFUSED, RESET, TIMEOUT, "http_<status>", BAD_ANSWER, OTHER)
 
 
+# One label of a DNS name (RFC 1123), lower case: what a route's `hostnames` are made of.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
 class RefusedError(Exception):
     pass
 
@@ -73,6 +85,34 @@ class Endpoint:
     ip: str
     port: int
     version: str | None
+    host: str | None = None
+    """The Host header to send (a gateway routes by it); None sends the address, as http.client does."""
+
+
+def valid_host(host: str) -> bool:
+    """A Host header a gateway route can match: a lower-case DNS name, optionally with a port."""
+    name, colon, port = host.partition(":")
+    if colon and not (port.isdigit() and 0 < int(port) < 65536):
+        return False
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
+
+
+def gateway_endpoint(address: str, port: int, host: str) -> Endpoint:
+    """The one endpoint of a run through a gateway: its listener on this machine, and the Host a route matches.
+
+    Only a loopback address is accepted: the gateway runs here, and it is the gateway that checked, before it
+    started, that the pod IPs it forwards to are routed through our veths."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        raise RefusedError(f"gateway address {address!r} is not an IP address") from None
+    if not parsed.is_loopback:
+        raise RefusedError(f"gateway address {address} is not on this machine (loopback); refusing to send")
+    if not 0 < port < 65536:
+        raise RefusedError(f"gateway port {port} is out of range")
+    if not valid_host(host):
+        raise RefusedError(f"{host!r} is not a host name a route can match")
+    return Endpoint(f"gateway {address}:{port}", address, port, None, host)
 
 
 @dataclass
@@ -378,7 +418,10 @@ class Sender(threading.Thread):
             reused = key in self.used
             connection = self._connection(endpoint)
             try:
-                connection.request("POST", self.path, body=self.payload, headers={"Content-Type": "application/json"})
+                headers = {"Content-Type": "application/json"}
+                if endpoint.host is not None:
+                    headers["Host"] = endpoint.host
+                connection.request("POST", self.path, body=self.payload, headers=headers)
                 self.used.add(key)
                 response = connection.getresponse()
                 body = response.read()
@@ -564,9 +607,11 @@ def print_report(result: dict[str, Any]) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     cluster_dir = Path(os.environ.get("MODELDEPLOY_CLUSTER_DIR") or REPO_ROOT / ".cluster")
     parser = argparse.ArgumentParser(prog="python -m modeldeploy_testkit.loadgen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("service", help="Service name")
+    parser.add_argument("service", nargs="?", help="Service name (not with --gateway)")
     parser.add_argument("-n", "--namespace", default="default")
     parser.add_argument("--port", default="http", help="name of the Service port (default http)")
+    parser.add_argument("--gateway", metavar="ADDRESS:PORT", help="send through this gateway (loopback only)")
+    parser.add_argument("--host", help="with --gateway: the Host header of every request")
     parser.add_argument("--rate", type=float, required=True, help=f"requests per second (at most {MAX_RATE:g})")
     parser.add_argument("--requests", type=int, help=f"how many requests (at most {MAX_REQUESTS})")
     parser.add_argument("--duration", type=float, help=f"how long in seconds (at most {MAX_DURATION_SECONDS:g})")
@@ -578,6 +623,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or str(cluster_dir / "kubeconfig"))
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     options = parser.parse_args(argv)
+    if (options.service is None) == (options.gateway is None):
+        parser.error("name a Service, or give --gateway: one of the two")
+    if options.gateway is not None:
+        address, _, port = options.gateway.rpartition(":")
+        if not address or not port.isdigit():
+            parser.error("--gateway must be ADDRESS:PORT")
+        if not options.host:
+            parser.error("--gateway needs --host: the gateway routes by the Host header")
+        try:
+            options.gateway_endpoint = gateway_endpoint(address, int(port), options.host.lower())
+        except RefusedError as error:
+            parser.error(str(error))
+    elif options.host:
+        parser.error("--host applies to --gateway only")
     if options.requests is None and options.duration is None:
         parser.error("refusing an unbounded run: give --requests or --duration (or both)")
     if not 0 < options.rate <= MAX_RATE:
@@ -593,6 +652,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    if options.gateway is not None:
+        endpoints = [options.gateway_endpoint]
+        tally, elapsed = run(
+            endpoints,
+            rate=options.rate,
+            requests=options.requests,
+            duration=options.duration,
+            concurrency=options.concurrency,
+            path=options.path,
+            payload=json.loads(options.payload),
+            timeout=options.timeout,
+            seed=options.seed,
+        )
+        result = report(endpoints, {}, tally, elapsed)
+        if options.json:
+            print(json.dumps(result, indent=1))
+        else:
+            print_report(result)
+        return 0
     api = KubeAPI(Path(options.kubeconfig), "modeldeploy-loadgen/0.1.0")
     watch = EndpointWatch(api, options.namespace, options.service, options.port)
     try:

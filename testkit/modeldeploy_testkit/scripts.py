@@ -55,3 +55,13 @@ def cached_binary(component: str, name: str | None = None) -> Path:
 def keep_running() -> bool:
     """MODELDEPLOY_KEEP_CLUSTER=1: what a run started stays up for the next one."""
     return os.environ.get("MODELDEPLOY_KEEP_CLUSTER") == "1"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines a script wrote for its clients (the ports it chose, say); # comments and blank lines skipped."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values

@@ -25,9 +25,18 @@ from modeldeploy_testkit.loadgen import run as send_requests
 
 
 def loadgen(cluster: Cluster, namespace: str, service: str, *args: str) -> dict[str, Any]:
+    return _loadgen(["-n", namespace, service, *args], cluster.env())
+
+
+def loadgen_via_gateway(address: str, port: int, host: str, *args: str) -> dict[str, Any]:
+    """One run of the load generator through a gateway on this machine, every request with Host `host`."""
+    return _loadgen(["--gateway", f"{address}:{port}", "--host", host, *args], None)
+
+
+def _loadgen(args: list[str], env: dict[str, str] | None) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "modeldeploy_testkit.loadgen", "-n", namespace, service, "--json", *args],
-        env=cluster.env(),
+        [sys.executable, "-m", "modeldeploy_testkit.loadgen", "--json", *args],
+        env=env,
         capture_output=True,
         text=True,
         check=False,

@@ -2,6 +2,9 @@
 # Builds the local control plane's binaries from pinned Go modules and caches them outside the repository.
 # `build-tools.sh prometheus` (or MODELDEPLOY_WITH_PROMETHEUS=1) builds Prometheus as well (5-13 minutes cold).
 # `build-tools.sh argocd` (or MODELDEPLOY_WITH_ARGOCD=1) builds Argo CD as well (6+ minutes).
+# `build-tools.sh gateway` (or MODELDEPLOY_WITH_GATEWAY=1) builds Contour (2-5 minutes with warm Go caches, more cold)
+# and fetches the CRDs the gateway installs (Gateway API, Contour's own, Istio's) into the cache; `gateway-crds`
+# fetches only the CRDs (a download, no build).
 # Only missing binaries are built. Each lands under a temporary name first and is moved into place when complete,
 # so an interrupted build never leaves a binary that a later run would trust.
 set -euo pipefail
@@ -11,11 +14,15 @@ PROMETHEUS_BIN="${BIN_CACHE}/prometheus-${PROMETHEUS_VERSION}"
 with_prometheus="${MODELDEPLOY_WITH_PROMETHEUS:-0}"
 ARGOCD_BIN="${BIN_CACHE}/argocd-${ARGOCD_VERSION}"
 with_argocd="${MODELDEPLOY_WITH_ARGOCD:-0}"
+with_contour="${MODELDEPLOY_WITH_GATEWAY:-0}"
+with_gateway_crds="${with_contour}"
 for extra in "$@"; do
 	case "${extra}" in
 		prometheus) with_prometheus=1 ;;
 		argocd) with_argocd=1 ;;
-		*) die "usage: build-tools.sh [prometheus] [argocd]" ;;
+		gateway) with_contour=1; with_gateway_crds=1 ;;
+		gateway-crds) with_gateway_crds=1 ;;
+		*) die "usage: build-tools.sh [prometheus] [argocd] [gateway] [gateway-crds]" ;;
 	esac
 done
 
@@ -42,6 +49,52 @@ install_binaries() {
 	done
 }
 
+# module_dir MODULE@VERSION: where the Go module cache holds that module's files, downloaded first when needed.
+module_dir() {
+	local dir
+	dir="$(cd "${TOOLS_DIR}" && go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	[ -n "${dir}" ] && [ -d "${dir}" ] || die "could not download the Go module $1"
+	echo "${dir}"
+}
+
+# install_file DEST SOURCE...: the sources, each a YAML stream, joined into DEST (one rename, like the binaries).
+install_file() {
+	local dest="$1" part="${STAGING}/$(basename "$1")"
+	shift
+	: >"${part}"
+	for source in "$@"; do
+		[ -s "${source}" ] || die "${source} is missing or empty"
+		printf -- '---\n' >>"${part}"
+		cat "${source}" >>"${part}"
+	done
+	mkdir -p "$(dirname "${dest}")"
+	mv -f "${part}" "${dest}"
+}
+
+# The CRDs of the gateway, from the modules of exactly the versions in versions.env. Gateway API: the experimental
+# channel, because Contour watches TLSRoute, TCPRoute, BackendTLSPolicy and ReferenceGrant v1beta1 and exits when
+# one is missing (docs/testing.md). Contour's own: it watches HTTPProxy, TLSCertificateDelegation and
+# ExtensionService whatever else it serves. Istio's: the API only (VirtualService and the rest), no data plane.
+fetch_gateway_crds() {
+	local dir files=() name
+	if [ ! -s "${GATEWAY_API_CRDS}" ]; then
+		log "fetching the Gateway API ${GATEWAY_API_VERSION} CRDs (experimental channel)"
+		dir="$(module_dir "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}")/config/crd/experimental"
+		# In the order of the channel's kustomization.
+		for name in $(sed -n 's/^- \(.*\.yaml\)$/\1/p' "${dir}/kustomization.yaml"); do files+=("${dir}/${name}"); done
+		[ ${#files[@]} -gt 0 ] || die "no CRD files listed in ${dir}/kustomization.yaml"
+		install_file "${GATEWAY_API_CRDS}" "${files[@]}"
+	fi
+	if [ ! -s "${CONTOUR_CRDS}" ]; then
+		log "fetching Contour ${CONTOUR_VERSION}'s CRDs"
+		install_file "${CONTOUR_CRDS}" "$(module_dir "github.com/projectcontour/contour@${CONTOUR_VERSION}")/examples/contour/01-crds.yaml"
+	fi
+	if [ ! -s "${ISTIO_CRDS}" ]; then
+		log "fetching the Istio API ${ISTIO_API_VERSION} CRDs"
+		install_file "${ISTIO_CRDS}" "$(module_dir "istio.io/api@${ISTIO_API_VERSION}")/kubernetes/customresourcedefinitions.gen.yaml"
+	fi
+}
+
 missing() { # missing DIR NAME...: succeeds when any of the binaries is absent
 	local dir="$1"; shift
 	for name in "$@"; do [ -x "${dir}/${name}" ] || return 0; done
@@ -59,6 +112,14 @@ if [ "${with_prometheus}" = 1 ] && missing "${PROMETHEUS_BIN}" prometheus; then
 fi
 if [ "${with_argocd}" = 1 ] && missing "${ARGOCD_BIN}" argocd; then
 	todo+=("argocd ${ARGOCD_VERSION}")
+fi
+if [ "${with_contour}" = 1 ] && missing "${CONTOUR_BIN}" contour; then
+	todo+=("contour ${CONTOUR_VERSION}")
+fi
+# The CRD files are no build: fetched (a module download each) before anything is built, so that a failed or
+# interrupted build still leaves them in place for the tests that need only the APIs.
+if [ "${with_gateway_crds}" = 1 ]; then
+	fetch_gateway_crds
 fi
 if [ ${#todo[@]} -eq 0 ]; then
 	log "control-plane binaries are cached in ${BIN_CACHE}"
@@ -116,5 +177,12 @@ if [ "${with_argocd}" = 1 ] && missing "${ARGOCD_BIN}" argocd; then
 	stamp="-X github.com/argoproj/argo-cd/v2/common.version=${ARGOCD_VERSION#v} -X github.com/argoproj/argo-cd/v2/common.gitTag=${ARGOCD_VERSION}"
 	(cd "${TOOLS_DIR}/argocd" && go build "${FLAGS[@]}" -ldflags "-s -w ${stamp}" -o "${STAGING}/argocd" github.com/argoproj/argo-cd/v2/cmd)
 	install_binaries "${ARGOCD_BIN}" argocd
+fi
+if [ "${with_contour}" = 1 ] && missing "${CONTOUR_BIN}" contour; then
+	step "building contour ${CONTOUR_VERSION} (2-5 minutes with warm Go caches, more cold)"
+	# Without the stamp `contour version` says "unknown".
+	stamp="-X github.com/projectcontour/contour/internal/build.Version=${CONTOUR_VERSION}"
+	(cd "${TOOLS_DIR}/contour" && go build "${FLAGS[@]}" -ldflags "-s -w ${stamp}" -o "${STAGING}/contour" github.com/projectcontour/contour/cmd/contour)
+	install_binaries "${CONTOUR_BIN}" contour
 fi
 step "done; binaries in ${BIN_CACHE}"

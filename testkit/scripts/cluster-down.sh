@@ -4,7 +4,10 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# The node agent first, while the API server can still hear about its pods: it stops their processes and removes
+# The gateway before all: Envoy sends to pod IPs, and must be gone before the routes into the pod range are.
+"${SCRIPTS_DIR}/gateway-down.sh" || log "stopping the gateway failed; continuing"
+
+# Then the node agent, while the API server can still hear about its pods: it stops their processes and removes
 # their network namespaces, veths and routes (and nodeagent-down.sh removes whatever a crashed agent left).
 "${SCRIPTS_DIR}/nodeagent-down.sh" || log "the node agent's cleanup failed; continuing"
 

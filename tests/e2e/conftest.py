@@ -2,11 +2,13 @@
 
 The control plane is started once per session, or reused when a healthy one is already running. A cluster the
 session started is stopped at the end, unless MODELDEPLOY_KEEP_CLUSTER=1 asks to keep it for the next run; so are
-the node agent and Prometheus, which only the tests that run model servers as processes ask for.
+the node agent and Prometheus, which only the tests that run model servers as processes ask for, and the gateway
+(Contour and Envoy), which only the gateway tests ask for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -16,6 +18,14 @@ import pytest
 
 from modeldeploy_testkit.agent_pods import NodeAgent, start_node_agent, stop_node_agent
 from modeldeploy_testkit.cluster import Cluster, scratch_namespace, start_cluster, stop_cluster
+from modeldeploy_testkit.gateway import (
+    Gateway,
+    ToolsUnavailableError,
+    ensure_tools,
+    install_crds,
+    start_gateway,
+    stop_gateway,
+)
 from modeldeploy_testkit.operator_process import OperatorProcess
 from modeldeploy_testkit.prometheus import Prometheus, start_prometheus, stop_prometheus
 from modeldeploy_testkit.scripts import StartError, cluster_dir, keep_running
@@ -99,3 +109,36 @@ def node_agent(cluster: Cluster) -> Iterator[NodeAgent]:
 def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     """Prometheus from testkit/scripts/prometheus-up.sh: the running one, or one started for the session."""
     yield from started_for_the_session(start_prometheus, stop_prometheus, "Prometheus")
+
+
+def skip_without_tools(what: str, error: ToolsUnavailableError) -> None:
+    """The one case where a test of the kit's own tools skips rather than fails: they cannot be built here. Said on
+    the terminal at once, and in pytest's summary (-ra)."""
+    print(f"\nskipping {what}: {error}")
+    pytest.skip(f"{what}: the tools cannot be built or fetched here: {error}")
+
+
+@pytest.fixture(scope="session")
+def gateway(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    """Contour and Envoy from testkit/scripts/gateway-up.sh, with the Gateway they serve: the running ones, or ones
+    started for the session, Contour built first when it is not cached (2-5 minutes with warm Go caches)."""
+    # A build takes minutes: its progress goes to the terminal even when pytest captures output.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    try:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            ensure_tools()
+    except ToolsUnavailableError as error:
+        skip_without_tools("the gateway tests", error)
+    yield from started_for_the_session(start_gateway, stop_gateway, "the gateway (Contour and Envoy)")
+
+
+@pytest.fixture(scope="session")
+def gateway_crds(cluster: Cluster) -> None:
+    """The gateway's CRDs (Gateway API experimental channel, Contour's, Istio's) installed and Established, nothing
+    started: for tests of the APIs alone."""
+    try:
+        install_crds()
+    except ToolsUnavailableError as error:
+        skip_without_tools("the gateway API tests", error)
+    except StartError as error:
+        pytest.fail(f"the gateway's CRDs could not be installed: {error}")

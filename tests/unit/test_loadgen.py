@@ -24,6 +24,9 @@ from modeldeploy_testkit.loadgen import (
     Endpoint,
     EndpointWatch,
     FixedEndpoints,
+    RefusedError,
+    gateway_endpoint,
+    parse_args,
     report,
     run,
 )
@@ -275,3 +278,98 @@ def test_no_ready_endpoint_is_a_failure_of_its_own() -> None:
     assert result["errors_by_kind"] == {NO_ENDPOINT: 5}
     assert result["errors"] == 5
     assert result["error_examples"][0] == "(no endpoint): no ready endpoint"
+
+
+# --- through a gateway -------------------------------------------------------------------------------------------
+
+
+ROUTED_HOSTS = {"split.team-a.example": "2.0.0"}
+
+
+class RoutingHandler(http.server.BaseHTTPRequestHandler):
+    """A gateway in miniature: answers with the version its Host header routes to, 404 for any other host."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        version = ROUTED_HOSTS.get(self.headers.get("Host", ""))
+        status, body = (
+            (404, b"") if version is None else (200, json.dumps({"meta": {"tags": {"version": version}}}).encode())
+        )
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def routing_gateway() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RoutingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def test_through_a_gateway_every_request_carries_the_routes_host(routing_gateway: int) -> None:
+    result = send([gateway_endpoint("127.0.0.1", routing_gateway, "split.team-a.example")])
+    assert (result["answered"], result["errors"]) == (20, 0)
+    assert result["by_version"] == {"2.0.0": 20}
+    assert result["by_pod"][f"gateway 127.0.0.1:{routing_gateway}"]["answered"] == 20
+
+    unrouted = send([gateway_endpoint("127.0.0.1", routing_gateway, "other.example")], count=3)
+    assert unrouted["errors_by_kind"] == {"http_404": 3}
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "host", "refusal"),
+    [
+        ("198.19.128.5", 18080, "a.example", "not on this machine"),
+        ("8.8.8.8", 80, "a.example", "not on this machine"),
+        ("localhost", 18080, "a.example", "not an IP address"),
+        ("127.0.0.1", 0, "a.example", "out of range"),
+        ("127.0.0.1", 18080, "a.example/../x", "not a host name"),
+        ("127.0.0.1", 18080, "A.Example", "not a host name"),
+        ("127.0.0.1", 18080, "a.example:99999", "not a host name"),
+        ("127.0.0.1", 18080, "-a.example", "not a host name"),
+        ("127.0.0.1", 18080, "", "not a host name"),
+    ],
+)
+def test_a_gateway_off_this_machine_or_a_bad_host_is_refused(address: str, port: int, host: str, refusal: str) -> None:
+    with pytest.raises(RefusedError, match=refusal):
+        gateway_endpoint(address, port, host)
+
+
+def test_a_host_with_a_port_is_a_host_a_route_can_match() -> None:
+    endpoint = gateway_endpoint("::1", 18080, "scorer.team-a.example:18080")
+    assert (endpoint.ip, endpoint.host, endpoint.version) == ("::1", "scorer.team-a.example:18080", None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--rate", "10", "--requests", "1"], "name a Service, or give --gateway"),
+        (["svc", "--gateway", "127.0.0.1:18080", "--host", "a.example", "--rate", "10", "--requests", "1"], "one of"),
+        (["--gateway", "127.0.0.1:18080", "--rate", "10", "--requests", "1"], "needs --host"),
+        (["--gateway", "18080", "--host", "a.example", "--rate", "10", "--requests", "1"], "ADDRESS:PORT"),
+        (["--gateway", "10.0.0.1:80", "--host", "a.example", "--rate", "10", "--requests", "1"], "not on this machine"),
+        (["svc", "--host", "a.example", "--rate", "10", "--requests", "1"], "--host applies to --gateway only"),
+    ],
+)
+def test_the_command_line_takes_a_service_or_a_gateway_with_a_host(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert error in capsys.readouterr().err
+
+
+def test_the_command_line_through_a_gateway_lowers_the_host() -> None:
+    options = parse_args(
+        ["--gateway", "127.0.0.1:18080", "--host", "Scorer.Example", "--rate", "10", "--requests", "1"]
+    )
+    assert options.gateway_endpoint == gateway_endpoint("127.0.0.1", 18080, "scorer.example")
