@@ -133,6 +133,9 @@ class Tally:
     mismatch_examples: list[dict[str, str | None]] = field(default_factory=list)
     error_examples: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    last_sent: dict[str, float] = field(default_factory=dict)
+    """Version -> the wall-clock time (time.time()) at which the latest request it answered was sent: when a
+    version stopped getting requests, as the client saw it."""
 
 
 def is_ready(endpoint: Manifest) -> bool:
@@ -410,6 +413,7 @@ class Sender(threading.Thread):
         return connection
 
     def send(self, endpoint: Endpoint) -> None:
+        sent_at = time.time()
         started = time.perf_counter()
         key = f"{endpoint.ip}:{endpoint.port}"
         answered: str | None = None
@@ -458,6 +462,7 @@ class Sender(threading.Thread):
         with tally.lock:
             tally.answered[endpoint.pod] += 1
             tally.by_version[answered] += 1
+            tally.last_sent[answered] = max(sent_at, tally.last_sent.get(answered, 0.0))
             tally.pod_versions.setdefault(endpoint.pod, Counter())[answered] += 1
             tally.latencies.append(elapsed)
             if endpoint.version is not None and answered != endpoint.version:
@@ -558,6 +563,7 @@ def report(
         "retried_on_closed_keepalive": tally.retried,
         "error_examples": tally.error_examples,
         "by_version": dict(tally.by_version),
+        "last_sent_by_version": {version: round(at, 3) for version, at in tally.last_sent.items()},
         "by_pod": pods,
         "mismatches": tally.mismatches,
         "mismatch_examples": tally.mismatch_examples,

@@ -60,7 +60,26 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 
 
 @pytest.fixture(scope="session")
-def operator_process(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
+def traffic_routers(cluster: Cluster, crd: None) -> str:
+    """The routers the session's operator uses (MODELDEPLOY_TRAFFIC_ROUTERS): both, once the Gateway API's and
+    Istio's CRDs are installed (a watch of a resource that does not exist would fail); none when those cannot be
+    fetched here, and then the routing tests skip, saying why."""
+    try:
+        install_crds()
+    except ToolsUnavailableError as error:
+        print(f"\nthe operator runs without routers, the routing tests will skip: {error}")
+        return ""
+    return "gatewayAPI,istio"
+
+
+@pytest.fixture
+def route_crds(traffic_routers: str) -> None:
+    if not traffic_routers:
+        pytest.skip("the Gateway API and Istio CRDs could not be fetched here (see the start of the session)")
+
+
+@pytest.fixture(scope="session")
+def operator_process(cluster: Cluster, crd: None, traffic_routers: str) -> Iterator[OperatorProcess]:
     """One operator for the session, started as `modeldeploy run` against the local control plane."""
     demo_pid = cluster_dir() / "pids" / "operator-demo.pid"
     if demo_pid.exists():
@@ -68,7 +87,11 @@ def operator_process(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
         print(f"stopping the operator that `make demo` left running ({demo_pid})")
         subprocess.run(["kill", "-TERM", demo_pid.read_text().strip()], check=False)
         demo_pid.unlink()
-    process = OperatorProcess(cluster, cluster_dir() / "logs" / "operator-e2e.log")
+    process = OperatorProcess(
+        cluster,
+        cluster_dir() / "logs" / "operator-e2e.log",
+        extra_env={"MODELDEPLOY_TRAFFIC_ROUTERS": traffic_routers},
+    )
     process.start()
     yield process
     process.stop()
