@@ -95,7 +95,8 @@ def requests_served(cluster: Cluster, namespace: str, revision: str) -> int:
         ip = pod["status"]["podIP"]
         check_route(ip)
         answer = http_get(f"http://{ip}:{RUNTIME_METRICS_PORT}/metrics", timeout=5)
-        assert answer is not None and answer.status == 200, answer
+        assert answer is not None, f"the metrics of {pod['metadata']['name']} did not answer"
+        assert answer.status == 200, answer
         total += sum(value for (metric, _), value in parse_metrics(answer.text).items() if metric == REQUESTS_TOTAL)
     return int(total)
 
