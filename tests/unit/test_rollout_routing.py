@@ -45,6 +45,7 @@ def step(
     seconds: float = 0,
     steps: list[dict[str, Any]] | None = None,
     commands: dict[str, Any] | None = None,
+    replicas: int = 4,
 ) -> Plan:
     status_body = status.model_dump(mode="json") if status is not None else None
     if commands is not None:
@@ -52,7 +53,7 @@ def step(
     resource = build_resource(
         {
             "model": {"version": version},
-            "replicas": 4,
+            "replicas": replicas,
             "rollout": {"steps": STEPS if steps is None else steps},
             "trafficRouting": ROUTING,
         },
@@ -199,3 +200,16 @@ def test_a_forged_step_index_needs_the_route_of_the_step_before() -> None:
     assert p.status.currentStepIndex is not None
     assert p.status.currentStepIndex <= 1
     assert p.route_weight <= 25
+
+
+def test_scaled_to_zero_a_rollout_still_ends() -> None:
+    steps: list[dict[str, Any]] = [{"setWeight": 50}]
+    first = step("1.0", route=None, replicas=0, steps=steps)
+    rest = step("1.0", seen("1.0", 0, 0), route=held(0), status=first.status, replicas=0, steps=steps)
+    p = step("2.0", seen("1.0", 0, 0), route=held(0), status=rest.status, replicas=0, steps=steps)
+    assert p.route_weight == 50  # no pod to wait for
+    p = step("2.0", seen("1.0", 0, 0), seen("2.0", 0, 0), route=held(50), status=p.status, replicas=0, steps=steps)
+    assert p.route_weight == 100
+    p = step("2.0", seen("1.0", 0, 0), seen("2.0", 0, 0), route=held(100), status=p.status, replicas=0, steps=steps)
+    assert p.status.stable is not None
+    assert p.status.stable.version == "2.0"

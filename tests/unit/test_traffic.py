@@ -191,6 +191,7 @@ def test_exact_in_force_needs_weight_mirror_and_acceptance(
         (4, 100, 3, 50, 50),  # the final 100 % only with every canary pod ready
         (4, 100, 4, 50, 100),
         (2, 50, 0, 50, 0),  # a replaced canary (no ready pod of the new one): 0 at once
+        (0, 50, 0, 0, 50),  # scaled to zero: no pod to wait for, the steps go on
     ],
 )
 def test_route_weight_moves_up_only_with_ready_pods(

@@ -129,10 +129,10 @@ def route_weight(target: Split, weight: int, canary_ready: int, in_force: int) -
     pods is failed requests), and moves back at once: a lower weight never waits. Until then the weight the route
     holds stays; with no ready canary pod at all (a canary just replaced by another), it is 0.
     """
-    if canary_ready == 0:
+    if target.canary > 0 and canary_ready == 0:
         return 0
     if weight <= in_force or canary_ready >= target.canary:
-        return weight
+        return weight  # (with no canary pod asked for at all, scaled to zero, there is nothing to wait for)
     return in_force
 
 
