@@ -12,6 +12,7 @@ minutes). When it cannot be built or started the tests fail and say why; they ne
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -276,3 +277,33 @@ def test_failed_revision_is_degraded_with_our_message(app: GitOpsApp) -> None:
     assert degraded.stable_version == "1.0.0"
     condition = next(c for c in degraded.status["conditions"] if c["type"] == "Degraded")
     assert condition["reason"] == "ProgressDeadlineExceeded"
+
+
+def routed(version: str) -> dict[str, Any]:
+    body = model_deployment(NAME, version, OPEN_STEPS)
+    body["spec"]["trafficRouting"] = {"istio": {"hosts": [f"{NAME}.example.com"]}}
+    return body
+
+
+@pytest.mark.usefixtures("route_crds")
+def test_a_rollout_behind_a_router_stays_synced(app: GitOpsApp, cluster: Cluster) -> None:
+    """The VirtualService is the operator's (owned by the resource, not in git): its weights moving during the
+    rollout are no difference from git. No Istio control plane runs here; the object is what is checked."""
+    first = app.commit(routed("1.0.0"), f"{NAME} 1.0.0 behind Istio")
+    app.argocd.create_application(app.name, app.path, app.namespace)
+    app.until(healthy_on(first, "1.0.0"), "the first sync to be Synced and Healthy")
+    bump = app.commit(routed("2.0.0"), f"{NAME} 2.0.0 behind Istio")
+    app.refresh()
+    synced = app.until(synced_at(bump), "the bump to be synced")
+    paused = app.until(
+        lambda s: s.app.health == "Suspended" and (s.canary or {}).get("actualWeight") == 50, "Suspended at 50 %"
+    )
+    route = cluster.kubectl("get", "virtualservices.networking.istio.io", NAME, "-n", app.namespace, "-o", "json")
+    weights = [entry["weight"] for entry in json.loads(route.stdout)["spec"]["http"][0]["route"]]
+    assert weights == [50, 50]
+    assert paused.status["stable"]["readyReplicas"] == 4  # behind a router the stable keeps every pod
+    mdep(cluster, app.namespace, "promote", NAME)
+    app.until(healthy_on(bump, "2.0.0"), "Healthy on 2.0.0 after promote")
+    asked = app.refresh()
+    app.until(lambda s: s.at - asked > 3, "3 s after a hard refresh")
+    assert_synced_throughout(app.since(synced.at), bump)
