@@ -6,6 +6,8 @@ node, each answering with its version (meta.tags.version).
   within 3 binomial standard deviations, and status shows the weight in force;
 - shadow traffic: during a setMirror step every request is answered by the stable revision, and the canary's own
   request counter grows by as many requests as the stable's;
+- shadow traffic judged: a canary whose predictions are shifted fails predictionShift during its mirror step and is
+  rolled back before any weight moves (the load generator never gets one of its answers);
 - a revert mid-canary: the canary's last request is sent within 1 s of the spec's revert being stored, and no
   request fails across the rollout and the revert.
 """
@@ -22,10 +24,12 @@ import pytest
 
 from modeldeploy_testkit.agent_pods import RUNTIME_METRICS_PORT, Artifact, healthy, model_deployment, pods_of
 from modeldeploy_testkit.cluster import Cluster
-from modeldeploy_testkit.custom_models import ECHO_FIRST_FEATURE, write_custom_model
+from modeldeploy_testkit.custom_models import ECHO_FIRST_FEATURE, SHIFTED_OUTPUTS, write_custom_model
+from modeldeploy_testkit.custom_models import PAYLOAD as SPREAD_PAYLOAD
 from modeldeploy_testkit.gateway import Gateway
 from modeldeploy_testkit.nodeagent.network import check_route
-from modeldeploy_testkit.resources import apply, mdep, patch_spec, status_of, wait_for_status
+from modeldeploy_testkit.prometheus import Prometheus
+from modeldeploy_testkit.resources import apply, get, mdep, patch_spec, status_of, wait_for_status
 from modeldeploy_testkit.runtime_server import parse_metrics
 from modeldeploy_testkit.traffic import loadgen_via_gateway
 from modeldeploy_testkit.waiting import http_get, wait_until
@@ -180,3 +184,55 @@ def test_a_mirrored_canary_sees_every_request_and_answers_nobody_then_a_revert_i
     final = status_of(cluster, namespace, "shadow")
     assert final["stable"]["version"] == "1.0.0"
     assert not final.get("canary")
+
+
+def test_prediction_shift_fails_a_mirrored_canary_before_any_user_sees_it(
+    cluster: Cluster, namespace: str, gateway: Gateway, echo: Artifact, prometheus: Prometheus, tmp_path: Any
+) -> None:
+    shifted = write_custom_model(tmp_path, "shifted", SHIFTED_OUTPUTS)
+    steps = [{"setMirror": {}}, {"pause": {"duration": "60s"}}, {"setWeight": 50}, {"pause": {}}]
+    body = routed("judged", namespace, echo, gateway, steps)
+    body["spec"]["replicas"] = 2
+    body["spec"]["rollout"]["analysis"] = {
+        "interval": "3s",
+        "initialDelay": "8s",
+        "window": "10s",
+        "failureLimit": 0,
+        "inconclusiveLimit": 0,
+        "prometheus": {"address": prometheus.url},
+        "metrics": [{"name": "agreement", "builtin": "predictionShift", "max": 0.2}],
+    }
+    apply(cluster, namespace, body)
+    wait_for_status(cluster, namespace, "judged", healthy("1.0.0", 2), timeout=STEP_TIMEOUT, what="1.0.0 Healthy")
+    host = host_for("judged", namespace)
+    gateway.wait_for_route(host, SPREAD_PAYLOAD)
+    results: dict[str, Any] = {}
+
+    def traffic() -> None:
+        results.update(
+            loadgen_via_gateway(
+                gateway.envoy_address,
+                gateway.envoy_port,
+                host,
+                *("--payload", json.dumps(SPREAD_PAYLOAD), "--duration", "90", "--rate", "20", "--concurrency", "4"),
+            )
+        )
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    time.sleep(5)  # the stable's predictions reach Prometheus before the canary's
+    patch_spec(
+        cluster, namespace, "judged", {"model": {"version": "2.0.0", "uri": shifted.uri, "sha256": shifted.sha256}}
+    )
+    final = wait_for_status(
+        cluster, namespace, "judged", lambda s: s.get("phase") == "Degraded", timeout=120, what="the rollback"
+    )
+    sender.join(timeout=120)
+    assert final["aborted"]["reason"] == "AnalysisFailed", final
+    assert "prediction shift" in final["aborted"]["message"]
+    assert final["history"][0]["outcome"] == "RolledBack"
+    assert results, "the load generator did not report"
+    assert results["errors"] == 0, results["error_examples"]
+    assert set(results["by_version"]) == {"1.0.0"}, results["by_version"]  # no user got a shifted answer
+    route = get(cluster, "httproutes.gateway.networking.k8s.io", "judged", "-n", namespace)
+    assert [ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
