@@ -219,3 +219,15 @@ def test_routing_is_exactly_one_router() -> None:
         build_resource({"trafficRouting": {**GATEWAY, **ISTIO}})
     with pytest.raises(ValueError, match="exactly one of gatewayAPI or istio"):
         build_resource({"trafficRouting": {}})
+
+
+def test_the_client_knows_where_every_route_kind_lives() -> None:
+    from modeldeploy.kube.client import CHILD_PATHS
+    from modeldeploy.main import ROUTE_RESOURCES
+
+    for kind in routes.ROUTE_KINDS:
+        group, version, plural = ROUTE_RESOURCES[kind]
+        assert CHILD_PATHS[kind] == (f"/apis/{group}/{version}", plural)
+        built = routes.build_route(resource(GATEWAY if kind == "HTTPRoute" else ISTIO), 0, mirror=False)
+        assert built is not None
+        assert built["apiVersion"] == f"{group}/{version}"

@@ -57,6 +57,9 @@ Manifest = dict[str, Any]
 CHILD_PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
+    # The route objects of the exact routers (spec.trafficRouting).
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    "VirtualService": ("/apis/networking.istio.io/v1", "virtualservices"),
 }
 RESOURCE_PREFIX = f"/apis/{api.GROUP}/{api.VERSION}"
 
