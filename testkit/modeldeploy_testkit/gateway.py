@@ -102,7 +102,7 @@ def gateway_class(name: str) -> Manifest:
         "metadata": {"name": name},
         "spec": {
             "controllerName": CONTOUR_CONTROLLER,
-            "description": "Contour and Envoy of the modeldeploy test kit, on this machine (127.0.0.1)",
+            "description": "Contour and Envoy of the modeldeploy test kit, on 127.0.0.1",
         },
     }
 
