@@ -50,6 +50,9 @@ LEASE_DURATION = 15.0
 RETRY_PERIOD = 2.0
 KILL_GOAL = LEASE_DURATION + 2.0
 STOP_GOAL = 2.0
+# The short version (in `make test`, beside the rest of the suite) holds a graceful stop to what proves the Lease was
+# released rather than left to expire; the 2 s goal is a speed goal, judged by `make chaos` on a machine left to it.
+SHORT_STOP_BOUND = LEASE_DURATION / 2
 CANARY = {
     "strategy": "Canary",
     "steps": [{"setWeight": 25}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}],
@@ -223,11 +226,12 @@ def run(run: ChaosRun) -> list[Figure]:
     as_account = [identity for identity, names in users.items() if names == {user}]
     others = sorted(f"{identity}: {', '.join(sorted(names))}" for identity, names in users.items() if names != {user})
     healthy = sum(rollouts.values())
+    stop_goal = SHORT_STOP_BOUND if run.short else STOP_GOAL
     return [
         spread_figure("failover after SIGKILL (Lease holder)", kill_lease, KILL_GOAL),
         spread_figure("failover after SIGKILL (leader gauge)", kill_gauge, KILL_GOAL),
-        spread_figure("failover after SIGTERM (Lease holder)", stop_lease, STOP_GOAL),
-        spread_figure("failover after SIGTERM (leader gauge)", stop_gauge, STOP_GOAL),
+        spread_figure("failover after SIGTERM (Lease holder)", stop_lease, stop_goal),
+        spread_figure("failover after SIGTERM (leader gauge)", stop_gauge, stop_goal),
         Figure("SIGTERM exit codes", ",".join(str(code) for code in stop_codes), "0", all(c == 0 for c in stop_codes)),
         converged_figure(healthy, len(rollouts), "rollouts Healthy, each across a failover but the first"),
         Figure(
