@@ -656,26 +656,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return options
 
 
+def _send_all(options: argparse.Namespace, endpoints: list[Endpoint] | EndpointSource) -> tuple[Tally, float]:
+    return run(
+        endpoints,
+        rate=options.rate,
+        requests=options.requests,
+        duration=options.duration,
+        concurrency=options.concurrency,
+        path=options.path,
+        payload=json.loads(options.payload),
+        timeout=options.timeout,
+        seed=options.seed,
+    )
+
+
+def _print(options: argparse.Namespace, result: dict[str, Any]) -> None:
+    if options.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_report(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     if options.gateway is not None:
         endpoints = [options.gateway_endpoint]
-        tally, elapsed = run(
-            endpoints,
-            rate=options.rate,
-            requests=options.requests,
-            duration=options.duration,
-            concurrency=options.concurrency,
-            path=options.path,
-            payload=json.loads(options.payload),
-            timeout=options.timeout,
-            seed=options.seed,
-        )
-        result = report(endpoints, {}, tally, elapsed)
-        if options.json:
-            print(json.dumps(result, indent=1))
-        else:
-            print_report(result)
+        tally, elapsed = _send_all(options, endpoints)
+        _print(options, report(endpoints, {}, tally, elapsed))
         return 0
     api = KubeAPI(Path(options.kubeconfig), "modeldeploy-loadgen/0.1.0")
     watch = EndpointWatch(api, options.namespace, options.service, options.port)
@@ -691,24 +698,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loadgen: {error}", file=sys.stderr)
         return 2
     try:
-        tally, elapsed = run(
-            watch,
-            rate=options.rate,
-            requests=options.requests,
-            duration=options.duration,
-            concurrency=options.concurrency,
-            path=options.path,
-            payload=json.loads(options.payload),
-            timeout=options.timeout,
-            seed=options.seed,
-        )
+        tally, elapsed = _send_all(options, watch)
     finally:
         watch.stop()
-    result = report(watch, watch.devices, tally, elapsed)
-    if options.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print_report(result)
+    _print(options, report(watch, watch.devices, tally, elapsed))
     return 0
 
 

@@ -66,17 +66,6 @@ mkdir -p "${WORK}"/{tmp,home,tls,ssh,gnupg,plugins,redis}
 
 # --- ports --------------------------------------------------------------------------------------------------------
 chosen=()
-free_port() { # free_port VAR: a port nobody listens on, below the ephemeral range, not chosen before
-	local port
-	while :; do
-		port=$(( 20000 + RANDOM % 12000 ))
-		case " ${chosen[*]} " in *" ${port} "*) continue ;; esac
-		ss -Hltn "sport = :${port}" | grep -q . && continue
-		chosen+=("${port}")
-		printf -v "$1" '%s' "${port}"
-		return
-	done
-}
 free_port ARGOCD_REDIS_PORT
 free_port ARGOCD_REPO_SERVER_PORT
 free_port ARGOCD_REPO_SERVER_METRICS_PORT

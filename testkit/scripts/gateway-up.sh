@@ -104,17 +104,6 @@ fi
 pod_range_routed_here || die "refusing to start envoy: nothing it sends to a pod IP may leave this machine"
 
 chosen=("${ENVOY_PORT}")
-free_port() { # free_port VAR: a port nobody listens on, below the ephemeral range, not chosen before
-	local port
-	while :; do
-		port=$(( 20000 + RANDOM % 12000 ))
-		case " ${chosen[*]} " in *" ${port} "*) continue ;; esac
-		ss -Hltn "sport = :${port}" | grep -q . && continue
-		chosen+=("${port}")
-		printf -v "$1" '%s' "${port}"
-		return
-	done
-}
 free_port XDS_PORT
 free_port ENVOY_ADMIN_PORT
 free_port ENVOY_STATS_PORT

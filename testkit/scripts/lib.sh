@@ -90,6 +90,20 @@ stop_pid() {
 	for _ in $(seq 1 100); do alive "${pid}" || return 0; sleep 0.1; done
 }
 
+# free_port VAR: a port nobody listens on, below the ephemeral range, not in the caller's array `chosen` (to which
+# it is added), stored in VAR.
+free_port() {
+	local port
+	while :; do
+		port=$(( 20000 + RANDOM % 12000 ))
+		case " ${chosen[*]} " in *" ${port} "*) continue ;; esac
+		ss -Hltn "sport = :${port}" | grep -q . && continue
+		chosen+=("${port}")
+		printf -v "$1" '%s' "${port}"
+		return
+	done
+}
+
 pid_file() { echo "${CLUSTER_DIR}/pids/$1.pid"; }
 
 # wait_ready NAME SECONDS LOG ALIVE... -- READY...: poll READY every 0.2s until it succeeds. Meanwhile the process
