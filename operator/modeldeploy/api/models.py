@@ -1329,7 +1329,8 @@ class ServiceSpec(_Model):
             ge=1,
             le=65535,
             description=(
-                "Port of the Service <name>, and of <name>-stable and <name>-canary while a rollout is in progress."
+                "Port of the Service <name>, and of <name>-stable and <name>-canary (while a rollout is in progress, "
+                "or always with spec.trafficRouting)."
             ),
         ),
     ]
@@ -1625,7 +1626,15 @@ class AbortedRevision(_Status):
 
 class TrackWeights(_Status):
     desiredWeight: Annotated[int, Field(description="Percent of traffic the rollout asks for.")] = 0
-    actualWeight: Annotated[int, Field(description="Percent of ready serving pods that run this revision.")] = 0
+    actualWeight: Annotated[
+        int,
+        Field(
+            description=(
+                "Percent of the traffic this revision gets now: its share of the ready serving pods, or with "
+                "spec.trafficRouting the weight its route holds once the gateway or mesh accepted it."
+            )
+        ),
+    ] = 0
 
 
 class PauseStatus(_Status):
