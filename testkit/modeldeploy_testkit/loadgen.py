@@ -15,7 +15,7 @@ connections to an endpoint that is no longer ready are closed.
 Before anything is sent to an IP, `ip route get` must show it routed through one of our veths (the cluster's
 mdpods0 or a per-pod veth of the node agent). At the start, one endpoint that is not refuses the whole run; an
 endpoint that appears later and is not is never sent to, and the report names it. The run is bounded: a rate and
-a request count or a duration are required.
+a request count or a duration are required; SIGTERM ends a run early, and the report covers what was sent.
 
 Through a gateway (--gateway ADDRESS:PORT --host HOST), every request goes to that one address, on this machine
 only (loopback), with the Host header a route matches; the gateway picks the backend, and the report counts the
@@ -38,6 +38,7 @@ import os
 import queue
 import random
 import re
+import signal
 import socket
 import statistics
 import sys
@@ -494,8 +495,10 @@ def run(
     payload: dict[str, Any],
     timeout: float,
     seed: int | None,
+    stop: threading.Event | None = None,
 ) -> tuple[Tally, float]:
-    """Send at `rate` per second until `requests` were sent or `duration` passed, whichever comes first.
+    """Send at `rate` per second until `requests` were sent, `duration` passed or `stop` is set, whichever comes
+    first; requests already sent are waited for either way.
 
     `endpoints` is a fixed list, or a source (EndpointWatch) whose ready endpoints are read at each request."""
     source: EndpointSource = FixedEndpoints(endpoints) if isinstance(endpoints, list) else endpoints
@@ -517,14 +520,15 @@ def run(
     started = time.monotonic()
     limit = requests if requests is not None else MAX_REQUESTS
     deadline = started + duration if duration is not None else float("inf")
+    stopped = stop if stop is not None else threading.Event()
     index = 0
-    while index < limit:
+    while index < limit and not stopped.is_set():
         due = started + index / rate
         if due >= deadline:
             break
         now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
+        if due > now and stopped.wait(due - now):
+            break
         jobs.put(True)
         with tally.lock:
             tally.sent += 1
@@ -657,6 +661,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _send_all(options: argparse.Namespace, endpoints: list[Endpoint] | EndpointSource) -> tuple[Tally, float]:
+    # SIGTERM ends the run early with a full report, so a test can keep traffic flowing for exactly as long as
+    # whatever it watches takes, then read what happened.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     return run(
         endpoints,
         rate=options.rate,
@@ -667,6 +675,7 @@ def _send_all(options: argparse.Namespace, endpoints: list[Endpoint] | EndpointS
         payload=json.loads(options.payload),
         timeout=options.timeout,
         seed=options.seed,
+        stop=stop,
     )
 
 

@@ -47,6 +47,36 @@ def _loadgen(args: list[str], env: dict[str, str] | None) -> dict[str, Any]:
     return report
 
 
+class GatewayLoad:
+    """The load generator through a gateway, running in the background from `start()` until `stop()`, which
+    ends it with SIGTERM and returns its report: traffic for exactly as long as what a test watches takes."""
+
+    def __init__(self, address: str, port: int, host: str, *args: str) -> None:
+        self._args = ["--gateway", f"{address}:{port}", "--host", host, *args]
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> GatewayLoad:
+        command = [sys.executable, "-m", "modeldeploy_testkit.loadgen", "--json", *self._args]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        assert self._process is not None, "the load generator was never started"
+        self._process.terminate()
+        out, err = self._process.communicate(timeout=60)
+        assert self._process.returncode == 0, f"loadgen failed ({self._process.returncode}):\n{err}{out}"
+        report: dict[str, Any] = json.loads(out)
+        return report
+
+    def __enter__(self) -> GatewayLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+
 @dataclass(frozen=True)
 class TrafficRound:
     started: float

@@ -8,8 +8,9 @@ node, each answering with its version (meta.tags.version).
   request counter grows by as many requests as the stable's;
 - shadow traffic judged: a canary whose predictions are shifted fails predictionShift during its mirror step and is
   rolled back before any weight moves (the load generator never gets one of its answers);
-- a revert mid-canary: the canary's last request is sent within 1 s of the spec's revert being stored, and no
-  request fails across the rollout and the revert.
+- one load generator across two rollouts: the first goes from a mirror through 20 % and 50 % to its promotion, the
+  second is reverted mid-canary; no request fails, the old version answers nothing once the new one is promoted, and
+  the reverted canary's last request is sent within 1 s of the revert being stored.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from modeldeploy_testkit.nodeagent.network import check_route
 from modeldeploy_testkit.prometheus import Prometheus
 from modeldeploy_testkit.resources import apply, get, mdep, patch_spec, status_of, wait_for_status
 from modeldeploy_testkit.runtime_server import parse_metrics
-from modeldeploy_testkit.traffic import loadgen_via_gateway
+from modeldeploy_testkit.traffic import GatewayLoad, loadgen_via_gateway
 from modeldeploy_testkit.waiting import http_get, wait_until
 
 pytestmark = [
     pytest.mark.nodeagent,
     pytest.mark.gateway,
     pytest.mark.timeout(1200),
-    pytest.mark.usefixtures("operator", "route_crds"),
+    pytest.mark.usefixtures("node_agent", "operator", "route_crds"),
 ]
 
 PAYLOAD: dict[str, Any] = {"data": {"ndarray": [[0.5, 1.0]]}}
@@ -143,10 +144,10 @@ def test_one_canary_pod_takes_exactly_its_weight(
     assert report["by_version"] == {"2.0.0": 200}, report
 
 
-def test_a_mirrored_canary_sees_every_request_and_answers_nobody_then_a_revert_is_instant(
+def test_a_mirrored_canary_sees_every_request_and_answers_nobody(
     cluster: Cluster, namespace: str, gateway: Gateway, echo: Artifact
 ) -> None:
-    steps = [{"setMirror": {}}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]
+    steps = [{"setMirror": {}}, {"pause": {}}, {"setWeight": 50}]
     host = start_serving(cluster, namespace, echo, gateway, "shadow", steps)
     bump(cluster, namespace, "shadow", "2.0.0")
     status = wait_for_status(cluster, namespace, "shadow", paused_at(1), timeout=STEP_TIMEOUT, what="the mirror")
@@ -160,30 +161,6 @@ def test_a_mirrored_canary_sees_every_request_and_answers_nobody_then_a_revert_i
     print(f"  mirrored: stable served {served[stable]}, canary {served[canary]}")
     assert served[stable] == 1000
     assert abs(served[canary] - served[stable]) <= 0.02 * served[stable], served
-
-    mdep(cluster, namespace, "promote", "shadow")
-    wait_for_status(cluster, namespace, "shadow", paused_at(3), timeout=STEP_TIMEOUT, what="50 %")
-    # Traffic through the gateway while the spec goes back: when did the canary get its last request?
-    results: dict[str, Any] = {}
-    sender = threading.Thread(
-        target=lambda: results.update(send(gateway, host, "--duration", "12", "--rate", "100")), daemon=True
-    )
-    sender.start()
-    time.sleep(4)  # the load generator is sending at 50 % by now
-    bump(cluster, namespace, "shadow", "1.0.0")
-    reverted_at = time.time()
-    sender.join(timeout=60)
-    assert results, "the load generator did not report"
-    assert results["errors"] == 0, results["error_examples"]
-    last_canary = results["last_sent_by_version"].get("2.0.0")
-    assert last_canary is not None, results  # it did take requests before the revert
-    lag = last_canary - reverted_at
-    print(f"  revert: last request to 2.0.0 sent {lag * 1000:+.0f} ms after the revert was stored")
-    assert lag <= 1.0, lag
-    assert results["by_version"].get("1.0.0", 0) > 0
-    final = status_of(cluster, namespace, "shadow")
-    assert final["stable"]["version"] == "1.0.0"
-    assert not final.get("canary")
 
 
 def test_prediction_shift_fails_a_mirrored_canary_before_any_user_sees_it(
@@ -236,3 +213,50 @@ def test_prediction_shift_fails_a_mirrored_canary_before_any_user_sees_it(
     assert set(results["by_version"]) == {"1.0.0"}, results["by_version"]  # no user got a shifted answer
     route = get(cluster, "httproutes.gateway.networking.k8s.io", "judged", "-n", namespace)
     assert [ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+
+
+def test_no_request_fails_through_a_promotion_and_a_revert(
+    cluster: Cluster, namespace: str, gateway: Gateway, echo: Artifact
+) -> None:
+    steps = [
+        {"setMirror": {}},
+        {"pause": {"duration": "3s"}},
+        {"setWeight": 20},
+        {"pause": {"duration": "3s"}},
+        {"setWeight": 50},
+        {"pause": {}},
+    ]
+    host = start_serving(cluster, namespace, echo, gateway, "whole", steps)
+    arguments = ("--payload", json.dumps(PAYLOAD), "--rate", "100", "--concurrency", "8", "--duration", "900")
+    with GatewayLoad(gateway.envoy_address, gateway.envoy_port, host, *arguments) as load:
+        time.sleep(2)  # the first answers come from the stable alone
+        bump(cluster, namespace, "whole", "2.0.0")
+        wait_for_status(cluster, namespace, "whole", paused_at(5), timeout=STEP_TIMEOUT, what="2.0.0 at 50 %")
+        mdep(cluster, namespace, "promote", "whole")
+        wait_for_status(cluster, namespace, "whole", healthy("2.0.0", 4), timeout=STEP_TIMEOUT, what="2.0.0 promoted")
+        promoted_at = time.time()
+
+        bump(cluster, namespace, "whole", "3.0.0")
+        wait_for_status(cluster, namespace, "whole", paused_at(5), timeout=STEP_TIMEOUT, what="3.0.0 at 50 %")
+        time.sleep(2)  # 3.0.0 answers half of the requests
+        bump(cluster, namespace, "whole", "2.0.0")
+        reverted_at = time.time()
+        wait_for_status(cluster, namespace, "whole", healthy("2.0.0", 4), timeout=STEP_TIMEOUT, what="the revert")
+        time.sleep(2)  # requests after the revert, to the stable alone
+        report = load.stop()
+    print(
+        f"  {report['sent']} requests in {report['elapsed_seconds']} s, {report['errors']} failed, "
+        f"answers by version {report['by_version']}"
+    )
+    assert report["errors"] == 0, (report["errors_by_kind"], report["error_examples"])
+    assert set(report["by_version"]) == {"1.0.0", "2.0.0", "3.0.0"}, report["by_version"]
+    last = report["last_sent_by_version"]
+    # Past the last step the route gives the canary 100 % before it is promoted: 1.0.0 answers nothing after that.
+    assert last["1.0.0"] < promoted_at, (last, promoted_at)
+    lag = last["3.0.0"] - reverted_at
+    print(f"  revert: last request to 3.0.0 sent {lag * 1000:+.0f} ms after the revert was stored")
+    assert lag <= 1.0, lag
+    assert last["2.0.0"] > reverted_at
+    final = status_of(cluster, namespace, "whole")
+    assert final["stable"]["version"] == "2.0.0"
+    assert not final.get("canary")

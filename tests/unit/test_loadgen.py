@@ -373,3 +373,34 @@ def test_the_command_line_through_a_gateway_lowers_the_host() -> None:
         ["--gateway", "127.0.0.1:18080", "--host", "Scorer.Example", "--rate", "10", "--requests", "1"]
     )
     assert options.gateway_endpoint == gateway_endpoint("127.0.0.1", 18080, "scorer.example")
+
+
+def test_a_stop_ends_an_unbounded_run_and_every_request_sent_is_reported(serve: Any) -> None:
+    stop = threading.Event()
+    port = serve("answer")
+    results: list[dict[str, Any]] = []
+
+    def traffic() -> None:
+        endpoints = [Endpoint("stable-a", "127.0.0.1", port, "1.0.0")]
+        tally, elapsed = run(
+            endpoints,
+            rate=50,
+            requests=None,
+            duration=3600,
+            concurrency=2,
+            path="/api/v1.0/predictions",
+            payload={"data": {"ndarray": [[1.0]]}},
+            timeout=5,
+            seed=7,
+            stop=stop,
+        )
+        results.append(report(endpoints, {}, tally, elapsed))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    stop.set()
+    sender.join(timeout=10)
+    assert not sender.is_alive(), "the run went on after its stop was set"
+    (result,) = results
+    assert result["errors"] == 0
+    assert result["answered"] == result["sent"]
