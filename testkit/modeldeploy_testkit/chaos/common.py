@@ -179,6 +179,24 @@ def is_converged(body: Manifest) -> bool:
     )
 
 
+def is_acted_on(body: Manifest) -> bool:
+    """The operator has acted on the spec as it is now: a status of this generation that names the spec's version
+    as the stable or the canary revision. A pass writes status after the children, so the new revision's Deployment
+    and Services exist by then; whether its pods are Ready is the cluster's part, measured by is_converged."""
+    status = body.get("status") or {}
+    spec_version = ((body.get("spec") or {}).get("model") or {}).get("version")
+    named = {(status.get(track) or {}).get("version") for track in ("stable", "canary")}
+    return status.get("observedGeneration") == body["metadata"].get("generation") and spec_version in named
+
+
+def acted_figure(name: str, samples: list[float], expected: int, limit: float) -> Figure:
+    """How long the operator took to act on every change (is_acted_on): p50 and max, and every change acted on."""
+    figure = spread_figure(name, samples, limit)
+    if len(samples) == expected:
+        return figure
+    return Figure(name, figure.value, figure.goal, False, f"acted on {len(samples)} of {expected} changes")
+
+
 @dataclass(frozen=True)
 class ChildrenCount:
     """What one ModelDeployment owns right now, beyond what its converged state needs."""
@@ -256,20 +274,39 @@ def lost_edits(api: KubeAPI, namespace: str, last_written: Mapping[str, str]) ->
     return lost
 
 
-def wait_converged(api: KubeAPI, namespace: str, names: Iterable[str], timeout: float) -> dict[str, float]:
-    """Poll until every named resource is converged (is_converged) or the deadline passes; when each first was,
-    in seconds from the call. A resource missing from the answer is not converged."""
+@dataclass(frozen=True)
+class Progress:
+    """When each resource was first seen acted on (is_acted_on) and converged (is_converged), in seconds."""
+
+    acted: dict[str, float]
+    converged: dict[str, float]
+
+
+def follow_progress(api: KubeAPI, namespace: str, names: Iterable[str], timeout: float) -> Progress:
+    """Poll until every named resource is converged or the deadline passes, noting when each was first acted on
+    and first converged, in seconds from the call. A resource missing from the answer is neither."""
     wanted = set(names)
     started = time.monotonic()
-    done: dict[str, float] = {}
+    progress = Progress({}, {})
     while True:
         for body in api.list(resources_path(namespace))["items"]:
             name = body["metadata"]["name"]
-            if name in wanted and name not in done and is_converged(body):
-                done[name] = time.monotonic() - started
-        if len(done) == len(wanted) or time.monotonic() - started > timeout:
-            return done
+            if name not in wanted:
+                continue
+            now = time.monotonic() - started
+            if name not in progress.converged and is_converged(body):
+                progress.converged[name] = now
+            if name not in progress.acted and (name in progress.converged or is_acted_on(body)):
+                progress.acted[name] = now
+        if len(progress.converged) == len(wanted) or time.monotonic() - started > timeout:
+            return progress
         time.sleep(0.5)
+
+
+def wait_converged(api: KubeAPI, namespace: str, names: Iterable[str], timeout: float) -> dict[str, float]:
+    """Poll until every named resource is converged (is_converged) or the deadline passes; when each first was,
+    in seconds from the call. A resource missing from the answer is not converged."""
+    return follow_progress(api, namespace, names, timeout).converged
 
 
 # --- writes by a non-leader, from the API server's audit log -------------------------------------------------------

@@ -31,8 +31,10 @@ from modeldeploy_testkit.chaos.common import (
     INSTANCE_LABEL,
     ChaosRun,
     Figure,
+    acted_figure,
     converged_figure,
     count_figure,
+    follow_progress,
     log,
     model_deployment,
     resources_path,
@@ -49,7 +51,10 @@ from modeldeploy_testkit.waiting import wait_until
 CASE = "R3"
 TITLE = "watch gap: operator frozen while resources go and come, API server restarted, etcd compacted"
 
-CONVERGE_SECONDS = 120.0
+# The wait for every resource to be Healthy again after a gap: the operator's own part (ACT_GOAL_SECONDS) plus the
+# cluster's, which after an API server restart and a compaction can lag by over a minute (docs/chaos.md, R3).
+CONVERGE_SECONDS = 180.0
+ACT_GOAL_SECONDS = 60.0
 OPERATOR_AGENTS = ("modeldeploy/", "kopf/")
 # kopf's debug line when a watch cannot resume (410) and lists again.
 RELIST_LINE = "Restarting the watch-stream for modeldeployments"
@@ -66,9 +71,11 @@ class Gap:
 
 
 def rollout_for(run: ChaosRun) -> dict[str, Any]:
+    # The default progress deadline (600 s): a shorter one lets a slow ReplicaSet controller after the restart roll
+    # an edit back, which is the spec's will but hides whether the edit converges.
     if run.rng.random() < 0.5:
-        return {"strategy": "Immediate", "progressDeadlineSeconds": 60}
-    return {"strategy": "Canary", "steps": [{"setWeight": 50}], "progressDeadlineSeconds": 60}
+        return {"strategy": "Immediate"}
+    return {"strategy": "Canary", "steps": [{"setWeight": 50}]}
 
 
 def compact_etcd() -> int:
@@ -183,6 +190,8 @@ def run(run: ChaosRun) -> list[Figure]:
     live: dict[str, Manifest] = {}
     all_deleted: set[str] = set()
     converge_times: list[float] = []
+    act_times: list[float] = []
+    changes_total = 0
     downtimes: list[float] = []
     expected_total = 0
     converged_total = 0
@@ -259,11 +268,16 @@ def run(run: ChaosRun) -> list[Figure]:
                 f"etcd compacted at {revision}; SIGCONT"
             )
             all_deleted |= set(gap.deleted) - gap.recreated
-            done = wait_converged(api, namespace, live, CONVERGE_SECONDS)
+            progress = follow_progress(api, namespace, live, CONVERGE_SECONDS)
+            done = progress.converged
             changed = gap.edited | gap.created | gap.recreated
             converge_times += [seconds for name, seconds in done.items() if name in changed]
             held = held_for_collection(api, namespace, gap.recreated - set(done))
             held_total += len(held)
+            # A re-created resource held back by design is no change the operator acts on yet.
+            acting = changed - held
+            act_times += [seconds for name, seconds in progress.acted.items() if name in acting]
+            changes_total += len(acting)
             expected_total += len(live) - len(held)
             converged_total += len(done)
             if len(done) != len(live):
@@ -381,7 +395,8 @@ def run(run: ChaosRun) -> list[Figure]:
         count_figure("404 retries in the operator's log", len(retries_404), note="; ".join(retries_404[:2])),
         count_figure("other writes for deleted parents", len(other_writes), note="; ".join(other_writes[:3])),
         count_figure("duplicate children", duplicates),
-        spread_figure("time to converge after SIGCONT", converge_times, CONVERGE_SECONDS / 2),
+        acted_figure("operator acted on each change after SIGCONT", act_times, changes_total, ACT_GOAL_SECONDS),
+        spread_figure("changes Healthy after SIGCONT (pods Ready)", converge_times),
         spread_figure("API server restart (frozen operator)", downtimes),
     ]
 
