@@ -78,7 +78,7 @@ manifests: tools ## Render manifests/ (all but crd.yaml) from the Helm chart wit
 test: install ## Run every test: unit and runtime, then end-to-end on the local control plane
 	$(PY) -m pytest tests/unit tests/runtime
 	$(SCRIPTS)/build-tools.sh prometheus argocd gateway
-	$(PY) -m pytest tests/e2e
+	$(PY) -m pytest tests/e2e --durations=25
 
 .PHONY: test-unit
 test-unit: install ## Run the unit and runtime tests only (no cluster)
@@ -86,7 +86,7 @@ test-unit: install ## Run the unit and runtime tests only (no cluster)
 
 .PHONY: test-e2e
 test-e2e: install tools tools-prometheus ## Run the end-to-end tests on the local control plane
-	$(PY) -m pytest tests/e2e
+	$(PY) -m pytest tests/e2e --durations=25
 
 .PHONY: lint
 lint: install ## ruff, mypy (strict) and the import contracts between layers (pyproject.toml, [tool.importlinter])
