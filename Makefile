@@ -72,10 +72,10 @@ manifests: tools ## Render manifests/ (all but crd.yaml) from the Helm chart wit
 	$(SCRIPTS)/render-manifests.sh
 
 .PHONY: test
-# The end-to-end tests include the node agent's (root), Prometheus's, Argo CD's and the gateway's, so `test` builds
-# every tool they start (a cold build: 10-20 minutes for the control plane, 5-13 for Prometheus, 6+ for Argo CD, 5
-# for Contour), after the unit tests, which need none. `-m "not prometheus"` runs the end-to-end tests without it.
-test: install ## Run every test: unit and runtime, then end-to-end on the local control plane
+# The unit tests render the chart with helm (`tools`); the end-to-end tests also start Prometheus, Argo CD and the
+# gateway, built after the unit tests (a cold build: 10-20 minutes for the control plane, 5-13 for Prometheus, 6+
+# for Argo CD, 5 for Contour). `-m "not prometheus"` runs the end-to-end tests without Prometheus.
+test: install tools ## Run every test: unit and runtime, then end-to-end on the local control plane
 	$(PY) -m pytest tests/unit tests/runtime
 	$(SCRIPTS)/build-tools.sh prometheus argocd gateway
 	$(PY) -m pytest tests/e2e --durations=25
