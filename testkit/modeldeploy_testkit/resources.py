@@ -76,15 +76,34 @@ def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 def wait_for_status(
     cluster: Cluster, namespace: str, name: str, check: Any, timeout: float = 60, what: str = "status"
 ) -> dict[str, Any]:
-    """The status once it describes the current generation and satisfies `check`."""
+    """The status once it describes the current generation and satisfies `check`. On a timeout the failure shows
+    the last status seen, so a run that fails far from here can still be read."""
+    seen: list[dict[str, Any]] = []
 
     def current() -> dict[str, Any] | None:
         body = get(cluster, "mdep", name, "-n", namespace)
         status = body.get("status") or {}
+        seen[:] = [{"generation": body["metadata"]["generation"], **status}]
         fresh = status.get("observedGeneration") == body["metadata"]["generation"]
         return status if fresh and check(status) else None
 
-    return wait_until(current, timeout=timeout, what=what)
+    try:
+        return wait_until(current, timeout=timeout, what=what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last status of {namespace}/{name}: {status_digest(seen)}") from None
+
+
+def status_digest(seen: list[dict[str, Any]]) -> str:
+    """The parts of a status that say why a rollout stands where it does, on one line."""
+    if not seen:
+        return "none read"
+    status = seen[0]
+    keys = ("generation", "observedGeneration", "phase", "currentStepIndex", "stable", "canary", "pause", "awaiting")
+    digest: dict[str, Any] = {key: status[key] for key in keys if key in status}
+    digest["conditions"] = [
+        f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}" for c in status.get("conditions", [])
+    ]
+    return json.dumps(digest, sort_keys=True)
 
 
 def deployments(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:

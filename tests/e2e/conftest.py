@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
@@ -35,6 +35,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.e2e)
+
+
+OPERATOR_LOG_LINES_ON_FAILURE = 60
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed end-to-end test shows the operator's last log lines about its namespace: CI keeps only what pytest
+    prints, and the cluster's logs are gone with the clean clone."""
+    report: pytest.TestReport = yield
+    namespace = getattr(item, "funcargs", {}).get("namespace")
+    if report.failed and isinstance(namespace, str):
+        log = cluster_dir() / "logs" / "operator-e2e.log"
+        with contextlib.suppress(OSError):
+            quoted = f'namespace="{namespace}"'
+            lines = [line for line in log.read_text(errors="replace").splitlines() if quoted in line]
+            tail = lines[-OPERATOR_LOG_LINES_ON_FAILURE:]
+            report.sections.append((f"operator log, last {len(tail)} lines about {namespace}", "\n".join(tail)))
+    return report
 
 
 @pytest.fixture(scope="session")
