@@ -1248,6 +1248,170 @@ class AnalysisSpec(_Model):
     ]
 
 
+MAX_SMOKE_CASES = 20
+MAX_SMOKE_ROWS = 16
+MAX_SMOKE_VALUES = 256
+"""Features per input row, and outputs per expected row."""
+MAX_SMOKE_TOTAL_VALUES = 8192
+"""Input values over all cases: a smoke test is a few requests, not a dataset, and it lives in the resource."""
+SMOKE_BOUND = 1e15
+"""Inputs, expected outputs and tolerances are finite and below this in magnitude: CRD numbers admit no NaN or
+infinity, and a bound keeps the comparisons' arithmetic exact enough."""
+
+
+class CompareTo(StrEnum):
+    EXPECTED = "Expected"
+    STABLE = "Stable"
+
+
+class SmokeTolerance(_Model):
+    """How far an output may be from the one it is compared with: |actual - reference| <= absolute + relative *
+    |reference|, for every output value."""
+
+    absolute: Annotated[
+        float,
+        Field(default=1e-6, ge=0, le=SMOKE_BOUND, description="Allowed difference, in the output's units."),
+    ]
+    relative: Annotated[
+        float,
+        Field(default=1e-6, ge=0, le=1, description="Allowed difference, as a fraction of the reference value."),
+    ]
+
+
+_SMOKE_ROW = Annotated[
+    list[Annotated[float, Field(ge=-SMOKE_BOUND, le=SMOKE_BOUND)]],
+    Field(min_length=1, max_length=MAX_SMOKE_VALUES),
+]
+
+
+class SmokeTestCase(_Model):
+    """One request sent to every canary pod before it takes traffic, and what its answer must be."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.input.all(r, size(r) == size(self.input[0]))",
+                "spec.rollout.smokeTest.cases[].input: every row must have the same number of features",
+            ),
+        )
+    )
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=63,
+            pattern=DNS_LABEL_PATTERN,
+            description="Names the case in status and Events, e.g. typical-fraud.",
+        ),
+    ]
+    input: Annotated[
+        list[_SMOKE_ROW],
+        Field(
+            min_length=1,
+            max_length=MAX_SMOKE_ROWS,
+            description=(
+                f"Rows of numeric features (1-{MAX_SMOKE_ROWS} rows of 1-{MAX_SMOKE_VALUES}), sent as the "
+                "runtime's protocol asks: data.ndarray (seldon) or one FP64 input tensor (v2)."
+            ),
+        ),
+    ]
+    expected: Annotated[
+        list[_SMOKE_ROW] | None,
+        Field(
+            default=None,
+            min_length=1,
+            max_length=MAX_SMOKE_ROWS,
+            description=(
+                "The outputs the model must answer, row by row, within the tolerance. Required with compareTo "
+                "Expected, refused with Stable."
+            ),
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> SmokeTestCase:
+        _refuse_unless(
+            all(len(row) == len(self.input[0]) for row in self.input),
+            "spec.rollout.smokeTest.cases[].input: every row must have the same number of features",
+        )
+        return self
+
+
+class SmokeTestSpec(_Model):
+    """Requests sent to each canary pod directly before it takes any traffic, mirrored or not."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.cases.all(c, self.cases.exists_one(d, d.name == c.name))",
+                "spec.rollout.smokeTest.cases names must be unique",
+            ),
+            (
+                f"self.cases.map(c, size(c.input) * size(c.input[0])).sum() <= {MAX_SMOKE_TOTAL_VALUES}",
+                f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} input values in all",
+            ),
+            (
+                "self.compareTo != 'Expected' || self.cases.all(c, has(c.expected))",
+                "spec.rollout.smokeTest.cases: every case needs expected when compareTo is Expected",
+            ),
+            (
+                "self.compareTo != 'Stable' || self.cases.all(c, !has(c.expected))",
+                "spec.rollout.smokeTest.cases: expected applies to compareTo Expected only; with Stable the "
+                "stable revision's answer is the reference",
+            ),
+        )
+    )
+
+    cases: Annotated[
+        list[SmokeTestCase],
+        Field(min_length=1, max_length=MAX_SMOKE_CASES, description=f"The requests (1-{MAX_SMOKE_CASES})."),
+    ]
+    compareTo: Annotated[
+        CompareTo,
+        Field(
+            default=CompareTo.EXPECTED,
+            description=(
+                "Expected: each answer is compared with its case's expected rows. Stable: with the stable "
+                "revision's answer to the same input, asked of one of its pods in the same round."
+            ),
+        ),
+    ]
+    tolerance: Annotated[
+        SmokeTolerance, Field(default_factory=SmokeTolerance, description="How close an output must be.")
+    ]
+    timeoutSeconds: Annotated[
+        int,
+        Field(
+            default=5,
+            ge=1,
+            le=30,
+            description=("Time each request has, connecting included; a pod that takes longer fails the smoke test."),
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _references(self) -> SmokeTestSpec:
+        names = [case.name for case in self.cases]
+        _refuse_unless(len(names) == len(set(names)), "spec.rollout.smokeTest.cases names must be unique")
+        _refuse_unless(
+            sum(len(case.input) * len(case.input[0]) for case in self.cases) <= MAX_SMOKE_TOTAL_VALUES,
+            f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} input values in all",
+        )
+        if self.compareTo == CompareTo.EXPECTED:
+            _refuse_unless(
+                all(case.expected is not None for case in self.cases),
+                "spec.rollout.smokeTest.cases: every case needs expected when compareTo is Expected",
+            )
+        else:
+            _refuse_unless(
+                all(case.expected is None for case in self.cases),
+                "spec.rollout.smokeTest.cases: expected applies to compareTo Expected only; with Stable the "
+                "stable revision's answer is the reference",
+            )
+        return self
+
+
 class RolloutSpec(_Model):
     """How a new revision replaces the serving one."""
 
@@ -1302,6 +1466,18 @@ class RolloutSpec(_Model):
             description=(
                 "A spec returning to one of the last N serving revisions is rolled out at once, without steps "
                 "(its Deployment is kept, scaled to zero, for exactly this)."
+            ),
+        ),
+    ]
+    smokeTest: Annotated[
+        SmokeTestSpec | None,
+        Field(
+            default=None,
+            description=(
+                "Before the canary takes any traffic (mirrored traffic included), send each of its Ready pods "
+                "these requests directly and judge the answers: well-formed, in time, and within the tolerance "
+                "of the expected outputs or of the stable revision's. One failure rolls the canary back at once "
+                "(reason SmokeTestFailed, naming the case, the pod, the reference and the answer)."
             ),
         ),
     ]
