@@ -3,14 +3,19 @@ them. Answers are untrusted: every malformed one is a failed case with a reason,
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from modeldeploy.analysis import smoke
+from modeldeploy.analysis import smoke, smoke_client
 from modeldeploy.api import models as api
+from modeldeploy_testkit.waiting import free_port
 
 
 def spec(**overrides: Any) -> api.SmokeTestSpec:
@@ -155,3 +160,91 @@ def test_messages_are_bounded_for_status() -> None:
 def test_admission_refuses_what_cannot_run_and_names_the_field(body: dict[str, Any], why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         api.SmokeTestSpec.model_validate(body)
+
+
+class ModelServer(http.server.BaseHTTPRequestHandler):
+    """Answers as the runtime would, or misbehaves as its path says: /api/v1.0/predictions echoes the first
+    feature of each row; the server's `behaviour` picks another answer."""
+
+    def do_POST(self) -> None:
+        behaviour = self.server.behaviour  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length", "0"))
+        rows = json.loads(self.rfile.read(length))["data"]["ndarray"]
+        if behaviour == "slow":
+            time.sleep(2)
+        if behaviour == "error":
+            self.send_response(500)
+            self.end_headers()
+            return
+        shift = 1.0 if behaviour == "shifted" else 0.0
+        body = seldon([[row[0] + shift] for row in rows])
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def servers() -> Iterator[Any]:
+    started: list[http.server.ThreadingHTTPServer] = []
+
+    def start(name: str, behaviour: str) -> smoke_client.PodAddress:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
+        server.behaviour = behaviour  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return smoke_client.PodAddress(name, "127.0.0.1", int(server.server_address[1]))
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_round_judges_every_case_on_every_pod(servers: Any) -> None:
+    test = spec(
+        cases=[
+            {"name": "one", "input": [[0.5, 1.0]], "expected": [[0.5]]},
+            {"name": "two", "input": [[2.0]], "expected": [[2.0]]},
+        ]
+    )
+    verdicts = smoke_client.run_round(test, "seldon", "m", [servers("c-1", "echo"), servers("c-2", "shifted")], None)
+    assert [(v.case, v.pod, v.passed) for v in verdicts] == [
+        ("one", "c-1", True),
+        ("two", "c-1", True),
+        ("one", "c-2", False),
+        ("two", "c-2", False),
+    ]
+    assert verdicts[2].message.startswith("output 0 is 1.5, the reference 0.5")
+
+
+def test_compared_with_the_stable_the_reference_is_its_answer(servers: Any) -> None:
+    test = spec(cases=[{"name": "one", "input": [[0.5, 1.0]]}], compareTo="Stable")
+    stable = servers("s-1", "echo")
+    same = smoke_client.run_round(test, "seldon", "m", [servers("c-1", "echo")], stable)
+    assert [v.passed for v in same] == [True]
+    shifted = smoke_client.run_round(test, "seldon", "m", [servers("c-2", "shifted")], stable)
+    assert [v.passed for v in shifted] == [False]
+    nobody = smoke_client.run_round(test, "seldon", "m", [servers("c-3", "echo")], servers("s-2", "error"))
+    assert "stable revision gave no reference" in nobody[0].message
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "why"),
+    [("slow", "no answer within 1 s"), ("error", "answered HTTP 500")],
+)
+def test_a_pod_that_does_not_answer_well_fails_with_the_reason(servers: Any, behaviour: str, why: str) -> None:
+    test = spec(cases=[{"name": "one", "input": [[0.5]], "expected": [[0.5]]}], timeoutSeconds=1)
+    (verdict,) = smoke_client.run_round(test, "seldon", "m", [servers("c-1", behaviour)], None)
+    assert (verdict.passed, verdict.message.startswith(why)) == (False, True), verdict
+
+
+def test_an_unreachable_pod_fails_rather_than_passes() -> None:
+    test = spec(cases=[{"name": "one", "input": [[0.5]], "expected": [[0.5]]}], timeoutSeconds=1)
+    closed = smoke_client.PodAddress("gone", "127.0.0.1", free_port())
+    (verdict,) = smoke_client.run_round(test, "seldon", "m", [closed], None)
+    assert not verdict.passed
+    assert verdict.message.startswith("could not be reached")

@@ -15,134 +15,20 @@ A client is made per measurement round, so resources never share connections or 
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import socket
-import ssl
-import threading
-import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
+from modeldeploy.analysis import bounded_http
 from modeldeploy.analysis.measure import QueryError, Sample
 from modeldeploy.config import UrlPrefix
 
-USER_AGENT = "modeldeploy/0.1.0"
 MAX_RESPONSE_BYTES = 1024 * 1024
 """An answer the analysis can use is a few series (predictionShift's are 22 buckets x at most 8 outputs): a
 mebibyte is far more than any, and small enough to parse at once."""
 MAX_SERIES = 1000
-CHUNK_BYTES = 64 * 1024
 ERROR_TEXT_BYTES = 200
 """How much of an error answer is quoted."""
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    reason: str
-    location: str
-    body: bytes
-
-
-class _TooLargeError(Exception):
-    def __init__(self, declared: int | None) -> None:
-        super().__init__(declared)
-        self.declared = declared
-
-
-class _Exchange:
-    """One request and its answer, run in a thread of its own so that the caller can leave at the deadline.
-
-    Socket timeouts bound each read, not the whole: the caller waits for the thread until the deadline, then shuts
-    the socket down, which ends a read in progress at once (name resolution cannot be interrupted; the thread ends
-    with it, alone)."""
-
-    def __init__(self, target: UrlPrefix, path: str, body: bytes, deadline: float) -> None:
-        self.target = target
-        self.path = path
-        self.body = body
-        self.deadline = deadline
-        self.answer: _Answer | None = None
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._connection: http.client.HTTPConnection | None = None
-        self._abandoned = False
-
-    def _left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline reached")
-        return left
-
-    def run(self) -> None:
-        try:
-            self.answer = self._talk()
-        except BaseException as error:  # handed to the caller, which turns it into a QueryError
-            self.error = error
-        finally:
-            with self._lock:
-                connection, self._connection = self._connection, None
-            if connection is not None:
-                connection.close()
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            connection = self._connection
-        sock = connection.sock if connection is not None else None
-        if sock is not None:
-            # Already closed (OSError): the thread is ending anyway.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _talk(self) -> _Answer:
-        host, port = self.target.host, self.target.port
-        connection: http.client.HTTPConnection
-        if self.target.scheme == "https":
-            connection = http.client.HTTPSConnection(
-                host, port, timeout=self._left(), context=ssl.create_default_context()
-            )
-        else:
-            connection = http.client.HTTPConnection(host, port, timeout=self._left())
-        with self._lock:
-            if self._abandoned:
-                raise TimeoutError("deadline reached")
-            self._connection = connection
-        connection.connect()
-        if self._abandoned:
-            raise TimeoutError("deadline reached")
-        connection.request(
-            "POST",
-            self.path,
-            body=self.body,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-                "User-Agent": USER_AGENT,
-            },
-        )
-        response = connection.getresponse()
-        declared = response.getheader("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-            raise _TooLargeError(int(declared))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            # One socket read per chunk, each with what is left as its timeout: the thread ends by the deadline
-            # on its own too (headers are read by http.client in one go; there, only the caller's wait bounds it).
-            if connection.sock is not None:
-                connection.sock.settimeout(self._left())
-            chunk = response.read1(min(CHUNK_BYTES, MAX_RESPONSE_BYTES + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise _TooLargeError(None)
-        return _Answer(response.status, response.reason, response.getheader("Location") or "", b"".join(chunks))
 
 
 class PrometheusClient:
@@ -167,8 +53,7 @@ class PrometheusClient:
             # Whatever else went wrong with this answer, it is one failed query, not a failed pass.
             raise QueryError(f"Prometheus's answer could not be read: {type(error).__name__}: {error}") from None
 
-    def _post(self, promql: str, timeout: float) -> _Answer:
-        deadline = time.monotonic() + timeout
+    def _post(self, promql: str, timeout: float) -> bounded_http.Reply:
         try:
             # The parser that checked the address against the allowed ones (config.py): what was allowed is what
             # is asked.
@@ -177,32 +62,30 @@ class PrometheusClient:
             raise QueryError(str(error)) from None
         # Prometheus stops evaluating at its own timeout too, so it does not go on working for nobody.
         form = urllib.parse.urlencode({"query": promql, "timeout": f"{timeout:.3f}"}).encode()
-        exchange = _Exchange(target, f"{target.path}/api/v1/query", form, deadline)
-        thread = threading.Thread(target=exchange.run, name="prometheus-query", daemon=True)
-        thread.start()
-        thread.join(max(deadline - time.monotonic(), 0.0))
-        if thread.is_alive():
-            exchange.abandon()
-            raise QueryError(f"Prometheus at {self.address} did not answer within the {timeout:.3g}s deadline")
-        if isinstance(exchange.error, _TooLargeError):
-            declared = f" ({exchange.error.declared} bytes)" if exchange.error.declared is not None else ""
-            raise QueryError(f"Prometheus's answer is larger than {MAX_RESPONSE_BYTES} bytes{declared}")
-        if isinstance(exchange.error, TimeoutError):
-            raise QueryError(f"Prometheus at {self.address} did not answer within the {timeout:.3g}s deadline")
-        if isinstance(exchange.error, OSError | http.client.HTTPException):
-            raise QueryError(f"Prometheus at {self.address} did not answer: {_describe(exchange.error)}")
-        if exchange.error is not None:
-            raise QueryError(f"Prometheus at {self.address} could not be asked: {_describe(exchange.error)}")
-        assert exchange.answer is not None
-        return exchange.answer
+        try:
+            return bounded_http.post(
+                target,
+                f"{target.path}/api/v1/query",
+                form,
+                content_type="application/x-www-form-urlencoded",
+                timeout=timeout,
+                max_bytes=MAX_RESPONSE_BYTES,
+                name="prometheus-query",
+            )
+        except bounded_http.DeadlineError:
+            raise QueryError(
+                f"Prometheus at {self.address} did not answer within the {timeout:.3g}s deadline"
+            ) from None
+        except bounded_http.TooLargeError as error:
+            declared = f" ({error.declared} bytes)" if error.declared is not None else ""
+            raise QueryError(f"Prometheus's answer is larger than {MAX_RESPONSE_BYTES} bytes{declared}") from None
+        except bounded_http.UnreachableError as error:
+            raise QueryError(f"Prometheus at {self.address} did not answer: {error}") from None
+        except bounded_http.ExchangeError as error:
+            raise QueryError(f"Prometheus at {self.address} could not be asked: {error}") from None
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _read_answer(answer: _Answer) -> list[Sample]:
+def _read_answer(answer: bounded_http.Reply) -> list[Sample]:
     if 300 <= answer.status < 400:
         # An allowed address must not lead anywhere else, and a POST's redirect would not be one anyway.
         where = f" to {_quote(answer.location)}" if answer.location else ""

@@ -1252,6 +1252,8 @@ MAX_SMOKE_CASES = 20
 MAX_SMOKE_ROWS = 16
 MAX_SMOKE_VALUES = 256
 """Features per input row, and outputs per expected row."""
+MAX_SMOKE_ROUND_SECONDS = 120
+"""cases x timeoutSeconds: how long one pod's round may take at worst (pods are asked side by side)."""
 MAX_SMOKE_TOTAL_VALUES = 8192
 """Input values over all cases: a smoke test is a few requests, not a dataset, and it lives in the resource."""
 SMOKE_BOUND = 1e15
@@ -1352,6 +1354,11 @@ class SmokeTestSpec(_Model):
                 f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} input values in all",
             ),
             (
+                f"size(self.cases) * self.timeoutSeconds <= {MAX_SMOKE_ROUND_SECONDS}",
+                f"spec.rollout.smokeTest: cases x timeoutSeconds must be at most {MAX_SMOKE_ROUND_SECONDS} "
+                "(the longest a pod's round may take)",
+            ),
+            (
                 "self.compareTo != 'Expected' || self.cases.all(c, has(c.expected))",
                 "spec.rollout.smokeTest.cases: every case needs expected when compareTo is Expected",
             ),
@@ -1397,6 +1404,11 @@ class SmokeTestSpec(_Model):
         _refuse_unless(
             sum(len(case.input) * len(case.input[0]) for case in self.cases) <= MAX_SMOKE_TOTAL_VALUES,
             f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} input values in all",
+        )
+        _refuse_unless(
+            len(self.cases) * self.timeoutSeconds <= MAX_SMOKE_ROUND_SECONDS,
+            f"spec.rollout.smokeTest: cases x timeoutSeconds must be at most {MAX_SMOKE_ROUND_SECONDS} "
+            "(the longest a pod's round may take)",
         )
         if self.compareTo == CompareTo.EXPECTED:
             _refuse_unless(
