@@ -252,6 +252,21 @@ class FakeCluster:
         self.reads[f"list {kind}"] += 1
         return [copy.deepcopy(body) for body in self._selected(kind, namespace, label_selector)]
 
+    def add_pod(self, namespace: str, name: str, labels: dict[str, str], ip: str, *, ready: bool = True) -> None:
+        """A pod as the kubelet reports it (no controller makes pods here): a smoke round lists them."""
+        condition = {"type": "Ready", "status": "True" if ready else "False"}
+        self.objects[("Pod", namespace, name)] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "status": {"podIP": ip, "conditions": [condition]},
+        }
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]:
+        self._fail("list_pods")
+        self.reads["list Pod"] += 1
+        return [copy.deepcopy(body) for body in self._selected("Pod", namespace, label_selector)]
+
     def resource(self, key: Key) -> Manifest:
         return self.objects[(api.KIND, *key)]
 

@@ -54,6 +54,35 @@ class Verdict:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class SmokeRound:
+    """The verdicts of one smoke round on a canary revision's pods."""
+
+    revision: str
+    pods: tuple[str, ...]
+    verdicts: tuple[Verdict, ...]
+    first_failure: str = ""
+    """message_of() the first failed verdict; "" when every case passed on every pod."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdicts) and all(verdict.passed for verdict in self.verdicts)
+
+
+def round_of(revision: str, pods: Sequence[str], verdicts: Sequence[Verdict], spec: api.SmokeTestSpec) -> SmokeRound:
+    """A round with its first failure described; a round that asked no pod fails (it proved nothing)."""
+    cases = {case.name: case for case in spec.cases}
+    failure = next(
+        (
+            message_of(verdict, cases[verdict.case])
+            for verdict in verdicts
+            if not verdict.passed and verdict.case in cases
+        ),
+        "" if verdicts else "no canary pod could be asked",
+    )
+    return SmokeRound(revision, tuple(pods), tuple(verdicts), failure)
+
+
 def request_for(case: api.SmokeTestCase, protocol: str, model: str) -> SmokeRequest:
     """The request the runtime's protocol expects for the case's rows: seldon's data.ndarray, or one v2 FP64
     tensor of shape [rows, features]."""

@@ -1853,12 +1853,32 @@ class Acknowledged(_Status):
     retry: Annotated[str, Field(description="Id of the last retry request acted on.")] = ""
 
 
+class SmokeTestPhase(StrEnum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class SmokeTestStatus(_Status):
+    """The smoke test of the canary (spec.rollout.smokeTest), run once its first pods are Ready."""
+
+    phase: Annotated[str, Field(description="Passed (the canary may take traffic) or Failed (rolled back).")]
+    requests: Annotated[int, Field(description="Requests judged: cases x pods asked.")] = 0
+    failures: Annotated[int, Field(description="Requests whose answer failed its case.")] = 0
+    pods: Annotated[list[str], Field(description="The canary pods asked.")] = []
+    lastFailure: Annotated[str, Field(description="The case, its input, the pod and what was wrong.")] = ""
+    time: Annotated[str, Field(description="When the round was judged (RFC 3339).")]
+
+
 class CanaryStatus(TrackStatus, TrackWeights):
     """The revision being rolled out, and the share of traffic it has."""
 
     fastTrack: Annotated[
         bool, Field(description="A return to a recent revision, rolled out at once without steps.")
     ] = False
+    smokeTest: Annotated[
+        SmokeTestStatus | None,
+        Field(description="The smoke test's verdict; until it has Passed, the canary takes no traffic."),
+    ] = None
 
 
 class MeasurementPhase(StrEnum):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from modeldeploy.api import models as api
@@ -254,8 +255,10 @@ def build_deployment(
     replicas: int,
     config: OperatorConfig,
     version: str | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """The Deployment of one revision. Its pod template is fixed by the revision; only replicas change."""
+    """The Deployment of one revision. Its pod template is fixed by the revision; only replicas change (and the
+    Deployment's own `annotations`, which never restart a pod)."""
     template = build_pod_template(resource, config)
     template["metadata"]["labels"][LABEL_REVISION] = revision
     labels = {
@@ -270,6 +273,7 @@ def build_deployment(
             "name": deployment_name(resource, revision),
             "namespace": resource.metadata["namespace"],
             "labels": labels,
+            **({"annotations": dict(annotations)} if annotations else {}),
             "ownerReferences": [owner_reference(resource)],
         },
         "spec": {
@@ -329,7 +333,12 @@ def build_service(resource: api.ModelDeployment, suffix: str, revision: str | No
 
 
 def build_services(
-    resource: api.ModelDeployment, stable: str, canary: str | None, *, revision_services: bool = False
+    resource: api.ModelDeployment,
+    stable: str,
+    canary: str | None,
+    *,
+    revision_services: bool = False,
+    canary_admitted: bool = True,
 ) -> list[Manifest]:
     """The Services the resource should have now; `canary` is the revision rolling out, None at rest.
 
@@ -338,12 +347,14 @@ def build_services(
       traffic. While a canary rolls out it selects every serving pod of the resource, so that traffic follows the
       ready pods of both revisions (the replica-ratio router); behind a router (`revision_services`) it keeps
       selecting the serving revision alone: the gateway or mesh makes the split, and a client that goes around it
-      must not reach a canary that is only mirrored to.
+      must not reach a canary that is only mirrored to. Until a canary is admitted to traffic (its smoke test
+      passed, rollout/smoke.py) `<name>` selects the serving revision alone whatever the router.
     - `<name>-stable` and `<name>-canary`, each selecting one revision's pods, only while a canary rolls out, or
       always when the traffic router sends traffic through them (`revision_services`; then at rest both select the
       serving revision). At rest they would cost a ClusterIP and an EndpointSlice each for nothing.
     """
-    services = [build_service(resource, "", stable if canary is None or revision_services else None)]
+    alone = canary is None or revision_services or not canary_admitted
+    services = [build_service(resource, "", stable if alone else None)]
     if canary is not None or revision_services:
         services.append(build_service(resource, STABLE_SUFFIX, stable))
         services.append(build_service(resource, CANARY_SUFFIX, canary if canary is not None else stable))

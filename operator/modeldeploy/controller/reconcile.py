@@ -22,12 +22,15 @@ from modeldeploy.api.quantity import parse_quantity
 from modeldeploy.api.times import format_time
 from modeldeploy.children import builders, verification
 from modeldeploy.config import OperatorConfig
+from modeldeploy.controller import smoke_runs
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
 from modeldeploy.kube.client import ApiError, permanent, status_message
 from modeldeploy.metrics import ANALYSIS_MEASUREMENTS
 from modeldeploy.rollout import plan as rollout
+from modeldeploy.rollout import smoke as smoke_gate
 from modeldeploy.rollout.changes import COUNTS_LAG_SECONDS, StatusChange, status_change, written_form
 from modeldeploy.rollout.conditions import set_condition, sorted_conditions
+from modeldeploy.rollout.smoke import SMOKE_PASSED_ANNOTATION
 from modeldeploy.rollout.status import phase_change_event
 from modeldeploy.traffic import routes
 
@@ -57,6 +60,8 @@ class ClusterWriter(Protocol):
     ) -> Manifest: ...
 
     def post_event(self, resource: Manifest, event_type: str, reason: str, message: str) -> None: ...
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]: ...
 
 
 class ResourceGone(Exception):  # noqa: N818 - a fact about the resource, not a failure of the pass
@@ -128,6 +133,7 @@ def observed_revisions(children: Children, owner_uid: str | None = None) -> dict
             ready_replicas=int(status.get("readyReplicas") or 0),
             up_to_date=int(status.get("observedGeneration") or 0) >= int(generation),
             owned=owner_uid is None or owned_by(deployment, owner_uid),
+            smoke_passed=str((deployment["metadata"].get("annotations") or {}).get(SMOKE_PASSED_ANNOTATION, "")),
         )
     return observed
 
@@ -512,6 +518,10 @@ def _pass(
     measurements = None
     if analysis.measurement_due(resource, desired_revision, now):
         measurements = measure(resource, model, config, now, queriers)
+    smoke_round = None
+    if smoke_gate.smoke_due(resource, desired_revision, observed):
+        serving_now = resource.status.stable.revision if resource.status.stable is not None else desired_revision
+        smoke_round = smoke_runs.run_smoke_round(kube, resource, model, desired_revision, serving_now)
     refused = refused_prometheus_address(resource, config)
     plan = rollout.plan(
         resource,
@@ -525,6 +535,7 @@ def _pass(
         measurements=measurements,
         serving=serving,
         route=route,
+        smoke_round=smoke_round,
     )
 
     stable = plan.status.stable
@@ -536,12 +547,19 @@ def _pass(
     repair_events = [repair.event() for repair in repairs]
     try:
         services = builders.build_services(
-            resource, stable.revision, canary_revision, revision_services=route_kind is not None
+            resource,
+            stable.revision,
+            canary_revision,
+            revision_services=route_kind is not None,
+            canary_admitted=plan.canary_admitted,
         )
         applied = None
         if plan.apply_revision is not None:
             replicas = plan.replicas[plan.apply_revision]
-            applied = builders.build_deployment(resource, plan.apply_revision, replicas, config)
+            evidence = None
+            if plan.smoke_evidence is not None and plan.smoke_evidence[0] == plan.apply_revision:
+                evidence = {SMOKE_PASSED_ANNOTATION: plan.smoke_evidence[1]}
+            applied = builders.build_deployment(resource, plan.apply_revision, replicas, config, annotations=evidence)
         route_wanted = routes.build_route(resource, plan.route_weight, plan.mirror, config.cluster_domain)
     except Exception as error:
         return _unbuildable(kube, store, parent, resource, error, repair_events, now)

@@ -316,6 +316,12 @@ class Kube:
             if isinstance(item, dict)
         ]
 
+    def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]:
+        """The pods of `namespace` that `label_selector` selects (a smoke test asks their IPs)."""
+        path = f"/api/v1/namespaces/{_segment(namespace)}/pods"
+        answer = self._request("GET", path, query={"labelSelector": label_selector})
+        return [item for item in answer.get("items") or [] if isinstance(item, dict)]
+
     def apply(self, manifest: Manifest, *, force: bool = True, create_only: bool = False) -> Manifest:
         """Server-side apply under our field manager. Forced onto the children the operator owns, which it owns
         outright. `create_only`: create it, or fail with 409 Conflict if any object of that name exists, whoever

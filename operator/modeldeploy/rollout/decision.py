@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from modeldeploy.analysis.smoke import SmokeRound
 from modeldeploy.api import models as api
 from modeldeploy.traffic.routers import RouteState, TrafficRouter
 
@@ -27,6 +28,9 @@ class ObservedRevision:
     """The Deployment controller has seen the current Deployment spec (observedGeneration caught up)."""
     owned: bool = True
     """Its controller owner reference names this very resource (by uid): evidence that this operator made it."""
+    smoke_passed: str = ""
+    """The value of the annotation the operator writes once the revision's smoke test passed: the `since` of the
+    rollout it passed in (rollout/smoke.py)."""
 
     def settled(self, replicas: int) -> bool:
         """Exactly `replicas` asked for, all of them Ready, and the controller caught up with the spec."""
@@ -83,6 +87,8 @@ class Situation:
     """The revision a Service of this resource says serves, when one does (see Serving)."""
     route: RouteState | None = None
     """What the router's object holds, with a router that has one (Gateway API, Istio) and once it exists."""
+    smoke: SmokeRound | None = None
+    """The smoke round of this pass, when one was due and has been judged (see rollout/smoke.py)."""
 
     @property
     def spec(self) -> api.ModelDeploymentSpec:

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from modeldeploy.analysis.smoke import SmokeRound
 from modeldeploy.api import models as api
+from modeldeploy.rollout import smoke
 from modeldeploy.rollout.decision import Event, ObservedRevision, Serving, Situation
 from modeldeploy.rollout.planner import decide
 from modeldeploy.rollout.status import build_status, phase_change_event
@@ -41,6 +43,12 @@ class Plan:
     """The canary weight the router's object should hold (0 at rest)."""
     mirror: bool = False
     """Whether the router's object should mirror every request to the canary."""
+    canary_admitted: bool = True
+    """Whether the canary may take traffic: False while its smoke test has not passed (rollout/smoke.py), when the
+    Service `<name>` must select the stable revision alone."""
+    smoke_evidence: tuple[str, str] | None = None
+    """(revision, since) of a canary whose smoke test passed: its Deployment carries `since` in
+    SMOKE_PASSED_ANNOTATION, the evidence a status patch cannot forge (rollout/smoke.py, trust.py)."""
 
 
 def trusted(
@@ -82,6 +90,7 @@ def plan(
     measurements: Mapping[str, api.Measurement] | None = None,
     serving: Serving | None = None,
     route: RouteState | None = None,
+    smoke_round: SmokeRound | None = None,
 ) -> Plan:
     """Decide the next state. Level-based: the same inputs always give the same plan. `measurements` are the
     analysis results of this pass, when one was due (see analysis.measurement_due); `serving` is the revision a
@@ -100,6 +109,7 @@ def plan(
         serving,
         route,
     )
+    situation = replace(situation, smoke=smoke_round)
     checked, repairs = check_status(situation)
     if repairs:
         # Decided from, and built on, the repaired status: the repairs are written with it, so they are made once.
@@ -119,6 +129,8 @@ def plan(
         requeue_after=decision.requeue_after,
         route_weight=decision.route_weight if decision.canary is not None else 0,
         mirror=decision.mirror and decision.canary is not None,
+        canary_admitted=not smoke.gated(resource.spec.rollout, decision.canary),
+        smoke_evidence=smoke.evidence(decision.canary),
     )
 
 

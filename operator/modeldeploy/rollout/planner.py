@@ -10,9 +10,10 @@ from dataclasses import replace
 
 from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time, parse_time
+from modeldeploy.rollout import smoke
 from modeldeploy.rollout.decision import Decision, Situation
 from modeldeploy.rollout.history import recently_served, retained_revisions
-from modeldeploy.rollout.steps import advance, mirroring, target_split, target_weight
+from modeldeploy.rollout.steps import advance, first_traffic_split, mirroring, target_split, target_weight
 from modeldeploy.rollout.transitions import end_canary, record, start_canary
 from modeldeploy.traffic.routers import route_weight, split_keeping_capacity
 
@@ -126,6 +127,10 @@ def _replicas(d: Decision, s: Situation) -> dict[str, int]:
         asked = split_keeping_capacity(target, s.replicas, s.ready(d.canary.revision))
         replicas[d.canary.revision] = asked.canary
         replicas[d.stable.revision] = asked.stable
+        if smoke.gated(s.spec.rollout, d.canary):
+            # Smoke-tested before any traffic: the pods of its first traffic step, the stable keeping all of its.
+            replicas[d.canary.revision] = max(1, first_traffic_split(s, step_index).canary)
+            replicas[d.stable.revision] = s.replicas
         canary_seen = s.observed.get(d.canary.revision)
         current = s.scaled_to(d.stable.revision)
         if canary_seen is not None and not canary_seen.up_to_date and current is not None:
@@ -164,6 +169,10 @@ def _weigh(d: Decision, s: Situation) -> Decision:
     if actual is None:
         previous = s.previous.canary
         actual = previous.actualWeight if previous is not None and previous.revision == canary.revision else 0
+    if smoke.gated(s.spec.rollout, canary):
+        # No traffic before the smoke test passed: the route holds 0 % and no mirror, and `<name>` selects the
+        # stable revision alone (Plan.canary_admitted), so whatever the router, the canary's share is 0.
+        return replace(d, desired_weight=desired, actual_weight=0, route_weight=0, mirror=False)
     return replace(
         d,
         desired_weight=desired,

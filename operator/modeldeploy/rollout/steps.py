@@ -14,6 +14,7 @@ from datetime import datetime
 from modeldeploy.analysis import measure as analysis
 from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time, parse_duration, parse_time
+from modeldeploy.rollout import smoke
 from modeldeploy.rollout.decision import Decision, ObservedRevision, Situation
 from modeldeploy.rollout.judging import awaited, judge, resume_analysis
 from modeldeploy.rollout.transitions import abort, promote
@@ -95,6 +96,45 @@ def advance(d: Decision, s: Situation) -> Decision:
         d = replace(d, pause=None, step_started=format_time(s.now)).with_event(
             "Normal", "Resumed", f"Rollout of {canary.version} resumed"
         )
+    if smoke.gated(s.spec.rollout, d.canary):
+        return _smoke_step(d, s)
+    return _walk(d, s)
+
+
+def first_traffic_split(s: Situation, step_index: int) -> Split:
+    """The split of the first step from `step_index` on that gives the canary traffic (a weight or a mirror), or of
+    the promotion: the pods a smoke test asks, since they are the ones that will take that traffic."""
+    for index in range(step_index, len(s.steps)):
+        if target_weight(s.steps, index) > 0 or mirroring(s.steps, index):
+            return target_split(s, index)
+    return target_split(s, len(s.steps))
+
+
+def _smoke_step(d: Decision, s: Situation) -> Decision:
+    """Held before any traffic until the round on the canary's first pods is judged: Passed lets the walk begin
+    (the step's clock starts now), Failed rolls the canary back. Until a round is judged, the progress deadline
+    runs: pods that never get Ready, or a round that cannot finish, end there."""
+    canary, _ = d.rolling_out()
+    started = parse_time(d.step_started) if d.step_started else s.now
+    judged = s.smoke
+    if judged is None or judged.revision != canary.revision:
+        return _check_deadline(d, s, started)
+    verdict = smoke.round_status(judged, format_time(s.now))
+    d = replace(d, canary=canary.model_copy(update={"smokeTest": verdict}))
+    if not judged.passed:
+        return abort(
+            d,
+            s,
+            smoke.SMOKE_TEST_FAILED,
+            f"{canary.version} (revision {canary.revision}) failed its smoke test and was rolled back before "
+            f"taking any traffic: {judged.first_failure}; {d.stable.version} keeps serving",
+        )
+    d = replace(d, step_started=format_time(s.now)).with_event(
+        "Normal",
+        "SmokeTestPassed",
+        f"{canary.version} answered {verdict.requests} smoke requests as expected on {len(verdict.pods)} pod(s); "
+        "it may take traffic",
+    )
     return _walk(d, s)
 
 

@@ -30,6 +30,8 @@ reports nothing again.
 - The step index lies within the steps and never past the last step whose weight the canary's Deployment has
   already been asked for: a forged index can skip waiting at a weight already asked for, never a step that raises
   it, so every rise in weight is still a step this operator walks, with its pods Ready and its analysis passed.
+- A canary's smoke test counts as Passed only if its Deployment carries the annotation the operator writes in the
+  pass that judged it, naming this rollout (rollout/smoke.py); else it is removed and the test runs.
 - The analysis of the current canary keeps a phase the planner acts on, a next measurement no further away than one
   initial delay and interval, counts that are not negative and not below the measurements listed.
 
@@ -150,6 +152,7 @@ def check_status(s: Situation) -> tuple[api.ModelDeploymentStatus, tuple[Repair,
     status = _tracks(status, s, found)
     status = _history(status, s, found)
     status = _fast_track(status, s, found)
+    status = _smoke(status, s, found)
     status = _progress(status, s, found)
     status = _analysis(status, s, found)
     return status, tuple(found)
@@ -455,6 +458,25 @@ def _fast_track(status: api.ModelDeploymentStatus, s: Situation, found: list[Rep
         )
     )
     return status.model_copy(update={"canary": canary.model_copy(update={"fastTrack": False})})
+
+
+def _smoke(status: api.ModelDeploymentStatus, s: Situation, found: list[Repair]) -> api.ModelDeploymentStatus:
+    """A canary's smoke test counts as Passed only with the evidence the operator writes on its Deployment in the
+    pass that judged it (the rollout's `since`); anything else is removed, and the smoke test runs."""
+    canary = status.canary
+    if canary is None or canary.smokeTest is None:
+        return status
+    seen = _owned(s).get(canary.revision)
+    phase = canary.smokeTest.phase
+    if phase == api.SmokeTestPhase.PASSED and seen is not None and canary.since and seen.smoke_passed == canary.since:
+        return status
+    why = (
+        f"phase {shown(phase)} is not one a live canary has"
+        if phase != api.SmokeTestPhase.PASSED
+        else "Passed, but the canary's Deployment carries no evidence of it for this rollout"
+    )
+    found.append(Repair("canary.smokeTest", f"{why}; removed, the smoke test runs"))
+    return status.model_copy(update={"canary": canary.model_copy(update={"smokeTest": None})})
 
 
 def _granted(s: Situation, status: api.ModelDeploymentStatus, index: int) -> bool:
