@@ -3,10 +3,7 @@ them. Answers are untrusted: every malformed one is a failed case with a reason,
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,15 +14,13 @@ from modeldeploy.analysis import smoke, smoke_client
 from modeldeploy.api import models as api
 from modeldeploy_testkit.waiting import free_port
 
+from .model_server import model_servers, seldon
+
 
 def spec(**overrides: Any) -> api.SmokeTestSpec:
     body: dict[str, Any] = {"cases": [{"name": "typical", "input": [[0.5, 1.0], [2.0, 3.0]], "expected": [[1], [0]]}]}
     body.update(overrides)
     return api.SmokeTestSpec.model_validate(body)
-
-
-def seldon(ndarray: Any) -> bytes:
-    return json.dumps({"data": {"names": [], "ndarray": ndarray}, "meta": {"tags": {"version": "2.0.0"}}}).encode()
 
 
 def v2(data: Any) -> bytes:
@@ -162,46 +157,10 @@ def test_admission_refuses_what_cannot_run_and_names_the_field(body: dict[str, A
         api.SmokeTestSpec.model_validate(body)
 
 
-class ModelServer(http.server.BaseHTTPRequestHandler):
-    """Answers as the runtime would, or misbehaves as its path says: /api/v1.0/predictions echoes the first
-    feature of each row; the server's `behaviour` picks another answer."""
-
-    def do_POST(self) -> None:
-        behaviour = self.server.behaviour  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length", "0"))
-        rows = json.loads(self.rfile.read(length))["data"]["ndarray"]
-        if behaviour == "slow":
-            time.sleep(2)
-        if behaviour == "error":
-            self.send_response(500)
-            self.end_headers()
-            return
-        shift = 1.0 if behaviour == "shifted" else 0.0
-        body = seldon([[row[0] + shift] for row in rows])
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def servers() -> Iterator[Any]:
-    started: list[http.server.ThreadingHTTPServer] = []
-
-    def start(name: str, behaviour: str) -> smoke_client.PodAddress:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
-        server.behaviour = behaviour  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        started.append(server)
-        return smoke_client.PodAddress(name, "127.0.0.1", int(server.server_address[1]))
-
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
+    with model_servers() as start:
+        yield lambda name, behaviour: smoke_client.PodAddress(name, "127.0.0.1", start(behaviour))
 
 
 def test_a_round_judges_every_case_on_every_pod(servers: Any) -> None:
