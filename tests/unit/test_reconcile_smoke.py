@@ -16,6 +16,7 @@ import pytest
 
 from modeldeploy.children import builders
 from modeldeploy.config import OperatorConfig
+from modeldeploy.kube.client import ApiError
 from modeldeploy.rollout.smoke import SMOKE_PASSED_ANNOTATION
 
 from .model_server import model_servers
@@ -114,3 +115,16 @@ def test_a_canary_that_answers_wrong_is_rolled_back_without_ever_being_selected(
     assert all(selector.get(builders.LABEL_REVISION) != canary for selector in main_service_selectors(harness))
     warnings = [event for event in harness.cluster.events if event.type == "Warning"]
     assert "SmokeTestFailed" in [event.reason for event in warnings]
+
+
+def test_a_smoke_test_that_cannot_list_the_pods_fails_rather_than_waits(served: Any) -> None:
+    harness = served("echo")
+    harness.run()
+    harness.cluster.make_ready(harness.store)
+    add_pods(harness, "2.0.0")
+    body = '{"kind": "Status", "message": "pods is forbidden: cannot list resource \\"pods\\""}'
+    harness.cluster.fail_next["list_pods"] = ApiError(403, "Forbidden", body)
+    harness.run()
+    status = harness.status
+    assert status["aborted"]["reason"] == "SmokeTestFailed"
+    assert "the canary's pods could not be listed: 403 pods is forbidden" in status["aborted"]["message"]

@@ -18,8 +18,8 @@ from modeldeploy.api import models as api
 from modeldeploy.config import UrlPrefix
 
 MAX_PODS = 10
-"""Canary pods asked per round; beyond them (a mirror step of a large model), the first ten by name."""
-PARALLEL_PODS = 4
+"""Canary pods asked per round; beyond them (a mirror step of a large model), the first ten by name. All are asked
+side by side, so a round lasts at most cases x timeoutSeconds (admission keeps that within 120 s)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def run_round(
         ]
 
     pods = sorted(canary, key=lambda address: address.pod)[:MAX_PODS]
-    with ThreadPoolExecutor(max_workers=PARALLEL_PODS, thread_name_prefix="smoke") as pool:
+    with ThreadPoolExecutor(max_workers=MAX_PODS, thread_name_prefix="smoke") as pool:
         return [verdict for verdicts in pool.map(on_pod, pods) for verdict in verdicts]
 
 

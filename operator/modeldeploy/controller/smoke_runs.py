@@ -15,8 +15,12 @@ from typing import Any, Protocol
 from modeldeploy.analysis import smoke, smoke_client
 from modeldeploy.api import models as api
 from modeldeploy.children import builders
+from modeldeploy.kube.client import ApiError, permanent, status_message
 
 log = logging.getLogger(__name__)
+
+DENIED = frozenset({401, 403})
+"""Answers to the pod list that no retry changes (an operator installed without the pods rule): the round fails."""
 
 
 class PodLister(Protocol):
@@ -48,12 +52,19 @@ def run_smoke_round(
     assert spec is not None, "a smoke round is run only for a resource that asks for one"
     namespace = resource.metadata["namespace"]
     port = resource.spec.runtime.port
-    targets = ready_addresses(pods.list_pods(namespace, revision_selector(resource, canary)), port)
+    try:
+        targets = ready_addresses(pods.list_pods(namespace, revision_selector(resource, canary)), port)
+        reference = None
+        if spec.compareTo == api.CompareTo.STABLE:
+            stable_pods = ready_addresses(pods.list_pods(namespace, revision_selector(resource, stable)), port)
+            reference = stable_pods[0] if stable_pods else None
+    except ApiError as error:
+        if not (permanent(error) or error.status in DENIED):
+            raise  # the queue tries the pass again
+        # Refused for good (no RBAC for pods, say): the smoke test cannot run, and one that cannot run fails.
+        why = f"the canary's pods could not be listed: {error.status} {status_message(error.body)}"
+        return smoke.SmokeRound(canary, (), (), why)
     targets = targets[: smoke_client.MAX_PODS]
-    reference = None
-    if spec.compareTo == api.CompareTo.STABLE:
-        stable_pods = ready_addresses(pods.list_pods(namespace, revision_selector(resource, stable)), port)
-        reference = stable_pods[0] if stable_pods else None
     verdicts = smoke_client.run_round(spec, resource.spec.runtime.protocol, model, targets, reference)
     judged = smoke.round_of(canary, [target.pod for target in targets], verdicts, spec)
     failures = sum(not verdict.passed for verdict in verdicts)
