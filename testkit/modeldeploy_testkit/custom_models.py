@@ -47,6 +47,20 @@ class Model:
         return np.asarray(X, dtype=float)[:, 0]
 '''
 
+SLOW_ANSWERS = '''
+import time
+
+import numpy as np
+
+
+class Model:
+    """Answers each row's first feature, after 5 seconds."""
+
+    def predict(self, X):
+        time.sleep(5)
+        return np.asarray(X, dtype=float)[:, 0]
+'''
+
 SHIFTED_OUTPUTS = '''
 import numpy as np
 
