@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [
     REPO_ROOT / "manifests/examples/fraud-detector.yaml",
     REPO_ROOT / "manifests/examples/fraud-detector-gateway.yaml",
+    REPO_ROOT / "manifests/examples/fraud-detector-smoke.yaml",
     REPO_ROOT / "tests/e2e/testdata/full.yaml",
 ]
 
