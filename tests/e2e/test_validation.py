@@ -613,6 +613,46 @@ INVALID = [
         ["spec.rollout.analysis.prometheus.address", "should match"],
         id="analysis-address-without-scheme",
     ),
+    pytest.param(
+        edited(MINIMAL, spec__rollout={"smokeTest": {"cases": [{"name": "a", "input": [[1.0]]}]}}),
+        ["spec.rollout.smokeTest", "every case needs expected when compareTo is Expected"],
+        id="smoke-without-expected",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__rollout={
+                "smokeTest": {
+                    "cases": [{"name": f"c{i}", "input": [[1.0]], "expected": [[1.0]]} for i in range(5)],
+                    "timeoutSeconds": 30,
+                }
+            },
+        ),
+        ["spec.rollout.smokeTest", "cases x timeoutSeconds must be at most 120"],
+        id="smoke-round-too-long",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__rollout={"smokeTest": {"cases": [{"name": "a", "input": [[1.0, 2.0], [1.0]], "expected": [[1.0]]}]}},
+        ),
+        ["spec.rollout.smokeTest.cases[0]", "every row must have the same number of features"],
+        id="smoke-ragged-input",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__rollout={
+                "smokeTest": {
+                    "cases": [
+                        {"name": f"c{i}", "input": [[1.0] * 256] * 16, "expected": [[1.0]] * 16} for i in range(2)
+                    ]
+                }
+            },
+        ),
+        ["spec.rollout.smokeTest", "at most 8192 values (inputs and expected) in all"],
+        id="smoke-too-many-values",
+    ),
 ]
 
 

@@ -144,9 +144,10 @@ def test_messages_are_bounded_for_status() -> None:
             "names must be unique",
         ),
         ({"cases": [{"name": "a", "input": [[1.0, 2.0], [1.0]], "expected": [[1.0]]}]}, "same number of features"),
+        ({"cases": [{"name": "a", "input": [[1.0]], "expected": [[1.0, 2.0], [1.0]]}]}, "same number of outputs"),
         (
             {"cases": [{"name": f"c{i}", "input": [[1.0] * 256] * 16, "expected": [[1.0]]} for i in range(3)]},
-            "at most 8192 input values",
+            "at most 8192 values",
         ),
         ({"cases": [{"name": "a", "input": [[1e16]], "expected": [[1.0]]}]}, "less than or equal"),
         ({"cases": [{"name": "a", "input": [[1.0]], "expected": [[1.0]]}], "timeoutSeconds": 31}, "less than"),

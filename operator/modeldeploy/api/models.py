@@ -1255,7 +1255,8 @@ MAX_SMOKE_VALUES = 256
 MAX_SMOKE_ROUND_SECONDS = 120
 """cases x timeoutSeconds: how long one pod's round may take at worst (pods are asked side by side)."""
 MAX_SMOKE_TOTAL_VALUES = 8192
-"""Input values over all cases: a smoke test is a few requests, not a dataset, and it lives in the resource."""
+"""Numbers over all cases, inputs and expected outputs: a smoke test is a few requests, not a dataset, and it lives
+in the resource (8,192 numbers take some 200 KB of the object's 1.5 MiB at most)."""
 SMOKE_BOUND = 1e15
 """Inputs, expected outputs and tolerances are finite and below this in magnitude: CRD numbers admit no NaN or
 infinity, and a bound keeps the comparisons' arithmetic exact enough."""
@@ -1294,6 +1295,10 @@ class SmokeTestCase(_Model):
             (
                 "self.input.all(r, size(r) == size(self.input[0]))",
                 "spec.rollout.smokeTest.cases[].input: every row must have the same number of features",
+            ),
+            (
+                "!has(self.expected) || self.expected.all(r, size(r) == size(self.expected[0]))",
+                "spec.rollout.smokeTest.cases[].expected: every row must have the same number of outputs",
             ),
         )
     )
@@ -1337,7 +1342,17 @@ class SmokeTestCase(_Model):
             all(len(row) == len(self.input[0]) for row in self.input),
             "spec.rollout.smokeTest.cases[].input: every row must have the same number of features",
         )
+        _refuse_unless(
+            self.expected is None or all(len(row) == len(self.expected[0]) for row in self.expected),
+            "spec.rollout.smokeTest.cases[].expected: every row must have the same number of outputs",
+        )
         return self
+
+    @property
+    def values(self) -> int:
+        """Numbers the case holds, input and expected: what admission bounds in all (MAX_SMOKE_TOTAL_VALUES)."""
+        expected = len(self.expected) * len(self.expected[0]) if self.expected else 0
+        return len(self.input) * len(self.input[0]) + expected
 
 
 class SmokeTestSpec(_Model):
@@ -1350,8 +1365,9 @@ class SmokeTestSpec(_Model):
                 "spec.rollout.smokeTest.cases names must be unique",
             ),
             (
-                f"self.cases.map(c, size(c.input) * size(c.input[0])).sum() <= {MAX_SMOKE_TOTAL_VALUES}",
-                f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} input values in all",
+                "self.cases.map(c, size(c.input) * size(c.input[0]) + "
+                f"(has(c.expected) ? size(c.expected) * size(c.expected[0]) : 0)).sum() <= {MAX_SMOKE_TOTAL_VALUES}",
+                f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} values (inputs and expected) in all",
             ),
             (
                 f"size(self.cases) * self.timeoutSeconds <= {MAX_SMOKE_ROUND_SECONDS}",
@@ -1402,8 +1418,8 @@ class SmokeTestSpec(_Model):
         names = [case.name for case in self.cases]
         _refuse_unless(len(names) == len(set(names)), "spec.rollout.smokeTest.cases names must be unique")
         _refuse_unless(
-            sum(len(case.input) * len(case.input[0]) for case in self.cases) <= MAX_SMOKE_TOTAL_VALUES,
-            f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} input values in all",
+            sum(case.values for case in self.cases) <= MAX_SMOKE_TOTAL_VALUES,
+            f"spec.rollout.smokeTest.cases: at most {MAX_SMOKE_TOTAL_VALUES} values (inputs and expected) in all",
         )
         _refuse_unless(
             len(self.cases) * self.timeoutSeconds <= MAX_SMOKE_ROUND_SECONDS,
