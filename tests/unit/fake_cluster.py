@@ -262,6 +262,20 @@ class FakeCluster:
             "status": {"podIP": ip, "conditions": [condition]},
         }
 
+    def add_configmap(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        self.objects[("ConfigMap", namespace, name)] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": dict(data),
+        }
+
+    def get_configmap(self, namespace: str, name: str) -> Manifest | None:
+        self._fail("get_configmap")
+        self.reads["get ConfigMap"] += 1
+        found = self.objects.get(("ConfigMap", namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
     def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]:
         self._fail("list_pods")
         self.reads["list Pod"] += 1

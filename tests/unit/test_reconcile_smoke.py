@@ -128,3 +128,36 @@ def test_a_smoke_test_that_cannot_list_the_pods_fails_rather_than_waits(served: 
     status = harness.status
     assert status["aborted"]["reason"] == "SmokeTestFailed"
     assert "the canary's pods could not be listed: 403 pods is forbidden" in status["aborted"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "outcome"),
+    [
+        ({"cases.json": '[{"name": "low", "input": [[0.1, 1.0]], "expected": [[0.1]]}]'}, "Passed"),
+        ({"other": "[]"}, "ConfigMap smoke-cases key cases.json: no such key in the ConfigMap's data"),
+        (None, "ConfigMap smoke-cases key cases.json: no such ConfigMap"),
+    ],
+)
+def test_cases_are_read_from_the_configmap_the_spec_names(
+    config: OperatorConfig, data: dict[str, str] | None, outcome: str
+) -> None:
+    with model_servers() as start:
+        port = start("echo")
+        spec = smoke_spec(port)
+        spec["rollout"]["smokeTest"] = {"casesFrom": {"name": "smoke-cases", "key": "cases.json"}}
+        harness = Harness(config, spec, name=NAME)
+        if data is not None:
+            harness.cluster.add_configmap(harness.key[0], "smoke-cases", data)
+        harness.settle()
+        harness.cluster.update_spec(harness.key, with_version(spec, "2.0.0"))
+        harness.observe()
+        harness.run()
+        harness.cluster.make_ready(harness.store)
+        add_pods(harness, "2.0.0")
+        harness.run()
+    status = harness.status
+    if outcome == "Passed":
+        assert status["canary"]["smokeTest"]["phase"] == "Passed", status
+    else:
+        assert status["aborted"]["reason"] == "SmokeTestFailed"
+        assert outcome in status["aborted"]["message"]

@@ -133,7 +133,7 @@ def test_messages_are_bounded_for_status() -> None:
 @pytest.mark.parametrize(
     ("body", "why"),
     [
-        ({"cases": []}, "at least 1 item"),
+        ({"cases": []}, "give cases, or casesFrom, exactly one of the two"),
         ({"cases": [{"name": "a", "input": [[1.0]]}]}, "every case needs expected when compareTo is Expected"),
         (
             {"cases": [{"name": "a", "input": [[1.0]], "expected": [[1.0]]}], "compareTo": "Stable"},
@@ -208,3 +208,51 @@ def test_an_unreachable_pod_fails_rather_than_passes() -> None:
     (verdict,) = smoke_client.run_round(test, "seldon", "m", [closed], None)
     assert not verdict.passed
     assert verdict.message.startswith("could not be reached")
+
+
+CONFIGMAP_CASES = [{"name": "low", "input": [[0.1, 1.0]], "expected": [[0.1]]}]
+
+
+def from_configmap(**overrides: Any) -> api.SmokeTestSpec:
+    return api.SmokeTestSpec.model_validate({"casesFrom": {"name": "cases", "key": "cases.json"}, **overrides})
+
+
+def test_cases_from_a_configmap_follow_the_rules_of_inline_ones() -> None:
+    spec = smoke.with_cases_from(from_configmap(), json.dumps(CONFIGMAP_CASES), "ConfigMap cases key cases.json")
+    assert [case.name for case in spec.cases] == ["low"]
+    assert smoke.expected_outputs(spec.cases[0]) == [0.1]
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "why"),
+    [
+        ("not json", {}, "is not JSON"),
+        ("{}", {}, "must be a JSON list of cases"),
+        ("[]", {}, "must be a JSON list of cases"),
+        (json.dumps([{"name": "x"}]), {}, "case 0: input: Field required"),
+        (json.dumps([{"name": "x", "input": [[1.0]]}]), {}, "every case needs expected"),
+        (json.dumps(CONFIGMAP_CASES), {"compareTo": "Stable"}, "expected applies to compareTo Expected only"),
+        (json.dumps(CONFIGMAP_CASES * 2), {}, "case names must be unique"),
+        (
+            json.dumps([{"name": f"c{i}", "input": [[1.0]], "expected": [[1.0]]} for i in range(31)]),
+            {"timeoutSeconds": 4},
+            "31 cases x timeoutSeconds 4 must be at most 120",
+        ),
+        (
+            json.dumps([{"name": "c", "input": [[1.0]], "expected": [[1.0]]}] * (api.MAX_CONFIGMAP_SMOKE_CASES + 1)),
+            {},
+            "more than 100",
+        ),
+        ("[" + " " * smoke.MAX_CASES_BYTES + "]", {}, "more than 1048576 bytes"),
+    ],
+)
+def test_cases_from_a_configmap_that_cannot_be_used_say_why(text: str, overrides: dict[str, Any], why: str) -> None:
+    with pytest.raises(smoke.CasesError, match=why):
+        smoke.with_cases_from(from_configmap(**overrides), text, "ConfigMap cases key cases.json")
+
+
+def test_cases_inline_or_from_a_configmap_exactly_one() -> None:
+    with pytest.raises(ValidationError, match="exactly one of the two"):
+        api.SmokeTestSpec.model_validate({"cases": CONFIGMAP_CASES, "casesFrom": {"name": "c", "key": "k"}})
+    with pytest.raises(ValidationError, match="exactly one of the two"):
+        api.SmokeTestSpec.model_validate({})

@@ -98,10 +98,14 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
-# The pods of a canary, listed (never watched, never written) when its smoke test runs: their IPs are asked.
+# The pods of a canary, listed (never watched, never written) when its smoke test runs: their IPs are asked; and
+# the ConfigMap its cases may come from (spec.rollout.smokeTest.casesFrom), read then.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
 # Events for every transition; a repeat is counted on the Event it repeats (a patch of its count).
 - apiGroups: [""]
   resources: [events]

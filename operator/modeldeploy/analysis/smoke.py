@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from modeldeploy.api import models as api
 
 SELDON_PATH = "/api/v1.0/predictions"
@@ -26,6 +28,14 @@ MAX_OUTPUTS = api.MAX_SMOKE_ROWS * api.MAX_SMOKE_VALUES
 MAX_NESTING = 8
 MAX_MESSAGE = 400
 MAX_QUOTED_VALUES = 8
+
+
+MAX_CASES_BYTES = 1024 * 1024
+"""A ConfigMap's value holds at most this much JSON (a ConfigMap holds 1 MiB in all)."""
+
+
+class CasesError(Exception):
+    """Cases read from a ConfigMap that cannot be used; the message says why, for status."""
 
 
 class AnswerError(Exception):
@@ -81,6 +91,54 @@ def round_of(revision: str, pods: Sequence[str], verdicts: Sequence[Verdict], sp
         "" if verdicts else "no canary pod could be asked",
     )
     return SmokeRound(revision, tuple(pods), tuple(verdicts), failure)
+
+
+def with_cases_from(spec: api.SmokeTestSpec, text: str, where: str) -> api.SmokeTestSpec:
+    """`spec` with its cases read from a ConfigMap's value (JSON: a list of cases). The rules of inline cases hold,
+    with larger bounds; anything else raises CasesError, which fails the round: a smoke test that cannot be read
+    cannot pass."""
+    if len(text.encode()) > MAX_CASES_BYTES:
+        raise CasesError(f"{where} holds more than {MAX_CASES_BYTES} bytes")
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise CasesError(f"{where} is not JSON: {error}") from None
+    if not isinstance(raw, list) or not raw:
+        raise CasesError(f"{where} must be a JSON list of cases, at least one")
+    if len(raw) > api.MAX_CONFIGMAP_SMOKE_CASES:
+        raise CasesError(f"{where} holds {len(raw)} cases, more than {api.MAX_CONFIGMAP_SMOKE_CASES}")
+    cases = []
+    for index, item in enumerate(raw):
+        try:
+            cases.append(api.SmokeTestCase.model_validate(item))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "the case"
+            raise CasesError(f"{where}: case {index}: {field}: {first['msg']}") from None
+    problems = [
+        (len({case.name for case in cases}) == len(cases), "case names must be unique"),
+        (
+            sum(case.values for case in cases) <= api.MAX_CONFIGMAP_SMOKE_VALUES,
+            f"at most {api.MAX_CONFIGMAP_SMOKE_VALUES} values (inputs and expected) in all",
+        ),
+        (
+            len(cases) * spec.timeoutSeconds <= api.MAX_SMOKE_ROUND_SECONDS,
+            f"{len(cases)} cases x timeoutSeconds {spec.timeoutSeconds} must be at most "
+            f"{api.MAX_SMOKE_ROUND_SECONDS} (the longest a pod's round may take)",
+        ),
+        (
+            spec.compareTo != api.CompareTo.EXPECTED or all(case.expected is not None for case in cases),
+            "every case needs expected when compareTo is Expected",
+        ),
+        (
+            spec.compareTo != api.CompareTo.STABLE or all(case.expected is None for case in cases),
+            "expected applies to compareTo Expected only",
+        ),
+    ]
+    for holds, rule in problems:
+        if not holds:
+            raise CasesError(f"{where}: {rule}")
+    return spec.model_copy(update={"cases": cases})
 
 
 def request_for(case: api.SmokeTestCase, protocol: str, model: str) -> SmokeRequest:

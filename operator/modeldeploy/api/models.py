@@ -1252,6 +1252,8 @@ MAX_SMOKE_CASES = 20
 MAX_SMOKE_ROWS = 16
 MAX_SMOKE_VALUES = 256
 """Features per input row, and outputs per expected row."""
+MAX_CONFIGMAP_SMOKE_CASES = 100
+MAX_CONFIGMAP_SMOKE_VALUES = 65536
 MAX_SMOKE_ROUND_SECONDS = 120
 """cases x timeoutSeconds: how long one pod's round may take at worst (pods are asked side by side)."""
 MAX_SMOKE_TOTAL_VALUES = 8192
@@ -1355,11 +1357,29 @@ class SmokeTestCase(_Model):
         return len(self.input) * len(self.input[0]) + expected
 
 
+class SmokeCasesConfigMap(_Model):
+    """A key of a ConfigMap in the resource's namespace holding smoke cases as JSON: a list of objects of the shape
+    of spec.rollout.smokeTest.cases[] (name, input, expected)."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the ConfigMap."),
+    ]
+    key: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key holding the cases."),
+    ]
+
+
 class SmokeTestSpec(_Model):
     """Requests sent to each canary pod directly before it takes any traffic, mirrored or not."""
 
     model_config = ConfigDict(
         json_schema_extra=_rules(
+            (
+                "(size(self.cases) > 0) != has(self.casesFrom)",
+                "spec.rollout.smokeTest: give cases, or casesFrom, exactly one of the two",
+            ),
             (
                 "self.cases.all(c, self.cases.exists_one(d, d.name == c.name))",
                 "spec.rollout.smokeTest.cases names must be unique",
@@ -1388,7 +1408,23 @@ class SmokeTestSpec(_Model):
 
     cases: Annotated[
         list[SmokeTestCase],
-        Field(min_length=1, max_length=MAX_SMOKE_CASES, description=f"The requests (1-{MAX_SMOKE_CASES})."),
+        Field(
+            default_factory=list,
+            max_length=MAX_SMOKE_CASES,
+            description=f"The requests (1-{MAX_SMOKE_CASES}), unless casesFrom names them.",
+        ),
+    ]
+    casesFrom: Annotated[
+        SmokeCasesConfigMap | None,
+        Field(
+            default=None,
+            description=(
+                "Read the cases from a ConfigMap instead, for sets too large for the resource (up to "
+                f"{MAX_CONFIGMAP_SMOKE_CASES} cases and {MAX_CONFIGMAP_SMOKE_VALUES} values). They are read when "
+                "the round runs and judged by the same rules; a ConfigMap that is missing or malformed fails the "
+                "round, with the reason in the message."
+            ),
+        ),
     ]
     compareTo: Annotated[
         CompareTo,
@@ -1415,6 +1451,10 @@ class SmokeTestSpec(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> SmokeTestSpec:
+        _refuse_unless(
+            bool(self.cases) != (self.casesFrom is not None),
+            "spec.rollout.smokeTest: give cases, or casesFrom, exactly one of the two",
+        )
         names = [case.name for case in self.cases]
         _refuse_unless(len(names) == len(set(names)), "spec.rollout.smokeTest.cases names must be unique")
         _refuse_unless(

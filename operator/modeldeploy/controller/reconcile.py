@@ -63,6 +63,8 @@ class ClusterWriter(Protocol):
 
     def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]: ...
 
+    def get_configmap(self, namespace: str, name: str) -> Manifest | None: ...
+
 
 class ResourceGone(Exception):  # noqa: N818 - a fact about the resource, not a failure of the pass
     """The API server no longer has the resource (404 on its status write): its work ends here."""

@@ -23,8 +23,10 @@ DENIED = frozenset({401, 403})
 """Answers to the pod list that no retry changes (an operator installed without the pods rule): the round fails."""
 
 
-class PodLister(Protocol):
+class SmokeReader(Protocol):
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
 def revision_selector(resource: api.ModelDeployment, revision: str) -> str:
@@ -46,18 +48,22 @@ def ready_addresses(pods: Iterable[dict[str, Any]], port: int) -> list[smoke_cli
 
 
 def run_smoke_round(
-    pods: PodLister, resource: api.ModelDeployment, model: str, canary: str, stable: str
+    reader: SmokeReader, resource: api.ModelDeployment, model: str, canary: str, stable: str
 ) -> smoke.SmokeRound:
     spec = resource.spec.rollout.smokeTest
     assert spec is not None, "a smoke round is run only for a resource that asks for one"
     namespace = resource.metadata["namespace"]
     port = resource.spec.runtime.port
     try:
-        targets = ready_addresses(pods.list_pods(namespace, revision_selector(resource, canary)), port)
+        if spec.casesFrom is not None:
+            spec = _with_configmap_cases(reader, namespace, spec, spec.casesFrom)
+        targets = ready_addresses(reader.list_pods(namespace, revision_selector(resource, canary)), port)
         reference = None
         if spec.compareTo == api.CompareTo.STABLE:
-            stable_pods = ready_addresses(pods.list_pods(namespace, revision_selector(resource, stable)), port)
+            stable_pods = ready_addresses(reader.list_pods(namespace, revision_selector(resource, stable)), port)
             reference = stable_pods[0] if stable_pods else None
+    except smoke.CasesError as error:
+        return smoke.SmokeRound(canary, (), (), str(error))
     except ApiError as error:
         if not (permanent(error) or error.status in DENIED):
             raise  # the queue tries the pass again
@@ -67,7 +73,6 @@ def run_smoke_round(
     targets = targets[: smoke_client.MAX_PODS]
     verdicts = smoke_client.run_round(spec, resource.spec.runtime.protocol, model, targets, reference)
     judged = smoke.round_of(canary, [target.pod for target in targets], verdicts, spec)
-    failures = sum(not verdict.passed for verdict in verdicts)
     log.info(
         'Judged smoke test namespace="%s" name="%s" revision="%s" pods=%d requests=%d failures=%d',
         namespace,
@@ -75,6 +80,25 @@ def run_smoke_round(
         canary,
         len(targets),
         len(verdicts),
-        failures,
+        sum(not verdict.passed for verdict in verdicts),
     )
     return judged
+
+
+def _with_configmap_cases(
+    reader: SmokeReader, namespace: str, spec: api.SmokeTestSpec, source: api.SmokeCasesConfigMap
+) -> api.SmokeTestSpec:
+    """The spec with the cases its ConfigMap holds; CasesError when they cannot be had."""
+    where = f"ConfigMap {source.name} key {source.key}"
+    try:
+        configmap = reader.get_configmap(namespace, source.name)
+    except ApiError as error:
+        if not (permanent(error) or error.status in DENIED):
+            raise
+        raise smoke.CasesError(f"{where} could not be read: {error.status} {status_message(error.body)}") from None
+    if configmap is None:
+        raise smoke.CasesError(f"{where}: no such ConfigMap")
+    text = (configmap.get("data") or {}).get(source.key)
+    if not isinstance(text, str):
+        raise smoke.CasesError(f"{where}: no such key in the ConfigMap's data")
+    return smoke.with_cases_from(spec, text, where)

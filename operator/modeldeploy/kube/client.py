@@ -316,6 +316,15 @@ class Kube:
             if isinstance(item, dict)
         ]
 
+    def get_configmap(self, namespace: str, name: str) -> Manifest | None:
+        """A ConfigMap that a smoke test names for its cases; None when there is none."""
+        try:
+            return self._request("GET", f"/api/v1/namespaces/{_segment(namespace)}/configmaps/{_segment(name)}")
+        except ApiError as error:
+            if error.status == HTTPStatus.NOT_FOUND:
+                return None
+            raise
+
     def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]:
         """The pods of `namespace` that `label_selector` selects (a smoke test asks their IPs)."""
         path = f"/api/v1/namespaces/{_segment(namespace)}/pods"
