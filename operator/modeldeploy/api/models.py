@@ -254,8 +254,8 @@ def _refuse_unless(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-class ConfigMapKeySelector(_Model):
-    """A key of a ConfigMap in the resource's namespace (Kubernetes ConfigMapKeySelector)."""
+class ConfigMapKey(_Model):
+    """A key of a ConfigMap in the resource's namespace."""
 
     name: Annotated[
         str,
@@ -265,6 +265,11 @@ class ConfigMapKeySelector(_Model):
         str,
         Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key to read."),
     ]
+
+
+class ConfigMapKeySelector(ConfigMapKey):
+    """A key of a ConfigMap in the resource's namespace (Kubernetes ConfigMapKeySelector)."""
+
     optional: Annotated[
         bool | None,
         Field(default=None, description="Start the pods even when the ConfigMap or the key does not exist."),
@@ -1357,18 +1362,9 @@ class SmokeTestCase(_Model):
         return len(self.input) * len(self.input[0]) + expected
 
 
-class SmokeCasesConfigMap(_Model):
+class SmokeCasesConfigMap(ConfigMapKey):
     """A key of a ConfigMap in the resource's namespace holding smoke cases as JSON: a list of objects of the shape
     of spec.rollout.smokeTest.cases[] (name, input, expected)."""
-
-    name: Annotated[
-        str,
-        Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of the ConfigMap."),
-    ]
-    key: Annotated[
-        str,
-        Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key holding the cases."),
-    ]
 
 
 class SmokeTestSpec(_Model):
