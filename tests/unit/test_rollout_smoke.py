@@ -188,3 +188,31 @@ def test_a_round_is_due_once_every_pod_the_gate_asks_for_is_ready() -> None:
         {"model": {"version": "2.0"}, "replicas": 4}, status=started.status.model_dump(mode="json")
     )
     assert not gate.smoke_due(without, V2, {V1: v1, V2: seen("2.0", 1, 1)})
+
+
+def test_analysis_starts_once_the_canary_is_admitted_not_while_its_pods_wait() -> None:
+    v1 = seen("1.0", 4, 4)
+    analysis = {"interval": "30s", "metrics": [{"name": "ok", "builtin": "successRate", "min": 0.99}]}
+    spec: dict[str, Any] = {
+        "model": {"version": "2.0"},
+        "replicas": 4,
+        "rollout": {"steps": [{"setWeight": 25}, {"pause": {}}], "smokeTest": SMOKE, "analysis": analysis},
+    }
+
+    def pass_at(status: api.ModelDeploymentStatus, seconds: float, round_: SmokeRound | None = None) -> Plan:
+        resource = build_resource(spec, status=status.model_dump(mode="json"))
+        # The evidence the pass that judged the round wrote on the canary's Deployment.
+        evidence = status.canary.since or "" if status.canary is not None and status.canary.smokeTest else ""
+        observed = {V1: v1, V2: seen("2.0", 1, 1, evidence)}
+        now = T0 + timedelta(seconds=seconds)
+        return rollout.plan(resource, V2, observed, now, model="m", url="http://m", smoke_round=round_)
+
+    started = step("2.0", v1, status=serving_v1())
+    waiting = pass_at(started.status, 5)
+    assert waiting.status.analysis is not None
+    assert (waiting.status.analysis.phase, waiting.status.analysis.startedAt) == ("Pending", None)
+    assert waiting.status.analysis.message == "waiting for the canary's smoke test"
+    admitted = pass_at(waiting.status, 6, passed())
+    measured = pass_at(admitted.status, 7)
+    assert measured.status.analysis is not None
+    assert measured.status.analysis.phase == "Running"

@@ -10,6 +10,7 @@ from datetime import datetime
 from modeldeploy.analysis import measure as analysis
 from modeldeploy.api import models as api
 from modeldeploy.api.times import format_time, parse_time
+from modeldeploy.rollout import smoke
 from modeldeploy.rollout.decision import Decision, Event, Situation
 from modeldeploy.rollout.transitions import abort
 
@@ -34,6 +35,10 @@ def judge(d: Decision, s: Situation) -> tuple[Decision, bool]:
     if current.startedAt is None:
         if s.ready(canary.revision) == 0:
             return replace(d, analysis=current), True
+        if smoke.gated(s.spec.rollout, canary):
+            # Its pods take no traffic before the smoke test passed: measuring would find nothing.
+            waiting = current.model_copy(update={"message": "waiting for the canary's smoke test"})
+            return replace(d, analysis=waiting), True
         current = _started(current, spec, s.now)
     if d.pause is not None and d.pause.reason == analysis.ANALYSIS_PAUSE:
         return replace(d, analysis=current), False
