@@ -250,7 +250,7 @@ def test_inconclusive_over_the_limit_pauses_and_promote_goes_on_measuring() -> N
         now=at(6),
         steps=STEPS,
         analysis=spec,
-        measurements=every("Inconclusive", 6, message="no data: no requests to 2.0 in the last 60s"),
+        measurements=every("Inconclusive", 6, message="result 0.5 meets neither successCondition nor failureCondition"),
     )
     status = paused.status
     assert status.phase == "Paused"
@@ -258,7 +258,7 @@ def test_inconclusive_over_the_limit_pauses_and_promote_goes_on_measuring() -> N
     assert status.pause.reason == analysis.ANALYSIS_PAUSE
     assert status.analysis is not None
     assert status.analysis.phase == "Inconclusive"
-    assert "no requests to 2.0" in status.message
+    assert "meets neither" in status.message
     assert "AnalysisInconclusive" in events(paused)
     assert paused.replicas[V2] > 0, "a pause keeps the canary where it is"
     resource = build_resource(
@@ -430,3 +430,66 @@ def test_a_retry_after_a_failed_analysis_is_measured_afresh() -> None:
         measurements=every("Successful", 16, value=1.0),
     )
     assert measured_ok.status.currentStepIndex == 1
+
+
+NO_DATA = "no data: no requests to 2.0 in the last 60s"
+
+
+def test_no_data_in_the_warm_up_is_listed_not_counted_and_after_it_pauses() -> None:
+    """Started at t=1 with a 5s interval: the window is 60s, so no data until t=71 is expected, not inconclusive."""
+    ready, spec = start_canary()
+    early = step(
+        "2.0",
+        *settled(ready),
+        status=ready.status,
+        now=at(6),
+        steps=STEPS,
+        analysis=spec,
+        measurements=every("Inconclusive", 6, message=NO_DATA),
+    )
+    assert early.status.phase == "Progressing"
+    assert early.status.analysis is not None
+    assert early.status.analysis.message.startswith("warming up until 12:01:11Z: no data is not counted yet")
+    latency = early.status.analysis.metrics[1]
+    assert (latency.inconclusive, latency.measurements[0].counted) == (0, False)
+    # A canary that still has no data once the window could hold it: Inconclusive, paused for a person.
+    late = step(
+        "2.0",
+        *settled(early),
+        status=early.status,
+        now=at(72),
+        steps=STEPS,
+        analysis=spec,
+        measurements=every("Inconclusive", 72, message=NO_DATA),
+    )
+    assert late.status.phase == "Paused"
+    assert late.status.pause is not None
+    assert late.status.pause.reason == analysis.ANALYSIS_PAUSE
+    assert late.status.analysis is not None
+    assert late.status.analysis.metrics[1].inconclusive == 1
+    assert late.status.analysis.metrics[1].measurements[0].counted
+
+
+def test_in_the_warm_up_only_no_data_goes_uncounted() -> None:
+    ready, spec = start_canary()
+    failing = step(
+        "2.0",
+        *settled(ready),
+        status=ready.status,
+        now=at(6),
+        steps=STEPS,
+        analysis=spec,
+        measurements=every("Failed", 6, value=0.5, message="success rate 0.5 is below 0.99"),
+    )
+    assert failing.status.aborted is not None
+    assert failing.status.aborted.reason == "AnalysisFailed"
+    neither = step(
+        "2.0",
+        *settled(ready),
+        status=ready.status,
+        now=at(6),
+        steps=STEPS,
+        analysis=spec,
+        measurements=every("Inconclusive", 6, message="result 0.5 meets neither successCondition nor failureCondition"),
+    )
+    assert neither.status.phase == "Paused"

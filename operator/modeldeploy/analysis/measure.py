@@ -27,6 +27,10 @@ WINDOW_FLOOR = timedelta(seconds=60)
 MIN_PREDICTIONS = 20
 """Predictions each revision must have made in the window before predictionShift compares them."""
 ANALYSIS_PAUSE = "AnalysisInconclusive"
+NO_DATA = "no data"
+"""How a measurement's message begins when it found nothing to judge (no series, NaN, too few predictions)."""
+WARM_UP_MARGIN = timedelta(seconds=10)
+"""Beyond a window of traffic: Prometheus' target discovery (up to 5 s) and the canary's first request."""
 MAX_MESSAGE_BYTES = 256
 """Longest message of a measurement or a verdict, in UTF-8 bytes. They quote what Prometheus answered, which is
 untrusted: capped, the whole status stays small (10 metrics x 10 measurements) whatever a server sends."""
@@ -84,6 +88,13 @@ def window_of(spec: api.AnalysisSpec) -> str:
 
 def first_measurement_at(spec: api.AnalysisSpec, started: datetime) -> datetime:
     return started + parse_duration(spec.initialDelay) + interval_of(spec)
+
+
+def warm_until(spec: api.AnalysisSpec, started: datetime) -> datetime:
+    """Until when no data is expected: a canary's series appear with its first requests and the next scrape (a new
+    pod reaches Prometheus' scrape pools within seconds), and a range query needs two scrapes in its window, which
+    the window's own rule (two scrapes or more) gives once the canary has taken traffic for a whole window."""
+    return started + parse_duration(spec.initialDelay) + parse_duration(window_of(spec)) + WARM_UP_MARGIN
 
 
 def measurement_due(resource: api.ModelDeployment, desired_revision: str, now: datetime) -> bool:
@@ -186,7 +197,7 @@ def judge_bounds(value: float, minimum: float | None, maximum: float | None, wha
     NaN is no data (Inconclusive). An infinity that crosses a bound Failed, like any value there; one that does
     not is Inconclusive, never Successful: +Inf above `min` is a broken query or histogram, not a good canary."""
     if math.isnan(value):
-        return Phase.INCONCLUSIVE, f"no data: {what} is NaN"
+        return Phase.INCONCLUSIVE, f"{NO_DATA}: {what} is NaN"
     if minimum is not None and value < minimum:
         return Phase.FAILED, f"{what} {_number(value)} is below min {_number(minimum)}"
     if maximum is not None and value > maximum:
@@ -212,7 +223,7 @@ def judge_conditions(value: float, success: str | None, failure: str | None) -> 
     any number, but where it would be Successful it is Inconclusive (`result >= 0.95` holds for +Inf, which says
     nothing good about a canary)."""
     if math.isnan(value):
-        return Phase.INCONCLUSIVE, "no data: the query returned NaN"
+        return Phase.INCONCLUSIVE, f"{NO_DATA}: the query returned NaN"
     phase, message = _judge_conditions(value, success, failure)
     if phase == Phase.SUCCESSFUL and math.isinf(value):
         return Phase.INCONCLUSIVE, f"result {_number(value)} {NOT_FINITE}"
@@ -344,7 +355,7 @@ def _measure(
     if metric.query is not None:
         value = _single_value(budget.query(render_query(metric.query, target, window)))
         if value is None:
-            return Phase.INCONCLUSIVE, None, "no data: the query returned no series or NaN"
+            return Phase.INCONCLUSIVE, None, f"{NO_DATA}: the query returned no series or NaN"
         phase, message = judge_conditions(value, metric.successCondition, metric.failureCondition)
         return phase, value, message
 
@@ -362,7 +373,7 @@ def _measure(
             budget.query(prediction_buckets_query(stable, window)),
         )
         if distance is None:
-            return Phase.INCONCLUSIVE, None, f"no data: {detail}"
+            return Phase.INCONCLUSIVE, None, f"{NO_DATA}: {detail}"
         phase, message = judge_bounds(distance, metric.min, metric.max, f"prediction shift from stable ({detail})")
         return phase, distance, message
 
@@ -373,11 +384,11 @@ def _measure(
     )
     value = _single_value(budget.query(build(canary, window)))
     if value is None:
-        return Phase.INCONCLUSIVE, None, f"no data: no {unit} to {target.canary_version} in the last {window}"
+        return Phase.INCONCLUSIVE, None, f"{NO_DATA}: no {unit} to {target.canary_version} in the last {window}"
     if metric.relativeTo == api.RelativeTo.STABLE:
         baseline = _single_value(budget.query(build(stable, window)))
         if baseline is None:
-            return Phase.INCONCLUSIVE, None, f"no data: no {unit} to stable {target.stable_version} to compare with"
+            return Phase.INCONCLUSIVE, None, f"{NO_DATA}: no {unit} to stable {target.stable_version} to compare with"
         if math.isinf(baseline):
             # Nothing finite to be relative to: a difference from an infinity says nothing about the canary.
             return (
@@ -429,16 +440,28 @@ def measure_all(
 # --- counting and deciding ---------------------------------------------------------------------------------------
 
 
+def is_no_data(measurement: api.Measurement) -> bool:
+    return measurement.phase == Phase.INCONCLUSIVE and measurement.message.startswith(NO_DATA)
+
+
 def record(
-    previous: Sequence[api.MetricStatus], spec: api.AnalysisSpec, measurements: Mapping[str, api.Measurement]
+    previous: Sequence[api.MetricStatus],
+    spec: api.AnalysisSpec,
+    measurements: Mapping[str, api.Measurement],
+    warming_up: bool = False,
 ) -> list[api.MetricStatus]:
-    """Metric statuses in spec order with the new measurements counted (a metric left out of the spec is dropped)."""
+    """Metric statuses in spec order with the new measurements counted (a metric left out of the spec is dropped).
+    While `warming_up`, no data is listed but not counted: the canary's series cannot fill the window yet."""
     by_name = {metric.name: metric for metric in previous}
     updated: list[api.MetricStatus] = []
     for metric in spec.metrics:
         current = by_name.get(metric.name, api.MetricStatus(name=metric.name)).model_copy(deep=True)
         measurement = measurements.get(metric.name)
-        if measurement is not None:
+        if measurement is not None and warming_up and is_no_data(measurement):
+            current.phase = measurement.phase
+            uncounted = measurement.model_copy(update={"counted": False})
+            current.measurements = [uncounted, *current.measurements][:MAX_MEASUREMENTS]
+        elif measurement is not None:
             phase = measurement.phase
             current.phase = phase
             current.successful += phase == Phase.SUCCESSFUL

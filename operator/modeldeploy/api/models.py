@@ -1233,7 +1233,9 @@ class AnalysisSpec(_Model):
             le=100,
             description=(
                 "Inconclusive measurements (neither condition met, or no data: no traffic is never a success) "
-                "tolerated; one more pauses the rollout until it is promoted (measuring goes on) or aborted."
+                "tolerated; one more pauses the rollout until it is promoted (measuring goes on) or aborted. No "
+                "data in the warm-up (initialDelay + window + 10s from the canary's first traffic, while its "
+                "series cannot fill the window yet) is not counted."
             ),
         ),
     ]
@@ -1958,6 +1960,15 @@ class Measurement(_Status):
     value: Annotated[float | None, Field(description="The measured value; absent without data or on error.")] = None
     message: Annotated[str, Field(description="What was compared, or the error.")] = ""
     time: Annotated[str, Field(description="When it was measured (RFC 3339).")]
+    counted: Annotated[
+        bool,
+        Field(
+            description=(
+                "Whether it counts toward the limits: false for no data during the analysis's warm-up, when the "
+                "canary's series cannot fill the window yet."
+            )
+        ),
+    ] = True
 
 
 class MetricStatus(_Status):

@@ -101,13 +101,18 @@ def _counted(
     measurements: Mapping[str, api.Measurement],
     now: datetime,
 ) -> api.AnalysisStatus:
-    metrics = analysis.record(current.metrics, spec, measurements)
+    warm_until = analysis.warm_until(spec, parse_time(current.startedAt)) if current.startedAt else now
+    warming_up = now < warm_until
+    metrics = analysis.record(current.metrics, spec, measurements, warming_up=warming_up)
+    message = "latest: " + ", ".join(f"{metric.name} {metric.phase}" for metric in metrics)
+    if warming_up and any(analysis.is_no_data(m) for m in measurements.values()):
+        message = f"warming up until {format_time(warm_until)[11:19]}Z: no data is not counted yet; {message}"
     return current.model_copy(
         update={
             "metrics": metrics,
             "lastMeasuredAt": format_time(now),
             "nextMeasurementAt": format_time(now + analysis.interval_of(spec)),
-            "message": "latest: " + ", ".join(f"{metric.name} {metric.phase}" for metric in metrics),
+            "message": message,
         }
     )
 
