@@ -213,3 +213,15 @@ def test_scaled_to_zero_a_rollout_still_ends() -> None:
     p = step("2.0", seen("1.0", 0, 0), seen("2.0", 0, 0), route=held(100), status=p.status, replicas=0, steps=steps)
     assert p.status.stable is not None
     assert p.status.stable.version == "2.0"
+
+
+def test_the_scale_subresource_counts_every_pod_asked_for_and_selects_every_revision() -> None:
+    """An autoscaler scales from status.replicas over the pods status.selector finds: behind a gateway the stable
+    keeps its four while the canary runs its own, so both are counted (utilisation is averaged over them all)."""
+    at_rest = serving_v1()
+    assert at_rest.replicas == 4
+    assert at_rest.selector == "app.kubernetes.io/component=model-server,app.kubernetes.io/instance=fraud-detector"
+    mirrored = step("2.0", seen("1.0", 4, 4), route=held(0), status=at_rest)
+    assert mirrored.replicas == {V1: 4, V2: 4}
+    assert mirrored.status.replicas == 8
+    assert mirrored.status.selector == at_rest.selector

@@ -313,7 +313,16 @@ def crd() -> Schema:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        # `kubectl scale` and a HorizontalPodAutoscaler set spec.replicas; the planner splits it
+                        # between the revisions as it splits the spec's own.
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
                     "additionalPrinterColumns": copy.deepcopy(api.PRINTER_COLUMNS),
                     "schema": {"openAPIV3Schema": openapi_schema()},
                 }

@@ -2056,6 +2056,18 @@ class ModelDeploymentStatus(_Status):
         Field(description="Whether the spec's artifact is pinned by spec.model.sha256; see UnverifiedArtifact."),
     ] = None
     url: Annotated[str, Field(description="In-cluster address of the model's Service.")] = ""
+    replicas: Annotated[
+        int,
+        Field(
+            description=(
+                "Pods asked for across every revision: the scale subresource's current count, which a "
+                "HorizontalPodAutoscaler scales from (mid-canary it includes the canary's pods)."
+            )
+        ),
+    ] = 0
+    selector: Annotated[
+        str, Field(description="Label selector over the pods of every revision, for the scale subresource.")
+    ] = ""
     history: list[HistoryEntry] = Field(
         default_factory=list, description="Recent revisions and what became of them, newest first."
     )

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from modeldeploy.analysis import measure as analysis
 from modeldeploy.api import models as api
+from modeldeploy.children.builders import selector_labels
 from modeldeploy.rollout.conditions import set_condition, sorted_conditions
 from modeldeploy.rollout.decision import Decision, Event, ObservedRevision, effective_steps
 
@@ -116,6 +117,8 @@ def build_status(
             "analysis": decision.analysis,
             "url": url,
             "history": list(decision.history),
+            "replicas": sum(decision.replicas.values()),
+            "selector": ",".join(f"{key}={value}" for key, value in sorted(selector_labels(resource).items())),
         }
     )
 
