@@ -73,6 +73,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Service of the cluster, and a shard only its own resources (one that leaves the selector comes as DELETED).
     settings.watching.label_selectors["apps", "v1", "deployments"] = CHILD_SELECTOR
     settings.watching.label_selectors["", "v1", "services"] = CHILD_SELECTOR
+    settings.watching.label_selectors["policy", "v1", "poddisruptionbudgets"] = CHILD_SELECTOR
+    settings.watching.label_selectors["autoscaling", "v2", "horizontalpodautoscalers"] = CHILD_SELECTOR
     for kind in WATCHES.routes:
         group, version, plural = ROUTE_RESOURCES[kind]
         settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
@@ -122,6 +124,18 @@ async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo["controller"]
     controller.observe_child(event.get("type"), {"kind": "Service", **event["object"]})
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+async def disruption_budget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.observe_child(event.get("type"), {"kind": "PodDisruptionBudget", **event["object"]})
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+async def autoscaler_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.observe_child(event.get("type"), {"kind": "HorizontalPodAutoscaler", **event["object"]})
 
 
 async def namespace_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:

@@ -218,6 +218,10 @@ def test_cluster_wide_install_runs_the_operator_with_only_the_charts_identity(
         assert can_i(cluster, release, "watch", "pods", "-n", "default") == "no"
         assert can_i(cluster, release, "get", "configmaps", "-n", "default") == "yes"  # a smoke test's casesFrom
         assert can_i(cluster, release, "list", "configmaps", "-n", "default") == "no"
+        # The capacity children: its own PodDisruptionBudget and HorizontalPodAutoscaler, never an eviction.
+        assert can_i(cluster, release, "create", "poddisruptionbudgets.policy", "-n", "default") == "yes"
+        assert can_i(cluster, release, "delete", "horizontalpodautoscalers.autoscaling", "-n", "default") == "yes"
+        assert can_i(cluster, release, "create", "pods/eviction", "-n", "default") == "no"
         # Namespaces: watched for the ones being deleted, never read one by one nor written.
         assert can_i(cluster, release, "watch", "namespaces") == "yes"
         assert can_i(cluster, release, "get", "namespaces") == "no"

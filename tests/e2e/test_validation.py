@@ -653,6 +653,30 @@ INVALID = [
         ["spec.rollout.smokeTest", "at most 8192 values (inputs and expected) in all"],
         id="smoke-too-many-values",
     ),
+    pytest.param(
+        edited(MINIMAL, spec__disruptionBudget={"maxUnavailable": 1, "minAvailable": 2}),
+        ["spec.disruptionBudget", "give maxUnavailable or minAvailable, not both"],
+        id="budget-both-bounds",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__disruptionBudget={"maxUnavailable": "150%"}),
+        ["spec.disruptionBudget.maxUnavailable"],
+        id="budget-percent-over-100",
+    ),
+    pytest.param(
+        edited(
+            MINIMAL,
+            spec__autoscaling={"minReplicas": 4, "maxReplicas": 2},
+            spec__runtime={"resources": {"requests": {"cpu": "1"}}},
+        ),
+        ["spec.autoscaling", "minReplicas must be at most maxReplicas"],
+        id="autoscaling-min-over-max",
+    ),
+    pytest.param(
+        edited(MINIMAL, spec__autoscaling={"maxReplicas": 4}),
+        ["spec.autoscaling", "needs spec.runtime.resources.requests.cpu"],
+        id="autoscaling-without-cpu-request",
+    ),
 ]
 
 

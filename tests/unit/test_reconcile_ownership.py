@@ -78,7 +78,7 @@ def test_an_unlabelled_service_is_never_taken_over(harness: Harness) -> None:
     # A first pass reads nothing before it writes: the create of `<name>` was refused (nothing written), and then
     # every name the Store lacks was read once, so that the message names all that are taken.
     assert harness.cluster.refused == {"apply Service": 1}
-    assert harness.cluster.reads == {"get Deployment": 1, "get Service": 2}
+    assert harness.cluster.reads == {"get Deployment": 1, "get Service": 2, "get PodDisruptionBudget": 1}
 
     # The same conflict at each look again: status is not written again, and each retry is counted on the one
     # Event (a patch of its count), not a new Event object per attempt.
@@ -152,7 +152,7 @@ def test_what_a_restarted_operator_finds_by_name_and_owns_is_carried_on(harness:
     assert not [write for write in writes if write.split()[0] in {"apply", "scale", "delete"}]
     assert {key: body for key, body in harness.cluster.objects.items() if key[0] != api.KIND} == children
     # The Store held nothing of the resource: each create was refused (the name is held), and the holder read once.
-    assert harness.cluster.refused == {"apply Service": 1, "apply Deployment": 1}
+    assert harness.cluster.refused == {"apply Service": 1, "apply Deployment": 1, "apply PodDisruptionBudget": 1}
     assert harness.cluster.reads["get Service"] == 1
 
 

@@ -131,6 +131,12 @@ class Shards:
         await self.b.queue.stop()
 
 
+ADOPTION_LISTS = Counter(
+    {"list Deployment": 1, "list Service": 1, "list PodDisruptionBudget": 1, "list HorizontalPodAutoscaler": 1}
+)
+"""One list per kind of child when a resource joins a shard."""
+
+
 def held_children(controller: Controller, key: Key) -> int:
     _, children = controller.store.snapshot(key)
     return len(children.deployments) + len(children.services)
@@ -180,7 +186,7 @@ def test_a_resource_relabelled_to_another_shard_mid_rollout_is_let_go_by_one_and
         paused = shards.cluster.status(alpha)
         assert (paused["phase"], paused["canary"]["actualWeight"]) == ("Paused", 50)
         children = shards.children_of("alpha")
-        assert len(children) == 5, "two revisions' Deployments, three Services"
+        assert len(children) == 6, "two revisions' Deployments, three Services, the disruption budget"
 
         shards.cluster.relabel(alpha, {SHARD: "b"})
         shards.watch()
@@ -193,12 +199,12 @@ def test_a_resource_relabelled_to_another_shard_mid_rollout_is_let_go_by_one_and
         # without them it would see no canary and write a status that says so.
         reads = Counter(shards.cluster.reads)
         writes = await shards.pass_writes(shards.b, alpha)
-        assert shards.cluster.reads - reads == Counter({"list Deployment": 1, "list Service": 1})
+        assert shards.cluster.reads - reads == ADOPTION_LISTS
         assert writes == Counter()
         assert held_children(shards.b, alpha) == 5
         assert shards.cluster.status(alpha) == paused
         assert await shards.pass_writes(shards.b, alpha) == Counter()
-        assert shards.cluster.reads - reads == Counter({"list Deployment": 1, "list Service": 1}), "once"
+        assert shards.cluster.reads - reads == ADOPTION_LISTS, "once"
 
         # It rolls out the next version there, and the old shard writes nothing for it.
         shards.cluster.update_spec(alpha, version(IMMEDIATE, "3.0.0"))
@@ -370,7 +376,7 @@ def test_a_shard_whose_list_failed_adopts_each_resource_instead(
         shards.send_resources(restarted, event=None)
         reads = Counter(shards.cluster.reads)
         assert await shards.pass_writes(restarted, alpha) == Counter()
-        assert shards.cluster.reads - reads == Counter({"list Deployment": 1, "list Service": 1})
+        assert shards.cluster.reads - reads == ADOPTION_LISTS
         await shards.stop()
         await restarted.queue.stop()
 

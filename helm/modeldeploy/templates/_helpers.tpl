@@ -106,6 +106,14 @@ namespaced Role, so the two modes can never grant different things.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get]
+# The capacity children named like the resource, owned by it: its PodDisruptionBudget (spec.disruptionBudget, or
+# maxUnavailable 1 by default) and the HorizontalPodAutoscaler of spec.autoscaling; deleted when no longer asked for.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
 # Events for every transition; a repeat is counted on the Event it repeats (a patch of its count).
 - apiGroups: [""]
   resources: [events]

@@ -1578,6 +1578,130 @@ class ServiceSpec(_Model):
     ]
 
 
+PERCENT_PATTERN = r"^(100|[1-9]?[0-9])%$"
+_COUNT_OR_PERCENT_SCHEMA = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-int-or-string": True,
+    "minimum": 0,
+    "maxLength": len("100%"),
+    "pattern": PERCENT_PATTERN,
+}
+
+
+def _count_or_percent(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("a count (0 or more) or a percentage such as '25%'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative")
+        return value
+    if not re.fullmatch(PERCENT_PATTERN, value):
+        raise ValueError(f"{value!r} is neither a count nor a percentage from 0% to 100%")
+    return value
+
+
+CountOrPercent = Annotated[
+    int | str, AfterValidator(_count_or_percent), Field(json_schema_extra=_COUNT_OR_PERCENT_SCHEMA)
+]
+DISRUPTION_BUDGET_ONE_BOUND = (
+    "spec.disruptionBudget: give maxUnavailable or minAvailable, not both (a PodDisruptionBudget takes one)"
+)
+DEFAULT_MAX_UNAVAILABLE = 1
+
+
+class DisruptionBudget(_Model):
+    """How many of the resource's serving pods, across every revision, a voluntary disruption (a node drain, an
+    eviction) may take at once. The operator owns a PodDisruptionBudget `<name>` that says so."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(("!has(self.maxUnavailable) || !has(self.minAvailable)", DISRUPTION_BUDGET_ONE_BOUND))
+    )
+
+    enabled: Annotated[
+        bool,
+        Field(
+            default=True,
+            description="false: no PodDisruptionBudget at all (the operator deletes its own if there is one).",
+        ),
+    ]
+    maxUnavailable: Annotated[
+        CountOrPercent | None,
+        Field(
+            default=None,
+            description=(
+                "Pods that may be unavailable at once, a count or a percentage of the pods asked for. Default 1 "
+                "when neither bound is given."
+            ),
+        ),
+    ]
+    minAvailable: Annotated[
+        CountOrPercent | None,
+        Field(default=None, description="Pods that must stay available, a count or a percentage."),
+    ]
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> DisruptionBudget:
+        _refuse_unless(self.maxUnavailable is None or self.minAvailable is None, DISRUPTION_BUDGET_ONE_BOUND)
+        return self
+
+
+AUTOSCALING_BOUNDS = "spec.autoscaling: minReplicas must be at most maxReplicas"
+AUTOSCALING_NEEDS_CPU_REQUEST = (
+    "spec.autoscaling: a CPU utilisation target (the default when no target is given) needs "
+    "spec.runtime.resources.requests.cpu: utilisation is measured against the request"
+)
+AUTOSCALING_NEEDS_MEMORY_REQUEST = (
+    "spec.autoscaling: targetMemoryUtilizationPercentage needs spec.runtime.resources.requests.memory: utilisation "
+    "is measured against the request"
+)
+DEFAULT_CPU_UTILIZATION = 80
+
+
+class Autoscaling(_Model):
+    """A HorizontalPodAutoscaler the operator creates and owns, scaling this resource through its scale subresource:
+    it sets spec.replicas between minReplicas and maxReplicas, and a canary's pods count with the stable's."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(("self.minReplicas <= self.maxReplicas", AUTOSCALING_BOUNDS)))
+
+    minReplicas: Annotated[int, Field(default=1, ge=1, le=1000, description="Fewest serving pods (1-1000, default 1).")]
+    maxReplicas: Annotated[int, Field(ge=1, le=1000, description="Most serving pods (1-1000).")]
+    targetCPUUtilizationPercentage: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=1,
+            le=1000,
+            description=(
+                "Average CPU use of the pods, as a percentage of their CPU request, to keep them at. Default 80 "
+                "when no target is given."
+            ),
+        ),
+    ]
+    targetMemoryUtilizationPercentage: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=1,
+            le=1000,
+            description="Average memory use of the pods, as a percentage of their memory request, to keep them at.",
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        _refuse_unless(self.minReplicas <= self.maxReplicas, AUTOSCALING_BOUNDS)
+        return self
+
+    def cpu_target(self) -> int | None:
+        """The CPU target in force: the one given, or the default when no target at all is given."""
+        if self.targetCPUUtilizationPercentage is None and self.targetMemoryUtilizationPercentage is None:
+            return DEFAULT_CPU_UTILIZATION
+        return self.targetCPUUtilizationPercentage
+
+    def clamp(self, replicas: int) -> int:
+        return max(self.minReplicas, min(self.maxReplicas, replicas))
+
+
 HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 HOSTNAME_LENGTH = 253
 HTTP_PATH_LENGTH = 1024
@@ -1749,6 +1873,19 @@ class ModelDeploymentSpec(_Model):
                 "!self.rollout.steps.exists(step, has(step.setMirror))",
                 MIRROR_NEEDS_ROUTER,
             ),
+            (
+                "!has(self.autoscaling) || (has(self.autoscaling.targetMemoryUtilizationPercentage) && "
+                "!has(self.autoscaling.targetCPUUtilizationPercentage)) || (has(self.runtime) && "
+                "has(self.runtime.resources) && has(self.runtime.resources.requests) && "
+                "'cpu' in self.runtime.resources.requests)",
+                AUTOSCALING_NEEDS_CPU_REQUEST,
+            ),
+            (
+                "!has(self.autoscaling) || !has(self.autoscaling.targetMemoryUtilizationPercentage) || "
+                "(has(self.runtime) && has(self.runtime.resources) && has(self.runtime.resources.requests) && "
+                "'memory' in self.runtime.resources.requests)",
+                AUTOSCALING_NEEDS_MEMORY_REQUEST,
+            ),
         )
     )
 
@@ -1768,6 +1905,27 @@ class ModelDeploymentSpec(_Model):
     service: Annotated[
         ServiceSpec, Field(default_factory=ServiceSpec, description="The Service in front of the model.")
     ]
+    autoscaling: Annotated[
+        Autoscaling | None,
+        Field(
+            default=None,
+            description=(
+                "A HorizontalPodAutoscaler owned by the operator, scaling this resource (spec.replicas, through the "
+                "scale subresource) between its bounds. Leave spec.replicas out of git then: the autoscaler sets it. "
+                "Absent: no autoscaler of the operator's (one of your own may still target the scale subresource)."
+            ),
+        ),
+    ]
+    disruptionBudget: Annotated[
+        DisruptionBudget | None,
+        Field(
+            default=None,
+            description=(
+                "The PodDisruptionBudget `<name>` over the serving pods of every revision. Absent: maxUnavailable 1 "
+                "whenever more than one pod is asked for, none otherwise."
+            ),
+        ),
+    ]
     trafficRouting: Annotated[
         TrafficRouting | None,
         Field(
@@ -1786,6 +1944,21 @@ class ModelDeploymentSpec(_Model):
         mirrors = any(step.setMirror is not None for step in self.rollout.steps)
         _refuse_unless(self.trafficRouting is not None or not mirrors, MIRROR_NEEDS_ROUTER)
         return self
+
+    @model_validator(mode="after")
+    def _autoscaling_needs_requests(self) -> ModelDeploymentSpec:
+        if self.autoscaling is not None:
+            requests = self.runtime.resources.requests or {}
+            _refuse_unless(self.autoscaling.cpu_target() is None or "cpu" in requests, AUTOSCALING_NEEDS_CPU_REQUEST)
+            _refuse_unless(
+                self.autoscaling.targetMemoryUtilizationPercentage is None or "memory" in requests,
+                AUTOSCALING_NEEDS_MEMORY_REQUEST,
+            )
+        return self
+
+    def serving_replicas(self) -> int:
+        """The pods to serve: spec.replicas, kept within the autoscaler's bounds (before it first acts, say)."""
+        return self.autoscaling.clamp(self.replicas) if self.autoscaling is not None else self.replicas
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -341,18 +341,20 @@ class Controller:
         owned it, and a pass that saw none of them would take the serving revision for missing. Two reads, once."""
         namespace, name = key
         selector = f"{builders.LABEL_INSTANCE}={name},{builders.LABEL_MANAGED_BY}={builders.MANAGED_BY}"
-        found = {"Deployment": 0, "Service": 0}
+        found = {"Deployment": 0, "Service": 0, "PodDisruptionBudget": 0, "HorizontalPodAutoscaler": 0}
         for kind in found:
             for child in self.kube.list_children(kind, namespace, selector):
                 if owner_key(child) == key:
                     self.store.put_child(child)
                     found[kind] += 1
         log.info(
-            'Adopted namespace="%s" name="%s" deployments=%d services=%d',
+            'Adopted namespace="%s" name="%s" deployments=%d services=%d disruptionBudgets=%d autoscalers=%d',
             namespace,
             name,
             found["Deployment"],
             found["Service"],
+            found["PodDisruptionBudget"],
+            found["HorizontalPodAutoscaler"],
         )
 
     def _release(self, key: Key) -> None:

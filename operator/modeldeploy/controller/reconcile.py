@@ -20,7 +20,7 @@ from modeldeploy.analysis.prometheus import PrometheusClient
 from modeldeploy.api import models as api
 from modeldeploy.api.quantity import parse_quantity
 from modeldeploy.api.times import format_time
-from modeldeploy.children import builders, verification
+from modeldeploy.children import builders, capacity, verification
 from modeldeploy.config import OperatorConfig
 from modeldeploy.controller import smoke_runs
 from modeldeploy.controller.store import Children, Key, Manifest, Store, key_of
@@ -563,10 +563,16 @@ def _pass(
                 evidence = {SMOKE_PASSED_ANNOTATION: plan.smoke_evidence[1]}
             applied = builders.build_deployment(resource, plan.apply_revision, replicas, config, annotations=evidence)
         route_wanted = routes.build_route(resource, plan.route_weight, plan.mirror, config.cluster_domain)
+        capacity_wanted = capacity.build_capacity(resource)
     except Exception as error:
         return _unbuildable(kube, store, parent, resource, error, repair_events, now)
     uid = str(parent["metadata"].get("uid", ""))
-    wanted = [*services, *([applied] if applied else []), *([route_wanted] if route_wanted else [])]
+    wanted = [
+        *services,
+        *([applied] if applied else []),
+        *([route_wanted] if route_wanted else []),
+        *capacity_wanted,
+    ]
     first = not children.deployments and not children.services
     conflicts = claim_children(kube, store, children, wanted, uid, read_unknown=not first)
     if conflicts:
@@ -577,6 +583,7 @@ def _pass(
 
     try:
         _write_children(kube, store, resource, plan, applied, services, children, owned, route_wanted)
+        _write_capacity(kube, store, resource, children, capacity_wanted)
     except _NameTakenError as taken:
         # Every name that is taken, read now, so that the message names them all at once (the holder just found,
         # should it be gone again by this read).
@@ -739,6 +746,45 @@ def _write_children(
             what = f"the deletion of Service/{name}"
             _delete_service(kube, namespace, current)
             store.remove_child(current)
+    except ApiError as error:
+        if not permanent(error):
+            raise
+        raise _RefusedWriteError(what, error) from error
+
+
+def _write_capacity(
+    kube: ClusterWriter, store: Store, resource: api.ModelDeployment, children: Children, wanted: list[Manifest]
+) -> None:
+    """Create or update the PodDisruptionBudget and the HorizontalPodAutoscaler the spec asks for, and delete this
+    resource's own that it no longer asks for. After the Deployments: neither changes what serves."""
+    namespace = resource.metadata["namespace"]
+    uid = str(resource.metadata.get("uid", ""))
+    by_kind = {manifest["kind"]: manifest for manifest in wanted}
+    what = ""
+    try:
+        for kind in capacity.CAPACITY_KINDS:
+            desired = by_kind.get(kind)
+            current = children.of_kind(kind).get(builders.resource_name(resource))
+            what = f"{kind}/{builders.resource_name(resource)}"
+            if desired is not None and current is None:
+                _confirm_owner(kube, store, resource)
+                try:
+                    store.put_child(kube.apply(desired, force=False, create_only=True))
+                except ApiError as error:
+                    if error.status != HTTPStatus.CONFLICT:
+                        raise
+                    holder = kube.get_child(kind, namespace, desired["metadata"]["name"])
+                    if holder is None:
+                        raise  # gone again since: the retried pass creates it
+                    if not owned_by(holder, uid):
+                        raise _NameTakenError(holder) from error
+                    store.put_child(holder if contains(holder, desired) else kube.apply(desired, force=True))
+            elif desired is not None and current is not None and not contains(current, desired):
+                store.put_child(kube.apply(desired, force=True))
+            elif desired is None and current is not None and owned_by(current, uid):
+                what = f"the deletion of {what}"
+                kube.delete_child(kind, namespace, current["metadata"]["name"], uid=str(current["metadata"]["uid"]))
+                store.remove_child(current)
     except ApiError as error:
         if not permanent(error):
             raise

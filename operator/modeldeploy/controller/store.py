@@ -72,6 +72,8 @@ class Children:
     services: dict[str, Manifest] = field(default_factory=dict)
     http_routes: dict[str, Manifest] = field(default_factory=dict)
     virtual_services: dict[str, Manifest] = field(default_factory=dict)
+    disruption_budgets: dict[str, Manifest] = field(default_factory=dict)
+    autoscalers: dict[str, Manifest] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, Manifest]:
         found: dict[str, Manifest] = _of_kind(self, kind)
@@ -88,6 +90,10 @@ def _of_kind(children: Any, kind: str) -> Any:
         return children.http_routes
     if kind == "VirtualService":
         return children.virtual_services
+    if kind == "PodDisruptionBudget":
+        return children.disruption_budgets
+    if kind == "HorizontalPodAutoscaler":
+        return children.autoscalers
     raise ValueError(f"not a kind of child: {kind}")
 
 
@@ -120,6 +126,8 @@ class _PackedChildren:
     services: dict[str, _Packed] = field(default_factory=dict)
     http_routes: dict[str, _Packed] = field(default_factory=dict)
     virtual_services: dict[str, _Packed] = field(default_factory=dict)
+    disruption_budgets: dict[str, _Packed] = field(default_factory=dict)
+    autoscalers: dict[str, _Packed] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> dict[str, _Packed]:
         packed: dict[str, _Packed] = _of_kind(self, kind)
@@ -339,6 +347,8 @@ class Store:
             services = dict(children.services)
             http_routes = dict(children.http_routes)
             virtual_services = dict(children.virtual_services)
+            disruption_budgets = dict(children.disruption_budgets)
+            autoscalers = dict(children.autoscalers)
         # Decoded outside the lock: the packed objects are immutable, and decoding is the slow part.
         return (
             parent.body() if parent is not None else None,
@@ -347,6 +357,8 @@ class Store:
                 {name: packed.body() for name, packed in services.items()},
                 {name: packed.body() for name, packed in http_routes.items()},
                 {name: packed.body() for name, packed in virtual_services.items()},
+                {name: packed.body() for name, packed in disruption_budgets.items()},
+                {name: packed.body() for name, packed in autoscalers.items()},
             ),
         )
 

@@ -60,6 +60,9 @@ CHILD_PATHS = {
     # The route objects of the exact routers (spec.trafficRouting).
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "VirtualService": ("/apis/networking.istio.io/v1", "virtualservices"),
+    # The capacity children (children/capacity.py).
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
 }
 RESOURCE_PREFIX = f"/apis/{api.GROUP}/{api.VERSION}"
 

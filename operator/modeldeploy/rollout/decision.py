@@ -104,7 +104,7 @@ class Situation:
 
     @property
     def replicas(self) -> int:
-        return self.spec.replicas
+        return self.spec.serving_replicas()
 
     @property
     def deadline(self) -> timedelta:

@@ -58,7 +58,7 @@ def build_status(
     `observed` pods at `now`."""
     previous = resource.status
     generation = int(resource.metadata.get("generation", 0))
-    replicas = resource.spec.replicas
+    replicas = resource.spec.serving_replicas()
     stable_seen = observed.get(decision.stable.revision)
     stable = decision.stable.model_copy(
         update={
@@ -135,7 +135,7 @@ def assess(
     """Degraded (rolled back, or a first revision past its deadline), Progressing or Paused (a canary rolling out,
     or the serving revision scaling), else Healthy. `stable` and `canary` carry their pod counts."""
     serving = f"{model} {stable.version}"
-    replicas = f"{stable.readyReplicas}/{spec.replicas} replicas"
+    replicas = f"{stable.readyReplicas}/{spec.serving_replicas()} replicas"
     no_problem = ConditionValue(False, *NO_PROBLEM)
     if decision.aborted is not None:
         aborted = decision.aborted
@@ -182,7 +182,8 @@ def _rolling_out(
     _, step_index = decision.rolling_out()
     steps = effective_steps(spec.rollout)
     if step_index >= len(steps):
-        message = f"promoting {canary.version}: {canary.readyReplicas}/{spec.replicas} ready; {stable.version} serving"
+        asked = spec.serving_replicas()
+        message = f"promoting {canary.version}: {canary.readyReplicas}/{asked} ready; {stable.version} serving"
     else:
         step = f"step {step_index + 1}/{len(steps)}"
         message = (
