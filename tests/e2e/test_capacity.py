@@ -9,14 +9,16 @@ whatever the metrics say), not on load.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from modeldeploy_testkit.cluster import Cluster
-from modeldeploy_testkit.kubeapi import ApiError
-from modeldeploy_testkit.resources import apply, get, model_deployment, patch_spec, wait_for_status
+from modeldeploy_testkit.kubeapi import ApiError, KubeAPI
+from modeldeploy_testkit.resources import apply, get, mdep, model_deployment, patch_spec, wait_for_status
 from modeldeploy_testkit.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -57,17 +59,41 @@ def running_pods(cluster: Cluster, namespace: str) -> dict[str, list[str]]:
     return {revision: sorted(names) for revision, names in pods.items()}
 
 
-def evict(cluster: Cluster, namespace: str, pod: str) -> int:
+def evict(kube: KubeAPI, namespace: str, pod: str) -> int:
     """Ask the Eviction API to evict `pod`: 201 when it is evicted, the refusal's HTTP status when the budget
     refuses it; a refusal for any other reason fails the test."""
     body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}
     try:
-        cluster.api().create(f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", body)
+        kube.create(f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", body)
     except ApiError as error:
         if "disruption budget" not in error.body:
             raise
         return error.status
     return 201
+
+
+@contextlib.contextmanager
+def cordoned(cluster: Cluster) -> Iterator[None]:
+    """Every node cordoned, as `kubectl drain` starts: an evicted pod's replacement cannot be scheduled, so it stays
+    unhealthy and the budget stays used up (on kwok's nodes a replacement is otherwise Ready within milliseconds,
+    and the next eviction would find the budget whole again). The nodes cordoned here are uncordoned after."""
+    nodes = [node for node in get(cluster, "nodes")["items"] if not node["spec"].get("unschedulable")]
+    names = [node["metadata"]["name"] for node in nodes]
+    try:
+        for name in names:
+            cluster.kubectl("cordon", name)
+        yield
+    finally:
+        for name in names:
+            cluster.kubectl("uncordon", name)
+
+
+def evict_two(cluster: Cluster, namespace: str, first: str, second: str) -> tuple[int, int]:
+    """Two evictions during a drain: the first pod's replacement cannot be scheduled while the nodes are
+    cordoned."""
+    kube = cluster.api()
+    with cordoned(cluster):
+        return evict(kube, namespace, first), evict(kube, namespace, second)
 
 
 def test_the_disruption_budget_refuses_an_eviction_that_breaks_it_at_rest_and_mid_canary(
@@ -86,8 +112,7 @@ def test_the_disruption_budget_refuses_an_eviction_that_breaks_it_at_rest_and_mi
 
     # At rest: one pod may go; the next eviction, before its replacement is Ready, is refused.
     first, second = running_pods(cluster, namespace)[healthy["stable"]["revision"]][:2]
-    assert evict(cluster, namespace, first) == 201
-    assert evict(cluster, namespace, second) == TOO_MANY_REQUESTS
+    assert evict_two(cluster, namespace, first, second) == (201, TOO_MANY_REQUESTS)
     disruptions_allowed(cluster, namespace, allowed=1, healthy=4)  # the replacement Ready, the budget back
 
     # Mid-canary: the budget spans both revisions, so a canary pod's eviction uses up the stable's allowance too.
@@ -97,8 +122,21 @@ def test_the_disruption_budget_refuses_an_eviction_that_breaks_it_at_rest_and_mi
     stable, canary = pods[paused["stable"]["revision"]], pods[paused["canary"]["revision"]]
     assert (len(stable), len(canary)) == (2, 2)
     disruptions_allowed(cluster, namespace, allowed=1, healthy=4)
-    assert evict(cluster, namespace, canary[0]) == 201
-    assert evict(cluster, namespace, stable[0]) == TOO_MANY_REQUESTS
+    assert evict_two(cluster, namespace, canary[0], stable[0]) == (201, TOO_MANY_REQUESTS)
+    disruptions_allowed(cluster, namespace, allowed=1, healthy=4)
+
+    # The budget never stands in the rollout's way: the operator scales, it does not evict.
+    mdep(cluster, namespace, "promote", NAME)
+    wait_for_status(
+        cluster,
+        namespace,
+        NAME,
+        lambda s: (
+            s.get("phase") == "Healthy" and s["stable"]["version"] == "2.0.0" and s["stable"]["readyReplicas"] == 4
+        ),
+        timeout=120,
+        what="2.0.0 promoted with the budget in place",
+    )
     disruptions_allowed(cluster, namespace, allowed=1, healthy=4)
 
     # A budget asked for in the spec replaces the default; disabled, the operator's budget goes.
@@ -125,7 +163,12 @@ def test_spec_autoscaling_scales_the_resource_mid_canary_with_the_weight_kept(cl
     body["spec"]["runtime"] = {**body["spec"].get("runtime", {}), **CPU_REQUEST}
     body["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70}
     apply(cluster, namespace, body)
-    hpa = get(cluster, "hpa", NAME, "-n", namespace)
+
+    def autoscaler() -> dict[str, Any] | None:
+        found = cluster.kubectl("get", "hpa", NAME, "-n", namespace, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    hpa = wait_until(autoscaler, timeout=60, interval=0.5, what="the operator's HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "modeldeploy.io/v1alpha1",
         "kind": "ModelDeployment",

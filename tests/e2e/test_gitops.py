@@ -307,3 +307,42 @@ def test_a_rollout_behind_a_router_stays_synced(app: GitOpsApp, cluster: Cluster
     asked = app.refresh()
     app.until(lambda s: s.at - asked > 3, "3 s after a hard refresh")
     assert_synced_throughout(app.since(synced.at), bump)
+
+
+def autoscaled(version: str) -> dict[str, Any]:
+    """As in git with spec.autoscaling: no spec.replicas (the autoscaler owns the count), a CPU request."""
+    body = model_deployment(NAME, version, OPEN_STEPS)
+    del body["spec"]["replicas"]
+    body["spec"]["runtime"] = {**body["spec"].get("runtime", {}), "resources": {"requests": {"cpu": "100m"}}}
+    body["spec"]["autoscaling"] = {"minReplicas": 3, "maxReplicas": 6}
+    return body
+
+
+def test_an_autoscaled_rollout_stays_synced_while_the_autoscaler_sets_the_replicas(
+    app: GitOpsApp, cluster: Cluster
+) -> None:
+    """spec.autoscaling in git, spec.replicas not: the HPA the operator owns writes spec.replicas through the scale
+    subresource, and Argo CD sees no difference from git, without any ignoreDifferences."""
+    first = app.commit(autoscaled("1.0.0"), f"{NAME} 1.0.0, autoscaled")
+    app.argocd.create_application(app.name, app.path, app.namespace)
+    synced = app.until(synced_at(first), "the first sync")
+    scaled = app.until(
+        lambda s: healthy_on(first, "1.0.0")(s) and s.status["stable"]["readyReplicas"] == 3,
+        "Healthy with the autoscaler's 3 pods",
+    )
+    resource = json.loads(cluster.kubectl("get", "mdep", NAME, "-n", app.namespace, "-o", "json").stdout)
+    assert resource["spec"]["replicas"] == 3, "set by the autoscaler through the scale subresource"
+    hpa = json.loads(cluster.kubectl("get", "hpa", NAME, "-n", app.namespace, "-o", "json").stdout)
+    assert hpa["metadata"]["ownerReferences"][0]["name"] == NAME
+    assert_synced_throughout(app.since(scaled.at), first)
+
+    bump = app.commit(autoscaled("2.0.0"), f"{NAME} 2.0.0, autoscaled")
+    app.refresh()
+    bumped = app.until(synced_at(bump), "the bump to be synced")
+    app.until(lambda s: s.app.health == "Suspended" and (s.canary or {}).get("actualWeight") is not None, "Suspended")
+    mdep(cluster, app.namespace, "promote", NAME)
+    app.until(lambda s: healthy_on(bump, "2.0.0")(s) and s.status["stable"]["readyReplicas"] == 3, "Healthy on 2.0.0")
+    asked = app.refresh()
+    app.until(lambda s: s.at - asked > 3, "3 s after a hard refresh")
+    assert_synced_throughout(app.since(bumped.at), bump)
+    assert synced.app.sync == "Synced"

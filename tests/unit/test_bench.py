@@ -450,7 +450,7 @@ def test_a_run_that_meets_every_goal_is_reported_so() -> None:
         (
             {
                 "scale": ScaleResult(
-                    run_of(10, 12.0), audit_writes({**ONE_EACH, ("patch", "Service"): 3}, 10), 12, {}, None, {}
+                    run_of(10, 12.0), audit_writes({**ONE_EACH, ("patch", "Service"): 4}, 10), 12, {}, None, {}
                 )
             },
             "operator writes per new resource, children + status (scale run, 10 at once)",

@@ -20,6 +20,8 @@ EXAMPLES = [
     REPO_ROOT / "manifests/examples/fraud-detector.yaml",
     REPO_ROOT / "manifests/examples/fraud-detector-gateway.yaml",
     REPO_ROOT / "manifests/examples/fraud-detector-smoke.yaml",
+    REPO_ROOT / "manifests/examples/fraud-detector-autoscaled.yaml",
+    REPO_ROOT / "manifests/examples/fraud-detector-everything.yaml",
     REPO_ROOT / "tests/e2e/testdata/full.yaml",
 ]
 
