@@ -647,6 +647,47 @@ def test_version_with_shifted_predictions_is_rolled_back_by_prediction_shift(
     print(f"\nrolled back: {message}; stable at full strength {back_in:.1f}s later\n{traffic.summary()}")
 
 
+def test_analysis_as_a_new_user_writes_it_promotes_a_good_canary_without_an_initial_delay(
+    cluster: Cluster, namespace: str, models: Models, prometheus: Prometheus
+) -> None:
+    """The spec a new user writes: latencyP99 every 5 s, no initialDelay, no window, the default limits (one
+    Inconclusive pauses for a person), live traffic on both versions. The first measurements come before the
+    canary's series can fill a window; they are listed as not counted (the warm-up) instead of pausing the rollout,
+    and the canary is promoted on the measurements that follow."""
+    rollout = {
+        "strategy": "Canary",
+        "steps": [{"setWeight": 50}, {"pause": {"duration": "20s"}}],
+        "progressDeadlineSeconds": 180,
+        "analysis": {
+            "interval": "5s",
+            "prometheus": {"address": prometheus.url},
+            "metrics": [{"name": "latency", "builtin": "latencyP99", "max": 0.5}],
+        },
+    }
+    serve_stable(cluster, namespace, models.echo, rollout)
+    api = cluster.api()
+    with (
+        SteadyTraffic(cluster, namespace, NAME, payload=PAYLOAD) as traffic,
+        StatusHistory(api, namespace, NAME) as history,
+    ):
+        wait_until_traffic_is_measured(prometheus, namespace)
+        rollout_started = time.time()
+        roll_out(cluster, namespace, models.echo)
+        final = wait_for_rollout(
+            cluster, namespace, promoted, what=f"{CANARY} promoted", timeout=240, unexpected=not_progressing
+        )
+    assert not answered_with_errors(traffic, rollout_started), traffic.summary()
+    seen = measurements_seen(history)["latency"]
+    print(f"  measurements: {[(m['phase'], m.get('counted', True)) for m in seen]}")
+    counted = [m for m in seen if m.get("counted", True)]
+    assert counted, describe(final)
+    assert {m["phase"] for m in counted} == {"Successful"}, seen
+    # Whatever came before the canary's data could fill a window was listed and not counted, never Inconclusive.
+    assert all(m["phase"] == "Inconclusive" for m in seen if not m.get("counted", True)), seen
+    metric = metric_of(final, "latency")
+    assert metric["inconclusive"] == metric["failed"] == metric["errors"] == 0, metric
+
+
 def test_no_traffic_pauses_as_inconclusive_until_promoted_then_traffic_promotes(
     cluster: Cluster, namespace: str, models: Models, prometheus: Prometheus
 ) -> None:
