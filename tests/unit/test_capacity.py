@@ -114,7 +114,7 @@ def test_no_autoscaling_no_autoscaler() -> None:
 
 @pytest.mark.parametrize(
     ("replicas", "serving"),
-    [(1, 2), (2, 2), (4, 4), (6, 6), (9, 6)],
+    [(0, 0), (1, 2), (2, 2), (4, 4), (6, 6), (9, 6)],
 )
 def test_the_pods_served_stay_within_the_autoscalers_bounds(replicas: int, serving: int) -> None:
     spec = resource(replicas=replicas, autoscaling={"minReplicas": 2, "maxReplicas": 6}, runtime=CPU_REQUEST).spec

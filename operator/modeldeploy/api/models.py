@@ -1957,8 +1957,11 @@ class ModelDeploymentSpec(_Model):
         return self
 
     def serving_replicas(self) -> int:
-        """The pods to serve: spec.replicas, kept within the autoscaler's bounds (before it first acts, say)."""
-        return self.autoscaling.clamp(self.replicas) if self.autoscaling is not None else self.replicas
+        """The pods to serve: spec.replicas, kept within the autoscaler's bounds (before it first acts, say). Zero
+        stays zero: scaled to zero by hand, a resource is off, and a HorizontalPodAutoscaler leaves it so too."""
+        if self.autoscaling is None or self.replicas == 0:
+            return self.replicas
+        return self.autoscaling.clamp(self.replicas)
 
 
 # ----------------------------------------------------------------------------------------------------------------
