@@ -135,7 +135,7 @@ def children_of(cluster: FakeCluster, name: str) -> list[str]:
     return sorted(
         f"{kind}/{child}"
         for (kind, _, child), body in cluster.objects.items()
-        if kind in ("Deployment", "Service")
+        if kind in orphans.CHILD_KINDS
         and any(ref.get("name") == name for ref in body["metadata"].get("ownerReferences") or [])
     )
 

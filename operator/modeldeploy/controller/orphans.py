@@ -26,7 +26,7 @@ log = logging.getLogger("modeldeploy.controller")
 ORPHAN_GRACE_SECONDS = 30.0
 """How long children found without their owner are left to garbage collection, which normally deletes them within
 seconds, before the operator lists again and deletes those still orphaned."""
-CHILD_KINDS = ("Deployment", "Service")
+CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
 
 
 class OrphanWriter(Protocol):

@@ -449,7 +449,7 @@ class Kube:
         }
 
     def list_child_metadata(self, kind: str, namespace: str) -> list[Manifest]:
-        """The Deployments or Services labelled as the operator's in `namespace`: metadata only, each with its kind."""
+        """The children of `kind` labelled as the operator's in `namespace`: metadata only, each with its kind."""
         prefix, plural = CHILD_PATHS[kind]
         answer = self._request(
             "GET",
