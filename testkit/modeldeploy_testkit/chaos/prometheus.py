@@ -73,10 +73,13 @@ class R8Size:
     resources: int
     interval: int  # seconds between measurements
     repeats: tuple[int, int]  # each fault this many times (inclusive range, drawn from the run's rng)
+    # The analysis window. The queries are constants, so it changes no answer; it sets the warm-up (window + 10 s)
+    # through which no data is not counted, so it is how long a no-data fault takes to pause a rollout.
+    window: str
 
 
 def r8_size(short: bool) -> R8Size:
-    return R8Size(2, 2, (1, 1)) if short else R8Size(3, 5, (2, 3))
+    return R8Size(2, 2, (1, 1), "10s") if short else R8Size(3, 5, (2, 3), "1m")
 
 
 def expected(fault: str) -> str:
@@ -84,14 +87,14 @@ def expected(fault: str) -> str:
     return PAUSED if fault in NO_DATA else ROLLED_BACK
 
 
-def rollout(address: str, interval: int, query: str) -> dict[str, Any]:
+def rollout(address: str, interval: int, query: str, window: str) -> dict[str, Any]:
     return {
         "strategy": "Canary",
         "steps": [{"setWeight": 50}, {"pause": {"duration": f"{interval}s"}}],
         "progressDeadlineSeconds": 600,
         "analysis": {
             "interval": f"{interval}s",
-            "window": "1m",
+            "window": window,
             "failureLimit": 0,
             "inconclusiveLimit": INCONCLUSIVE_LIMIT,
             "consecutiveErrorLimit": CONSECUTIVE_ERROR_LIMIT,
@@ -234,7 +237,7 @@ def play(run: ChaosRun, current: Round, size: R8Size, collection: str, observer:
     """One round: serve STABLE with a healthy relay, roll out CANARY under the fault, then GOOD without it."""
     api = run.api
     query = BAD_QUERY if current.fault == CONTROL else GOOD_QUERY
-    spec = rollout(current.relay.url, size.interval, query)
+    spec = rollout(current.relay.url, size.interval, query, size.window)
 
     def apply(version: str) -> None:
         for name in current.names:
