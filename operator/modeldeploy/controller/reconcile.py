@@ -633,6 +633,33 @@ class _RefusedWriteError(Exception):
         self.error = error
 
 
+def _create_child(
+    kube: ClusterWriter,
+    store: Store,
+    resource: api.ModelDeployment,
+    manifest: Manifest,
+    same: Callable[[Manifest, Manifest], bool],
+) -> None:
+    """Create a child the Store does not hold. Refused because the name is held: by this resource (the watch has not
+    shown it yet, say after a restart), it is brought up to date like any other; by anyone else, the pass stands
+    back (_NameTakenError)."""
+    _confirm_owner(kube, store, resource)
+    try:
+        store.put_child(kube.apply(manifest, force=False, create_only=True))
+        return
+    except ApiError as error:
+        if error.status != HTTPStatus.CONFLICT:
+            raise
+        holder = kube.get_child(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        if holder is None:
+            raise  # gone again since: the retried pass creates it
+    if not owned_by(holder, str(resource.metadata.get("uid", ""))):
+        raise _NameTakenError(holder)
+    store.put_child(holder)
+    if not same(holder, manifest):
+        store.put_child(kube.apply(manifest, force=True))
+
+
 def _write_children(
     kube: ClusterWriter,
     store: Store,
@@ -659,26 +686,6 @@ def _write_children(
 
     uid = str(resource.metadata.get("uid", ""))
 
-    def create(manifest: Manifest, same: Callable[[Manifest, Manifest], bool]) -> None:
-        """Create a child the Store does not hold. Refused because the name is held: by this resource (the watch
-        has not shown it yet, say after a restart), it is brought up to date like any other; by anyone else, the
-        pass stands back (_NameTakenError)."""
-        _confirm_owner(kube, store, resource)
-        try:
-            store.put_child(kube.apply(manifest, force=False, create_only=True))
-            return
-        except ApiError as error:
-            if error.status != HTTPStatus.CONFLICT:
-                raise
-            holder = kube.get_child(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-            if holder is None:
-                raise  # gone again since: the retried pass creates it
-        if not owned_by(holder, uid):
-            raise _NameTakenError(holder)
-        store.put_child(holder)
-        if not same(holder, manifest):
-            store.put_child(kube.apply(manifest, force=True))
-
     route_current = None
     if route is not None:
         route_current = children.of_kind(route["kind"]).get(route["metadata"]["name"])
@@ -690,7 +697,7 @@ def _write_children(
             return
         what = f"{route['kind']}/{route['metadata']['name']}"
         if route_current is None:
-            create(route, routes.same_route)
+            _create_child(kube, store, resource, route, routes.same_route)
         elif not routes.same_route(route_current, route):
             store.put_child(kube.apply(route, force=True))
 
@@ -701,7 +708,7 @@ def _write_children(
             current = children.services.get(service["metadata"]["name"])
             if current is None:
                 what = f"Service/{service['metadata']['name']}"
-                create(service, same_service)
+                _create_child(kube, store, resource, service, same_service)
             elif not same_service(current, service):
                 what = f"Service/{service['metadata']['name']}"
                 store.put_child(kube.apply(service, force=True))
@@ -712,7 +719,7 @@ def _write_children(
             if revision == plan.apply_revision:
                 assert applied is not None
                 if current is None:
-                    create(applied, contains)
+                    _create_child(kube, store, resource, applied, contains)
                 elif not contains(current, applied):
                     store.put_child(kube.apply(applied, force=True))
             elif current is not None and current["spec"].get("replicas") != replicas:
@@ -767,18 +774,7 @@ def _write_capacity(
             current = children.of_kind(kind).get(builders.resource_name(resource))
             what = f"{kind}/{builders.resource_name(resource)}"
             if desired is not None and current is None:
-                _confirm_owner(kube, store, resource)
-                try:
-                    store.put_child(kube.apply(desired, force=False, create_only=True))
-                except ApiError as error:
-                    if error.status != HTTPStatus.CONFLICT:
-                        raise
-                    holder = kube.get_child(kind, namespace, desired["metadata"]["name"])
-                    if holder is None:
-                        raise  # gone again since: the retried pass creates it
-                    if not owned_by(holder, uid):
-                        raise _NameTakenError(holder) from error
-                    store.put_child(holder if contains(holder, desired) else kube.apply(desired, force=True))
+                _create_child(kube, store, resource, desired, contains)
             elif desired is not None and current is not None and not contains(current, desired):
                 store.put_child(kube.apply(desired, force=True))
             elif desired is None and current is not None and owned_by(current, uid):
